@@ -1,0 +1,40 @@
+"""Fixtures: a private redis-server per session (flushed per test), clients, settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from forecast.redis_server import RedisServer, redis_server_binary
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server on a free port (never the machine's shared one)."""
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not on PATH")
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """URL of the private server, emptied before each test."""
+    client = redis.Redis(port=redis_server.port)
+    client.flushall()
+    client.close()
+    yield redis_server.url
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    """A bytes client on the private server (RESP2, like the worker)."""
+    client = redis.Redis.from_url(redis_url, protocol=2)
+    yield client
+    client.close()

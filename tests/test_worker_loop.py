@@ -1,0 +1,115 @@
+"""The worker loop in-process against a real private redis-server (no TensorFlow)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from forecast import keys
+from forecast.settings import Settings
+from tests.helpers import LinearModel, wait_for
+from worker.consumer import Fenced, Shard
+from worker.loop import Worker
+from worker.state import SeriesStore
+
+
+class StaticWatcher:
+    """Hands the worker one model (and later ones on demand), like ModelWatcher."""
+
+    def __init__(self, model: Any) -> None:
+        self.next = model
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def take(self) -> Any:
+        model, self.next = self.next, None
+        return model
+
+
+def make_worker(url: str, model: Any = None, **overrides: Any) -> Worker:
+    settings = Settings(redis_url=url, metrics_port=0, block_ms=50, lease_ttl_ms=600,
+                        consumer=overrides.pop("consumer", "w1"), **overrides)
+    client = redis.Redis.from_url(url, protocol=2)
+    return Worker(client, settings, watcher=StaticWatcher(model or LinearModel()))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def running(redis_url: str) -> Iterator[Any]:
+    """Start workers in threads; stop them all at the end."""
+    started: list[tuple[Worker, threading.Thread]] = []
+
+    def start(**kw: Any) -> Worker:
+        w = make_worker(redis_url, **kw)
+        t = threading.Thread(target=w.run, daemon=True)
+        t.start()
+        started.append((w, t))
+        return w
+
+    yield start
+    for w, t in started:
+        w.stop()
+        t.join(10)
+
+
+def predictions(r: redis.Redis, stream: str = keys.PREDICTIONS) -> list[dict[bytes, bytes]]:
+    return [dict(f) for _, f in r.xrange(stream)]
+
+
+def test_one_prediction_per_input_once_window_full(r: redis.Redis, running: Any) -> None:
+    ids = [r.xadd(keys.VALUES, {"series": "s1", "value": str(v)}) for v in range(10)]
+    running()
+    preds = wait_for(lambda: len(predictions(r)) >= 8 and predictions(r), what="8 predictions")
+    assert [p[b"source_id"] for p in preds] == ids[2:]
+    assert [float(p[b"prediction"]) for p in preds] == [float(v + 1) for v in range(2, 10)]
+    assert {p[b"model_version"] for p in preds} == {b"v1"}
+    wait_for(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 0, what="all acked")
+
+
+def test_bad_input_is_dead_lettered_and_good_input_predicted(r: redis.Redis, running: Any) -> None:
+    running()
+    r.xadd(keys.VALUES, {"series": "a", "value": "1"})
+    bad = r.xadd(keys.VALUES, {"series": "a", "value": "nan"})
+    r.xadd(keys.VALUES, {"series": "a", "value": "2"})
+    r.xadd(keys.VALUES, {"value": "3"})
+    r.xadd(keys.VALUES, {"series": "a", "value": "3", "ts": "1000"})
+    old = r.xadd(keys.VALUES, {"series": "a", "value": "4", "ts": "999"})
+    wait_for(lambda: r.xlen(keys.DEADLETTER) == 3, what="3 dead letters")
+    dead = [dict(f) for _, f in r.xrange(keys.DEADLETTER)]
+    assert [d[b"reason"] for d in dead] == [b"bad_value", b"missing_series", b"ts_out_of_order"]
+    assert dead[0][b"source_id"] == bad and dead[2][b"source_id"] == old
+    assert dead[0][b"value"] == b"nan"
+    preds = wait_for(lambda: predictions(r), what="a prediction")
+    assert len(preds) == 1 and float(preds[0][b"prediction"]) == 4.0
+    assert preds[0][b"ts"] == b"1000"
+
+
+def test_restart_resumes_from_checkpoint(r: redis.Redis, running: Any) -> None:
+    for v in (1, 2):
+        r.xadd(keys.VALUES, {"series": "s", "value": str(v)})
+    w = running(consumer="first")
+    wait_for(lambda: r.hlen(keys.shard_keys(0, 1).state) == 1, what="checkpoint")
+    w.stop()
+    wait_for(lambda: not r.exists(keys.shard_keys(0, 1).lease), what="lease released")
+    r.xadd(keys.VALUES, {"series": "s", "value": "4"})
+    running(consumer="second")
+    preds = wait_for(lambda: predictions(r), what="prediction after restart")
+    assert float(preds[0][b"prediction"]) == 6.0  # window [1, 2, 4] survived the restart
+
+
+def test_commit_with_a_stale_token_is_fenced(r: redis.Redis, redis_url: str) -> None:
+    w = make_worker(redis_url)
+    r.xadd(keys.VALUES, {"series": "s", "value": "1"})
+    w.model = LinearModel()
+    w.maintain()
+    shard = w.shards[0]
+    r.delete(shard.keys.lease)  # the lease expired; another worker may take it
+    stale = Shard(keys=shard.keys, token=shard.token, store=SeriesStore(3))
+    with pytest.raises(Fenced):
+        w.io.read(stale, 10)
+    assert r.xpending(keys.VALUES, "forecast")["pending"] == 0

@@ -1,0 +1,129 @@
+"""One owned shard: fenced reads, recovery of pending entries, and the atomic commit."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from forecast.keys import ShardKeys
+from worker.batch import Commit, Entry, dead_letter
+from worker.scripts import Scripts, commit_args
+from worker.state import SeriesStore
+
+log = logging.getLogger(__name__)
+
+
+class Fenced(Exception):
+    """The shard's lease is no longer held by this worker."""
+
+
+def is_fenced(exc: redis.ResponseError) -> bool:
+    """Whether a script error is the lease check failing."""
+    return str(exc).startswith("FENCED")
+
+
+def ensure_group(client: Any, stream: str, group: str) -> None:
+    """Create the consumer group (and the stream) if missing; from the stream's start."""
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+        log.info("created consumer group %s on %s", group, stream)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _entries(raw: Any) -> list[Entry]:
+    """Flat `(id, fields)` list from an XREADGROUP/XAUTOCLAIM-style entry array."""
+    return [(e[0], e[1]) for e in raw or ()]
+
+
+@dataclass
+class Shard:
+    """A shard this worker holds the lease of, and its in-memory windows."""
+
+    keys: ShardKeys
+    token: str
+    store: SeriesStore
+    recovering: bool = True  # pending entries of earlier owners are processed first
+    cursor: bytes = b"0-0"
+    deliveries: dict[bytes, int] = field(default_factory=dict)
+    last_id: bytes | None = None  # last id delivered to the group (for the blocking wait)
+
+    @property
+    def index(self) -> int:
+        """Shard number."""
+        return self.keys.shard
+
+    def reset(self) -> None:
+        """Forget in-memory state: windows reload from the checkpoint, pending are re-claimed."""
+        self.store = SeriesStore(self.store.width, self.store.max_series)
+        self.recovering = True
+        self.cursor = b"0-0"
+
+
+class ShardIO:
+    """The Redis calls of a shard, every one fenced by its lease token."""
+
+    def __init__(self, client: Any, scripts: Scripts, group: str, consumer: str) -> None:
+        self.client = client
+        self.scripts = scripts
+        self.group = group
+        self.consumer = consumer
+
+    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return script(keys=keys, args=args)
+        except redis.ResponseError as exc:
+            if is_fenced(exc):
+                raise Fenced(str(exc)) from None
+            raise
+
+    def read(self, shard: Shard, count: int) -> list[Entry]:
+        """New entries (`>`), at most `count`."""
+        raw = self._call(self.scripts.read, [shard.keys.values, shard.keys.lease],
+                         [shard.token, self.group, self.consumer, count])
+        return _entries(raw[0][1]) if raw else []
+
+    def claim(self, shard: Shard, count: int, min_idle_ms: int) -> list[Entry] | None:
+        """The next pending entries of earlier owners; [] when done, None to wait."""
+        raw = self._call(self.scripts.claim, [shard.keys.values, shard.keys.lease],
+                         [shard.token, self.group, self.consumer, min_idle_ms, shard.cursor, count])
+        if raw[0] == b"WAIT":
+            return None
+        shard.cursor = raw[0]
+        shard.deliveries = {d[0]: int(d[3]) for d in raw[2]}
+        entries = _entries(raw[1])
+        if shard.cursor == b"0-0" and not entries:
+            shard.recovering = False
+        return entries
+
+    def load(self, shard: Shard, series: list[bytes]) -> list[bytes | None]:
+        """Checkpointed windows of series not in memory."""
+        return list(self.client.hmget(shard.keys.state, series))
+
+    def commit(self, shard: Shard, commit: Commit, version: str,
+               pred_maxlen: int, dead_maxlen: int) -> None:
+        """Write predictions, dead letters, checkpoint and acks in one atomic script."""
+        args = commit_args(shard.token, self.group, version, commit, pred_maxlen, dead_maxlen)
+        self._call(self.scripts.commit, shard.keys.commit_keys, args)
+
+
+def split_poison(shard: Shard, entries: list[Entry], max_deliveries: int,
+                 commit: Commit) -> list[Entry]:
+    """Dead-letter entries delivered more than `max_deliveries` times; return the rest."""
+    if not shard.deliveries:
+        return entries
+    keep = []
+    for eid, fields in entries:
+        n = shard.deliveries.get(eid, 1)
+        if n > max_deliveries:
+            commit.ack_ids.append(eid)
+            dead_letter(commit, eid, fields or [], "poison", deliveries=str(n))
+            log.warning("entry %s of %s delivered %d times: dead-lettered as poison",
+                        eid.decode(), shard.keys.values, n)
+        else:
+            keep.append((eid, fields))
+    return keep

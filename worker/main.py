@@ -1,0 +1,93 @@
+"""`forecast worker`: start-up, signals (warm then cold shutdown), health server, `--check`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+import redis
+
+from forecast import keys
+from forecast.logs import setup_logging
+from forecast.redis_conn import connect
+from forecast.settings import Settings
+from worker.loop import Worker
+
+log = logging.getLogger(__name__)
+
+
+def install_signals(worker: Worker) -> None:
+    """First SIGTERM/SIGINT: warm stop after the batch in hand. Second: exit at once."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if worker.stopping.is_set():
+            log.warning("second %s: exiting now (the atomic commit keeps this safe)",
+                        signal.Signals(signum).name)
+            os._exit(1)
+        log.info("%s received: finishing the batch in hand, then stopping", signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def check(client: Any, consumer: str | None) -> int:
+    """Exit code for `--check`: 0 if a fresh heartbeat of this worker (or host) exists."""
+    if consumer:
+        names = [consumer]
+    else:
+        prefix = socket.gethostname() + "-"
+        now = int(time.time() * 1000)
+        members = client.zrangebyscore(keys.WORKERS, now - 60_000, "+inf")
+        names = [m.decode() for m in members if m.decode().startswith(prefix)]
+    for name in names:
+        raw = client.get(keys.heartbeat(name))
+        if raw is not None:
+            status = json.loads(raw)
+            print(f"ok: {name} model={status.get('model_version')} ready={status.get('ready')} "
+                  f"shards={status.get('shards')}")
+            return 0
+    print(f"unhealthy: no fresh heartbeat for {consumer or socket.gethostname() + '-*'}")
+    return 1
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """The `forecast worker` command."""
+    setup_logging(settings.log_level, settings.log_json)
+    client = connect(settings, timeout=max(5.0, settings.block_ms / 1000 + 5))
+    if getattr(args, "check", False):
+        try:
+            return check(client, settings.consumer or None)
+        except redis.RedisError as exc:
+            print(f"unhealthy: {exc}")
+            return 1
+    worker = Worker(client, settings)
+    install_signals(worker)
+    server = None
+    if settings.metrics_port:
+        from worker.health import start_http_server
+
+        try:
+            server = start_http_server(settings.metrics_host, settings.metrics_port,
+                                       lambda: not worker.stopping.is_set(), worker.ready)
+        except OSError as exc:
+            log.error("metrics/health server not started: %s", exc)
+    log.info("worker %s starting", worker.consumer, extra={"settings": settings.safe_dump()})
+    worker.run()
+    if server is not None:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from forecast.cli import main
+
+    sys.exit(main(["worker", *sys.argv[1:]]))

@@ -1,0 +1,106 @@
+"""Validating input stream entries: `series`, `value` and optional `ts` fields.
+
+A good entry becomes `(series, value, ts)` (ts is -1 when absent); a bad one becomes a
+short reason string that goes to the dead-letter stream. Returning the reason instead of
+raising keeps the hot path cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+# A plain decimal number: no hex, no underscores, no whitespace, no nan/inf words.
+_DECIMAL = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_TS = re.compile(rb"\d{1,15}")
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+
+# Every reason a message can be dead-lettered for (also the metrics label values).
+REASONS = (
+    "missing_series", "empty_series", "series_too_long", "bad_series",
+    "missing_value", "value_too_long", "bad_value", "value_not_finite",
+    "bad_ts", "ts_out_of_order", "duplicate_field", "poison",
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size caps on incoming fields."""
+
+    max_series_bytes: int = 256
+    max_value_bytes: int = 64
+
+
+Parsed = tuple[bytes, float, int]
+
+
+def parse_fields(fields: list[bytes], limits: Limits = Limits()) -> Parsed | str:  # noqa: B008
+    """Parse a flat `[field, value, ...]` entry into `(series, value, ts)` or a reason.
+
+    >>> parse_fields([b"series", b"s1", b"value", b"7"])
+    (b's1', 7.0, -1)
+    >>> parse_fields([b"value", b"-1.5e3", b"series", b"a", b"ts", b"1700000000000"])
+    (b'a', -1500.0, 1700000000000)
+    >>> parse_fields([b"series", b"s1", b"value", b"nan"])
+    'bad_value'
+    >>> parse_fields([b"series", b"s1", b"value", b"1e999"])
+    'value_not_finite'
+    >>> parse_fields([b"series", b"", b"value", b"1"])
+    'empty_series'
+    >>> parse_fields([b"series", b"s", b"value", b"1", b"ts", b"-5"])
+    'bad_ts'
+    """
+    series = value = ts = None
+    for i in range(0, len(fields) - 1, 2):
+        name = fields[i]
+        if name == b"series":
+            if series is not None:
+                return "duplicate_field"
+            series = fields[i + 1]
+        elif name == b"value":
+            if value is not None:
+                return "duplicate_field"
+            value = fields[i + 1]
+        elif name == b"ts":
+            if ts is not None:
+                return "duplicate_field"
+            ts = fields[i + 1]
+    if series is None:
+        return "missing_series"
+    if not series:
+        return "empty_series"
+    if len(series) > limits.max_series_bytes:
+        return "series_too_long"
+    if _CONTROL.search(series):
+        return "bad_series"
+    try:
+        series.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bad_series"
+    if value is None:
+        return "missing_value"
+    if len(value) > limits.max_value_bytes:
+        return "value_too_long"
+    if not _DECIMAL.fullmatch(value):
+        return "bad_value"
+    number = float(value)
+    if not math.isfinite(number):
+        return "value_not_finite"
+    if ts is None:
+        return series, number, -1
+    if len(ts) > limits.max_value_bytes or not _TS.fullmatch(ts):
+        return "bad_ts"
+    return series, number, int(ts)
+
+
+def fields_to_dict(fields: list[bytes]) -> dict[bytes, bytes]:
+    """The entry's fields as a dict (the first of duplicated names wins).
+
+    >>> fields_to_dict([b"a", b"1", b"a", b"2", b"b", b"3"])
+    {b'a': b'1', b'b': b'3'}
+    """
+    out: dict[bytes, bytes] = {}
+    for i in range(0, len(fields) - 1, 2):
+        out.setdefault(fields[i], fields[i + 1])
+    return out

@@ -1,0 +1,140 @@
+"""Per-series rolling windows as preallocated numpy arrays, with an LRU cap.
+
+One `SeriesStore` per owned shard. Row `slot` holds a series' last `width` values
+right-aligned (newest last); `count` says how many of them are real. Rows are encoded as
+fixed-size checkpoint blobs written by the per-batch commit and read back on demand.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_HEADER = np.dtype([("count", "<i4"), ("last_ts", "<i8")])
+
+
+def blob_dtype(width: int) -> np.dtype:
+    """The packed dtype of one checkpoint row: count, last_ts, `width` float32 values."""
+    return np.dtype([("count", "<i4"), ("last_ts", "<i8"), ("v", "<f4", (width,))])
+
+
+def decode_blob(blob: bytes) -> tuple[int, int, np.ndarray]:
+    """`(count, last_ts, values)` from a checkpoint blob (values hold the real ones only).
+
+    >>> store = SeriesStore(width=3)
+    >>> slot = store.add(b"s")
+    >>> store.count[slot] = 2; store.vals[slot] = [0, 7, 8]; store.last_ts[slot] = 5
+    >>> decode_blob(store.encode([slot])[0])
+    (2, 5, array([7., 8.], dtype=float32))
+    """
+    width = (len(blob) - _HEADER.itemsize) // 4
+    row = np.frombuffer(blob, dtype=blob_dtype(width), count=1)[0]
+    count = int(row["count"])
+    values = np.array(row["v"][width - count:], dtype=np.float32)
+    return count, int(row["last_ts"]), values
+
+
+class SeriesStore:
+    """Rolling windows of many series in one shard, bounded to `max_series` rows."""
+
+    def __init__(self, width: int, max_series: int = 1_000_000, initial: int = 1024) -> None:
+        self.width = width
+        self.max_series = max_series
+        cap = max(1, min(initial, max_series))
+        self.index: dict[bytes, int] = {}
+        self.keys: list[bytes | None] = [None] * cap
+        self.vals = np.zeros((cap, width), dtype=np.float32)
+        self.count = np.zeros(cap, dtype=np.int32)
+        self.last_ts = np.full(cap, -1, dtype=np.int64)
+        self.last_pred = np.full(cap, np.nan, dtype=np.float32)  # for online accuracy
+        self.last_used = np.zeros(cap, dtype=np.uint32)
+        self.free: list[int] = list(range(cap - 1, -1, -1))
+        self.tick = 1
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _grow(self) -> None:
+        old = len(self.keys)
+        new = min(old * 2, self.max_series)
+        if new <= old:
+            return
+        self.keys.extend([None] * (new - old))
+        self.vals = np.concatenate([self.vals, np.zeros((new - old, self.width), np.float32)])
+        self.count = np.concatenate([self.count, np.zeros(new - old, np.int32)])
+        self.last_ts = np.concatenate([self.last_ts, np.full(new - old, -1, np.int64)])
+        self.last_pred = np.concatenate([self.last_pred, np.full(new - old, np.nan, np.float32)])
+        self.last_used = np.concatenate([self.last_used, np.zeros(new - old, np.uint32)])
+        self.free.extend(range(new - 1, old - 1, -1))
+
+    def _evict(self) -> None:
+        """Free the least recently used tenth of the rows not touched in this batch."""
+        # Only called when every row is taken, so every row is a candidate but this batch's.
+        candidates = np.flatnonzero(self.last_used < self.tick)
+        n = max(1, len(self.keys) // 10)
+        if len(candidates) == 0:
+            raise MemoryError("series cap reached within one batch; raise max_series")
+        n = min(n, len(candidates))
+        oldest = candidates[np.argpartition(self.last_used[candidates], n - 1)[:n]]
+        for slot in oldest.tolist():
+            key = self.keys[slot]
+            if key is not None:
+                del self.index[key]
+                self.keys[slot] = None
+                self.free.append(slot)
+        self.evicted += n
+        log.debug("evicted %d series (LRU), %d held", n, len(self.index))
+
+    def add(self, series: bytes, blob: bytes | None = None) -> int:
+        """Give `series` a row (empty, or restored from a checkpoint blob) and return it."""
+        if not self.free:
+            self._grow()
+        if not self.free:
+            self._evict()
+        slot = self.free.pop()
+        self.index[series] = slot
+        self.keys[slot] = series
+        self.vals[slot] = 0.0
+        self.count[slot] = 0
+        self.last_ts[slot] = -1
+        self.last_pred[slot] = np.nan
+        self.last_used[slot] = self.tick
+        if blob is not None:
+            count, last_ts, values = decode_blob(blob)
+            keep = min(count, self.width)
+            if keep:
+                self.vals[slot, self.width - keep:] = values[count - keep:]
+            self.count[slot] = keep
+            self.last_ts[slot] = last_ts
+        return slot
+
+    def keys_of(self, slots: np.ndarray) -> list[bytes]:
+        """Series ids of the given rows."""
+        keys = self.keys
+        return [keys[s] for s in slots.tolist()]  # type: ignore[misc]
+
+    def resize(self, width: int) -> None:
+        """Change the window width (a model with another n_steps), keeping the newest values."""
+        if width == self.width:
+            return
+        keep = min(width, self.width)
+        vals = np.zeros((len(self.keys), width), dtype=np.float32)
+        vals[:, width - keep:] = self.vals[:, self.width - keep:]
+        self.vals = vals
+        np.minimum(self.count, width, out=self.count)
+        self.width = width
+
+    def encode(self, slots: list[int] | np.ndarray) -> list[bytes]:
+        """Checkpoint blobs of the given rows (one bytes object each)."""
+        idx = np.asarray(slots, dtype=np.int64)
+        rows = np.empty(len(idx), dtype=blob_dtype(self.width))
+        rows["count"] = self.count[idx]
+        rows["last_ts"] = self.last_ts[idx]
+        rows["v"] = self.vals[idx]
+        raw = rows.tobytes()
+        size = rows.dtype.itemsize
+        return [raw[i:i + size] for i in range(0, len(raw), size)]
