@@ -37,6 +37,7 @@ class Predictor(Protocol):
 class Commit:
     """Everything one atomic commit writes for one shard."""
 
+    version: str = ""  # the model version that made the predictions
     ack_ids: list[bytes] = field(default_factory=list)
     predictions: list[list[bytes | str]] = field(default_factory=list)  # per-mode fixed arg groups
     extra_fields: tuple[str, ...] = ()
@@ -44,6 +45,8 @@ class Commit:
     state: list[bytes] = field(default_factory=list)  # flat series/blob pairs
     reasons: dict[str, int] = field(default_factory=dict)
     values: int = 0
+    entries: int = 0  # entries read for this commit
+    sent_at: float = 0.0  # perf_counter() when the commit was sent
     abs_err_sum: float = 0.0
     abs_err_n: int = 0
     model_seconds: float = 0.0
@@ -88,6 +91,7 @@ def build_commit(
 ) -> Commit:
     """Process one batch of one shard's entries (in stream order) into a `Commit`."""
     commit = commit if commit is not None else Commit()
+    commit.version = model.version
     ids: list[bytes] = []
     series: list[bytes] = []
     values: list[float] = []
@@ -112,6 +116,9 @@ def build_commit(
     index = store.index
     unknown = list({s for s in series if s not in index})
     if unknown:
+        # Series of this batch must not be evicted to make room for the new ones.
+        known = [index[s] for s in set(series) if s in index]
+        store.last_used[np.asarray(known, dtype=np.int64)] = store.tick
         for s, blob in zip(unknown, load(unknown)):
             store.add(s, blob)
     slots = [index[s] for s in series]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,14 +52,39 @@ class Shard:
     cursor: bytes = b"0-0"
     deliveries: dict[bytes, int] = field(default_factory=dict)
     last_id: bytes | None = None  # last id delivered to the group (for the blocking wait)
+    ahead: deque[list[Entry]] = field(default_factory=deque)  # batches read, not processed yet
+    inflight: Commit | None = None  # sent with a read-ahead; replies not collected yet
+    conn: Any = None  # dedicated connection for the pipelined commit + read
 
     @property
     def index(self) -> int:
         """Shard number."""
         return self.keys.shard
 
+    def settle_quietly(self) -> None:
+        """Wait for the commit under way, ignoring its outcome (the caller handles a failure)."""
+        if self.inflight is not None:
+            self.inflight = None
+            try:
+                for _ in range(2):
+                    try:
+                        self.conn.read_response()
+                    except redis.ResponseError:
+                        pass
+            except Exception as exc:
+                log.debug("in-flight commit of shard %d ended with %r", self.index, exc)
+                self.close()
+
+    def close(self) -> None:
+        """Drop the dedicated connection."""
+        if self.conn is not None:
+            self.conn.disconnect()
+            self.conn = None
+
     def reset(self) -> None:
         """Forget in-memory state: windows reload from the checkpoint, pending are re-claimed."""
+        self.settle_quietly()  # a late commit must not land after the recovery claims
+        self.ahead.clear()
         self.store = SeriesStore(self.store.width, self.store.max_series)
         self.recovering = True
         self.cursor = b"0-0"
@@ -104,11 +130,51 @@ class ShardIO:
         """Checkpointed windows of series not in memory."""
         return list(self.client.hmget(shard.keys.state, series))
 
-    def commit(self, shard: Shard, commit: Commit, version: str,
-               pred_maxlen: int, dead_maxlen: int) -> None:
+    def commit(self, shard: Shard, commit: Commit, pred_maxlen: int, dead_maxlen: int) -> None:
         """Write predictions, dead letters, checkpoint and acks in one atomic script."""
-        args = commit_args(shard.token, self.group, version, commit, pred_maxlen, dead_maxlen)
+        args = commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen)
         self._call(self.scripts.commit, shard.keys.commit_keys, args)
+
+    def send_commit_and_read(self, shard: Shard, commit: Commit, pred_maxlen: int,
+                             dead_maxlen: int, count: int) -> None:
+        """Send a batch's commit and the next read without waiting for the replies.
+
+        Redis runs both while the caller prepares the next batch; `finish` collects them.
+        """
+        if shard.conn is None:
+            shard.conn = self.client.connection_pool.get_connection()
+        keys = shard.keys
+        commit_cmd = ("EVALSHA", self.scripts.commit.sha, len(keys.commit_keys), *keys.commit_keys,
+                      *commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen))
+        read_cmd = ("EVALSHA", self.scripts.read.sha, 2, keys.values, keys.lease,
+                    shard.token, self.group, self.consumer, count)
+        shard.conn.send_packed_command(shard.conn.pack_commands([commit_cmd, read_cmd]),
+                                       check_health=False)
+        shard.inflight = commit
+
+    def finish(self, shard: Shard) -> tuple[Commit, list[Entry]]:
+        """Collect the replies of `send_commit_and_read`: the commit and the read-ahead."""
+        commit, shard.inflight = shard.inflight, None
+        assert commit is not None
+        replies: list[Any] = []
+        try:
+            for _ in range(2):
+                try:
+                    replies.append(shard.conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        except Exception:
+            shard.close()
+            raise
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                if is_fenced(reply):
+                    raise Fenced(str(reply))
+                if str(reply).startswith("NOSCRIPT"):
+                    self.scripts.load()
+                raise reply
+        raw = replies[1]
+        return commit, (_entries(raw[0][1]) if raw else [])
 
 
 def split_poison(shard: Shard, entries: list[Entry], max_deliveries: int,

@@ -22,7 +22,7 @@ from forecast import keys
 from forecast.settings import Settings
 from worker import metrics
 from worker.backoff import Backoff
-from worker.batch import Commit, build_commit
+from worker.batch import Commit, Entry, build_commit
 from worker.consumer import Fenced, Shard, ShardIO, ensure_group, split_poison
 from worker.leases import Leases, assign
 from worker.models import ModelWatcher
@@ -56,6 +56,7 @@ class Worker:
         self.watcher = watcher or ModelWatcher(client, settings.model_poll_s, settings.model_hmac_key)
         self.limits = Limits(settings.max_series_bytes, settings.max_value_bytes)
         self.shards: dict[int, Shard] = {}
+        self.pipelined = not settings.cluster  # overlap commit k + read k+2 with batch k+1
         self.model: Any = None
         self.connected = False
         self.stopping = threading.Event()
@@ -133,35 +134,84 @@ class Worker:
             self._wait_for_data()
 
     def _process(self, shard: Shard) -> int:
-        """Read (or recover) one batch of a shard and commit it; entries handled."""
-        commit = Commit()
+        """Handle one batch of a shard; the number of entries handled."""
         try:
             if shard.recovering:
-                entries = self.io.claim(shard, self.s.batch_size, self.s.claim_min_idle_ms)
-                if entries is None:
-                    return 0
-                entries = split_poison(shard, entries, self.s.max_deliveries, commit)
-            else:
-                entries = self.io.read(shard, self.s.batch_size)
-                if entries:
-                    shard.last_id = entries[-1][0]
-            if not entries and not commit.ack_ids:
-                return 0
-            commit = build_commit(entries, shard.store, self.model, self.limits,
-                                  lambda series: self.io.load(shard, series), commit)
-            t0 = time.perf_counter()
-            self.io.commit(shard, commit, self.model.version,
-                           self.s.predictions_maxlen, self.s.deadletter_maxlen)
-            metrics.COMMIT_LATENCY.observe(time.perf_counter() - t0)
+                return self._recover_batch(shard)
+            return self._live_batch(shard)
         except Fenced:
             log.warning("lost the lease of shard %d; dropping it", shard.index)
+            shard.settle_quietly()
             self._drop(shard.index)
             return 0
         except BaseException:
             shard.reset()  # in-memory windows may be ahead of the checkpoint now
             raise
+
+    def _recover_batch(self, shard: Shard) -> int:
+        """Claim pending entries of earlier owners (in id order) and commit them, synchronously."""
+        commit = Commit()
+        entries = self.io.claim(shard, self.s.batch_size, self.s.claim_min_idle_ms)
+        if entries is None:
+            return 0
+        entries = split_poison(shard, entries, self.s.max_deliveries, commit)
+        if not entries and not commit.ack_ids:
+            return 0
+        commit = build_commit(entries, shard.store, self.model, self.limits,
+                              lambda series: self.io.load(shard, series), commit)
+        t0 = time.perf_counter()
+        self.io.commit(shard, commit, self.s.predictions_maxlen, self.s.deadletter_maxlen)
+        metrics.COMMIT_LATENCY.observe(time.perf_counter() - t0)
         self._account(commit, len(entries))
         return len(commit.ack_ids)
+
+    def _live_batch(self, shard: Shard) -> int:
+        """Process the next batch while Redis runs the previous commit and the next read.
+
+        The worker keeps one batch read ahead: batch k+1 is turned into a commit while
+        Redis commits batch k and reads k+2 (both sent in one round trip), so Redis and
+        Python work overlap.
+        """
+        if not shard.ahead:
+            shard.ahead.append(self._settle(shard) if shard.inflight else self._read(shard))
+        entries = shard.ahead.popleft()
+        if not entries:
+            if shard.inflight is None:
+                return 0
+            shard.ahead.append(self._settle(shard))
+            return len(shard.ahead[-1])
+        commit = build_commit(entries, shard.store, self.model, self.limits,
+                              lambda series: self.io.load(shard, series))
+        commit.entries = len(entries)
+        if not self.pipelined:  # e.g. the cluster client: commit, then read, two round trips
+            t0 = time.perf_counter()
+            self.io.commit(shard, commit, self.s.predictions_maxlen, self.s.deadletter_maxlen)
+            metrics.COMMIT_LATENCY.observe(time.perf_counter() - t0)
+            self._account(commit, commit.entries)
+            return len(entries)
+        if shard.inflight is not None:
+            shard.ahead.append(self._settle(shard))
+        elif not shard.ahead:
+            shard.ahead.append(self._read(shard))  # start the read-ahead
+        commit.sent_at = time.perf_counter()
+        self.io.send_commit_and_read(shard, commit, self.s.predictions_maxlen,
+                                     self.s.deadletter_maxlen, self.s.batch_size)
+        return len(entries)
+
+    def _read(self, shard: Shard) -> list[Entry]:
+        entries = self.io.read(shard, self.s.batch_size)
+        if entries:
+            shard.last_id = entries[-1][0]
+        return entries
+
+    def _settle(self, shard: Shard) -> list[Entry]:
+        """Collect the shard's commit under way; account it; return the entries read ahead."""
+        commit, entries = self.io.finish(shard)
+        metrics.COMMIT_LATENCY.observe(time.perf_counter() - commit.sent_at)
+        self._account(commit, commit.entries)
+        if entries:
+            shard.last_id = entries[-1][0]
+        return entries
 
     def _account(self, commit: Commit, n_entries: int) -> None:
         """Counters and metrics of one committed batch."""
@@ -220,6 +270,7 @@ class Worker:
         if self.model is not None:
             wanted = assign(self.s.shards, live, self.consumer)
             for k in set(self.shards) - wanted:
+                self.shards[k].settle_quietly()
                 self.leases.release(k, self.shards[k].token)
                 log.info("released shard %d (rebalance)", k)
                 self._drop(k)
@@ -235,12 +286,16 @@ class Worker:
             return
         sk = keys.shard_keys(k, self.s.shards, self.s.cluster)
         ensure_group(self.client, sk.values, self.s.group)
+        self.scripts.load()
         store = SeriesStore(self.model.n_steps, self.s.max_series)
         self.shards[k] = Shard(keys=sk, token=token, store=store)
         log.info("acquired shard %d (%s) token=%s", k, sk.values, token.split(":", 1)[0])
 
     def _drop(self, k: int) -> None:
-        self.shards.pop(k, None)
+        shard = self.shards.pop(k, None)
+        if shard is not None:
+            shard.settle_quietly()
+            shard.close()
         metrics.SHARDS_OWNED.set(len(self.shards))
 
     def _swap_model(self, model: Any) -> None:
@@ -289,6 +344,8 @@ class Worker:
         self.watcher.stop()
         try:
             for k, shard in list(self.shards.items()):
+                if shard.inflight is not None:
+                    self._settle(shard)  # the batch in hand is committed before leaving
                 self.leases.release(k, shard.token)
             self._flush_accuracy()
             self.leases.leave()

@@ -8,9 +8,15 @@ commit anything again: no zombie writes.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
+import msgpack
+
 from worker.batch import Commit
+
+# Redis bundles an old cmsgpack without the bin type: pack bytes as raw strings.
+packb = partial(msgpack.packb, use_bin_type=False)
 
 _FENCE = """
 if redis.call('GET', KEYS[{lease}]) ~= ARGV[1] then
@@ -70,52 +76,40 @@ return {r[1], entries, details}
 
 COMMIT = _FENCE.format(lease=5) + """
 -- KEYS: values, predictions, deadletter, state, lease.
--- ARGV: token, group, pred_maxlen, dead_maxlen, model_version, n_extra, extra names...,
---       n_pred, n_pred groups of (series, prediction, source_id, ts, extras...),
---       n_dead, n_dead groups of (n_args, field/value pairs...),
---       n_state_args, series/blob pairs..., n_ack, ids...
+-- ARGV: token, group, pred_maxlen, dead_maxlen, model_version, then five msgpack arrays:
+--   extra field names; predictions flat, (series, prediction, source_id, ts, extras...) each;
+--   dead letters, each an array of field/value pairs; series/blob pairs; ids to ack.
 local group, pmax, dmax, version = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local i = 6
-local n_extra = tonumber(ARGV[i]); i = i + 1
-local extra = {}
-for e = 1, n_extra do extra[e] = ARGV[i]; i = i + 1 end
-local n = tonumber(ARGV[i]); i = i + 1
-local written = n
-for _ = 1, n do
-  local ts = ARGV[i + 3]
+local extra = cmsgpack.unpack(ARGV[6])
+local preds = cmsgpack.unpack(ARGV[7])
+local n_extra = #extra
+local width = 4 + n_extra
+for i = 1, #preds, width do
+  local ts = preds[i + 3]
   if n_extra == 0 and ts == '' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', pmax, '*', 'series', ARGV[i], 'prediction',
-               ARGV[i + 1], 'model_version', version, 'source_id', ARGV[i + 2])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', pmax, '*', 'series', preds[i], 'prediction',
+               preds[i + 1], 'model_version', version, 'source_id', preds[i + 2])
   else
-    local cmd = {'XADD', KEYS[2], 'MAXLEN', '~', pmax, '*', 'series', ARGV[i], 'prediction',
-                 ARGV[i + 1], 'model_version', version, 'source_id', ARGV[i + 2]}
+    local cmd = {'XADD', KEYS[2], 'MAXLEN', '~', pmax, '*', 'series', preds[i], 'prediction',
+                 preds[i + 1], 'model_version', version, 'source_id', preds[i + 2]}
     if ts ~= '' then cmd[#cmd + 1] = 'ts'; cmd[#cmd + 1] = ts end
-    for e = 1, n_extra do cmd[#cmd + 1] = extra[e]; cmd[#cmd + 1] = ARGV[i + 3 + e] end
+    for e = 1, n_extra do cmd[#cmd + 1] = extra[e]; cmd[#cmd + 1] = preds[i + 3 + e] end
     redis.call(unpack(cmd))
   end
-  i = i + 4 + n_extra
 end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  local c = tonumber(ARGV[i])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', dmax, '*', unpack(ARGV, i + 1, i + c))
-  i = i + c + 1
+for _, dead in ipairs(cmsgpack.unpack(ARGV[8])) do
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', dmax, '*', unpack(dead))
 end
-n = tonumber(ARGV[i]); i = i + 1
-local last = i + n - 1
-while i <= last do  -- in chunks: unpack() is limited to a few thousand values
-  local stop = math.min(i + 3999, last)
-  redis.call('HSET', KEYS[4], unpack(ARGV, i, stop))
-  i = stop + 1
+-- in chunks: unpack() is limited to a few thousand values
+local state = cmsgpack.unpack(ARGV[9])
+for i = 1, #state, 4000 do
+  redis.call('HSET', KEYS[4], unpack(state, i, math.min(i + 3999, #state)))
 end
-n = tonumber(ARGV[i]); i = i + 1
-last = i + n - 1
-while i <= last do
-  local stop = math.min(i + 3999, last)
-  redis.call('XACK', KEYS[1], group, unpack(ARGV, i, stop))
-  i = stop + 1
+local acks = cmsgpack.unpack(ARGV[10])
+for i = 1, #acks, 4000 do
+  redis.call('XACK', KEYS[1], group, unpack(acks, i, math.min(i + 3999, #acks)))
 end
-return written
+return #preds / width
 """
 
 
@@ -123,6 +117,7 @@ class Scripts:
     """The scripts registered on one client (EVALSHA, re-loaded automatically if flushed)."""
 
     def __init__(self, client: Any) -> None:
+        self.client = client
         self.acquire = client.register_script(ACQUIRE)
         self.renew = client.register_script(RENEW)
         self.release = client.register_script(RELEASE)
@@ -130,21 +125,16 @@ class Scripts:
         self.claim = client.register_script(CLAIM)
         self.commit = client.register_script(COMMIT)
 
+    def load(self) -> None:
+        """(Re)load the scripts used by raw EVALSHA (after a restart flushed the cache)."""
+        for script in (self.read, self.commit):
+            self.client.script_load(script.script)
 
-def commit_args(token: str, group: str, version: str, commit: Commit,
-                pred_maxlen: int, dead_maxlen: int) -> list[Any]:
-    """ARGV of the COMMIT script for one `Commit`."""
-    args: list[Any] = [token, group, pred_maxlen, dead_maxlen, version, len(commit.extra_fields)]
-    args += commit.extra_fields
-    args.append(len(commit.predictions))
-    for group_args in commit.predictions:
-        args += group_args
-    args.append(len(commit.deadletters))
-    for dead in commit.deadletters:
-        args.append(len(dead))
-        args += dead
-    args.append(len(commit.state))
-    args += commit.state
-    args.append(len(commit.ack_ids))
-    args += commit.ack_ids
-    return args
+
+def commit_args(token: str, group: str, commit: Commit, pred_maxlen: int,
+                dead_maxlen: int) -> list[Any]:
+    """ARGV of the COMMIT script for one `Commit` (bulk parts as msgpack: few, cheap args)."""
+    preds = [v for group_args in commit.predictions for v in group_args]
+    return [token, group, pred_maxlen, dead_maxlen, commit.version,
+            packb(list(commit.extra_fields)), packb(preds), packb(commit.deadletters),
+            packb(commit.state), packb(commit.ack_ids)]

@@ -1,0 +1,151 @@
+"""Producer and consumer helpers: the `Producer` class, `forecast push` and `forecast tail`."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from forecast import keys
+from forecast.errors import CliError
+from forecast.redis_conn import connect
+from forecast.settings import Settings
+from worker.parse import parse_fields
+
+Item = tuple[str, float | str, int | None]  # series, value, ts (epoch ms) or None
+
+
+class Producer:
+    """Pushes values into the right input shard (crc32(series) mod shards), pipelined."""
+
+    def __init__(self, client: Any, shards: int = 1, cluster: bool = False, chunk: int = 1000) -> None:
+        self.client = client
+        self.shards = shards
+        self.cluster = cluster
+        self.chunk = chunk
+
+    def stream_of(self, series: str) -> str:
+        """The input stream a series is routed to."""
+        return keys.values_stream(keys.shard_of(series, self.shards), self.shards, self.cluster)
+
+    @staticmethod
+    def fields(series: str, value: float | str, ts: int | None = None) -> dict[str, str]:
+        """The entry fields of one value.
+
+        >>> Producer.fields("s1", 7)
+        {'series': 's1', 'value': '7'}
+        >>> Producer.fields("s1", 0.5, ts=1700000000000)
+        {'series': 's1', 'value': '0.5', 'ts': '1700000000000'}
+        """
+        out = {"series": series, "value": value if isinstance(value, str) else repr(value)}
+        if isinstance(value, int):
+            out["value"] = str(value)
+        if ts is not None:
+            out["ts"] = str(ts)
+        return out
+
+    def push(self, series: str, value: float | str, ts: int | None = None) -> bytes:
+        """Push one value; returns the entry id."""
+        return self.client.xadd(self.stream_of(series), self.fields(series, value, ts))  # type: ignore[no-any-return]
+
+    def push_many(self, items: Iterable[Item]) -> list[bytes]:
+        """Push many values in pipelined chunks; returns the entry ids in order."""
+        ids: list[bytes] = []
+        pipe = self.client.pipeline(transaction=False)
+        n = 0
+        for series, value, ts in items:
+            pipe.xadd(self.stream_of(series), self.fields(series, value, ts))
+            n += 1
+            if n % self.chunk == 0:
+                ids += pipe.execute()
+        ids += pipe.execute()
+        return ids
+
+
+def check_value(series: str, value: str, where: str = "") -> None:
+    """Raise CliError unless (series, value) is what the worker accepts."""
+    result = parse_fields([b"series", series.encode(), b"value", value.encode()])
+    if isinstance(result, str):
+        raise CliError(f"{where}cannot push series={series!r} value={value!r}: {result.replace('_', ' ')}")
+
+
+def read_csv(path: str) -> Iterator[Item]:
+    """Rows of a long-format CSV `series,timestamp,value` (timestamp may be empty)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"no such CSV file: {path}")
+    with p.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"series", "value"} <= set(reader.fieldnames):
+            raise CliError(f"{path}: header must name series,timestamp,value (got {reader.fieldnames})")
+        for line, row in enumerate(reader, start=2):
+            series, value, ts = row["series"], (row["value"] or "").strip(), (row.get("timestamp") or "").strip()
+            check_value(series, value, f"{path}:{line}: ")
+            if ts and not ts.isdigit():
+                raise CliError(f"{path}:{line}: timestamp must be epoch milliseconds, got {ts!r}")
+            yield series, value, int(ts) if ts else None
+
+
+def run_push(args: argparse.Namespace, settings: Settings) -> int:
+    """`forecast push SERIES VALUE...` or `forecast push --csv FILE`."""
+    if args.csv:
+        if args.series or args.values:
+            raise CliError("give either --csv FILE or SERIES VALUE..., not both")
+        items = list(read_csv(args.csv))
+    else:
+        if not args.series or not args.values:
+            raise CliError("usage: forecast push SERIES VALUE [VALUE ...] (or --csv FILE)")
+        for v in args.values:
+            check_value(args.series, v)
+        ts0 = args.ts
+        items = [(args.series, v, None if ts0 is None else ts0 + i) for i, v in enumerate(args.values)]
+    producer = Producer(connect(settings), settings.shards, settings.cluster)
+    ids = producer.push_many(items)
+    print(f"pushed {len(ids)} value(s)" + (f", last id {ids[-1].decode()}" if ids else ""))
+    return 0
+
+
+def format_prediction(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
+    """One readable line for a prediction (or dead letter).
+
+    >>> format_prediction(b"1-0", {b"series": b"s1", b"prediction": b"10.705",
+    ...                   b"model_version": b"v1", b"source_id": b"0-9"})
+    's1  prediction=10.705  model=v1  source=0-9'
+    """
+    f = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+    if "reason" in f:
+        shown = {k: v[:60] for k, v in f.items() if k not in ("reason", "source_id")}
+        return f"DEAD {f['reason']}  source={f.get('source_id', '?')}  fields={shown}"
+    line = f"{f.get('series', '?')}  prediction={f.get('prediction', '?')}"
+    if "lower" in f:
+        line += f"  interval=[{f['lower']}, {f['upper']}]"
+    if "path" in f:
+        line += f"  path={f['path']}"
+    return line + f"  model={f.get('model_version', '?')}  source={f.get('source_id', '?')}"
+
+
+def run_tail(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) -> int:
+    """`forecast tail`: follow predictions (or dead letters) until Ctrl-C or --count."""
+    client = connect(settings, timeout=None)
+    streams = (keys.deadletter_streams if args.deadletter else keys.output_streams)(
+        settings.shards, settings.cluster)
+    last = {s: "0-0" if args.from_start else "$" for s in streams}
+    want = args.series.encode() if args.series else None
+    shown = 0
+    try:
+        while args.count is None or shown < args.count:
+            for stream, entries in client.xread(last, block=1000, count=1000) or []:
+                last[stream.decode()] = entries[-1][0]
+                for entry_id, fields in entries:
+                    if want is not None and fields.get(b"series") != want:
+                        continue
+                    print(format_prediction(entry_id, fields), file=out, flush=True)
+                    shown += 1
+                    if args.count is not None and shown >= args.count:
+                        return 0
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,111 @@
+"""`forecast demo`: the tutorial end to end on a private Redis, leaving no process behind.
+
+Starts a private `redis-server` (or an embedded fakeredis TCP server when none is on
+PATH), trains and publishes the tutorial model, starts a worker process, pushes 0..9 and
+then 7, 8, 9 on a new series, and prints the prediction for [7, 8, 9].
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from forecast import keys
+from forecast.client import Producer
+from forecast.errors import CliError
+from forecast.redis_server import RedisServer, free_port, redis_server_binary
+from forecast.settings import Settings
+
+
+@contextlib.contextmanager
+def demo_redis(url: str | None) -> Iterator[str]:
+    """A Redis URL for the demo: the given one, a private redis-server, or fakeredis."""
+    if url:
+        yield url
+        return
+    if redis_server_binary():
+        server = RedisServer().start()
+        print(f"[demo] started a private redis-server on {server.url} (pid {server.proc.pid})")  # type: ignore[union-attr]
+        try:
+            yield server.url
+        finally:
+            server.cleanup()
+        return
+    from fakeredis import TcpFakeServer
+
+    port = free_port()
+    fake = TcpFakeServer(("127.0.0.1", port), server_type="redis", server_version=(7, 0))
+    thread = threading.Thread(target=fake.serve_forever, daemon=True)
+    thread.start()
+    print(f"[demo] no redis-server on PATH: using an embedded fakeredis server on port {port}")
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        fake.shutdown()
+        fake.server_close()
+
+
+def wait_prediction(client: Any, source_id: bytes, timeout: float) -> dict[bytes, bytes]:
+    """The prediction made for one input entry (polls the output stream)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for _, fields in client.xrevrange(keys.PREDICTIONS, count=50):
+            if fields.get(b"source_id") == source_id:
+                return fields  # type: ignore[no-any-return]
+        time.sleep(0.1)
+    raise CliError(f"no prediction for entry {source_id.decode()} within {timeout:.0f}s")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """The `forecast demo` command."""
+    from forecast.cli import main as cli
+
+    t0 = time.monotonic()
+    with demo_redis(args.redis_url) as url:
+        env = {**os.environ, "FORECAST_REDIS_URL": url, "FORECAST_SHARDS": "1",
+               "FORECAST_METRICS_PORT": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        print("[demo] training the tutorial model: SimpleRNN(50, relu) + Dense(1) on 0..9, n_steps=3")
+        rc = cli(["train", "--example", "--redis-url", url, "--shards", "1", "--quiet",
+                  "--out", settings.model_dir])
+        if rc not in (0, None):
+            raise CliError(f"training failed with exit code {rc}")
+        print("[demo] starting a worker process")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "forecast.cli", "worker", "--consumer", "demo-worker",
+             "--block-ms", "200"], env=env)
+        try:
+            client = redis.Redis.from_url(url)
+            producer = Producer(client)
+            producer.push_many(("tutorial", v, None) for v in range(10))
+            ids = producer.push_many(("demo-789", v, None) for v in (7, 8, 9))
+            print("[demo] pushed 0..9 on series 'tutorial' and 7, 8, 9 on series 'demo-789'")
+            pred = wait_prediction(client, ids[-1], timeout=120)
+            value = float(pred[b"prediction"])
+            print(f"\n  prediction for [7, 8, 9]: {value:.3f}   (model {pred[b'model_version'].decode()},"
+                  f" tutorial printed 10.705)\n")
+            n = client.xlen(keys.PREDICTIONS)
+            print(f"[demo] {n} predictions in {keys.PREDICTIONS}; done in {time.monotonic() - t0:.0f}s")
+        finally:
+            worker.terminate()
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(5)
+    print("""
+Where to look next:
+  forecast tail --from-start                 # follow predictions (needs FORECAST_REDIS_URL)
+  redis-cli XADD forecast:values '*' series s1 value 7
+  redis-cli XREAD BLOCK 0 STREAMS forecast:predictions '$'
+  forecast models list                       # versions, validation and live accuracy
+  docker compose up                          # the deployment (README: Deployment)""")
+    return 0
