@@ -1,0 +1,89 @@
+"""Prometheus metrics of the worker, registered once in the default registry.
+
+The worker imports these module-level objects and updates them; `worker.health` serves
+them on `/metrics`. Names are part of the product contract (dashboards, alerts).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+log = logging.getLogger(__name__)
+
+# Entries per XREADGROUP batch: 1 .. 100000, roughly log-spaced (1-2-5 steps).
+BATCH_BUCKETS = (
+    1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000,
+)
+# Seconds from the input entry's time to the committed prediction: 0.5 ms .. 60 s.
+LAG_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+# Seconds of one model call / one commit script: 0.1 ms .. 10 s.
+CALL_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+VALUES_READ = Counter("forecast_values_read_total", "Input stream entries read")
+PREDICTIONS = Counter(
+    "forecast_predictions_written_total", "Predictions written to the output stream"
+)
+DEADLETTERED = Counter(
+    "forecast_deadletter_total", "Input entries sent to the dead-letter stream", ["reason"]
+)
+BATCH_SIZE = Histogram(
+    "forecast_batch_size", "Entries per batch read from the input streams", buckets=BATCH_BUCKETS
+)
+MODEL_LATENCY = Histogram(
+    "forecast_model_call_seconds", "Seconds per batched model call", buckets=CALL_BUCKETS
+)
+COMMIT_LATENCY = Histogram(
+    "forecast_commit_seconds", "Seconds per atomic batch commit", buckets=CALL_BUCKETS
+)
+E2E_LAG = Histogram(
+    "forecast_end_to_end_lag_seconds",
+    "Seconds from the input entry's id time to its committed prediction",
+    buckets=LAG_BUCKETS,
+)
+GROUP_LAG = Gauge("forecast_group_lag", "Entries not yet delivered to the group", ["stream"])
+PENDING = Gauge("forecast_pending", "Entries delivered but not acknowledged", ["stream"])
+MODEL_INFO = Info("forecast_model", "The model version the worker serves")
+MODEL_VERSION = Gauge(
+    "forecast_model_version_number", "Numeric part of the served model version (v12 -> 12)"
+)
+RELOADS = Counter("forecast_model_reloads_total", "Successful model (re)loads")
+RELOAD_FAILURES = Counter(
+    "forecast_model_reload_failures_total", "Model loads that failed or were rejected"
+)
+RECONNECTS = Counter("forecast_redis_reconnects_total", "Reconnections to Redis after an error")
+ONLINE_MAE = Gauge(
+    "forecast_online_mae", "Mean absolute error of served predictions, per version", ["version"]
+)
+SHARDS_OWNED = Gauge("forecast_shards_owned", "Input shards this worker holds the lease of")
+READY = Gauge("forecast_ready", "1 when the worker has a model and owns its work, else 0")
+
+_VERSION_NUMBER = re.compile(r"(\d+)")
+
+
+def version_number(version: str) -> int:
+    """The numeric part of a model version, -1 when it has none.
+
+    >>> version_number("v12")
+    12
+    >>> version_number("v0003")
+    3
+    >>> version_number("latest")
+    -1
+    """
+    match = _VERSION_NUMBER.search(version)
+    return int(match.group(1)) if match else -1
+
+
+def set_model(version: str, arch: str, n_steps: int) -> None:
+    """Record the served model in `forecast_model_info` and `forecast_model_version_number`."""
+    MODEL_INFO.info({"version": version, "arch": arch, "n_steps": str(n_steps)})
+    MODEL_VERSION.set(version_number(version))
