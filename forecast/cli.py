@@ -152,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         parser.exit(2, f"forecast: error: setting {field}: {err['msg']}\n")
+    if args.command in ("train", "demo", "bench"):
+        from forecast.tf import import_tensorflow
+
+        import_tensorflow()
     try:
         rc = _resolve(args.run)(args, settings)
     except CliError as exc:

@@ -75,13 +75,19 @@ class Settings(BaseSettings):
         """The consumer name, defaulting to <hostname>-<pid>."""
         return self.consumer or f"{socket.gethostname()}-{os.getpid()}"
 
-    def safe_dump(self) -> dict[str, Any]:
+    def safe_dump(self, *, worker_only: bool = False) -> dict[str, Any]:
         """Settings as a dict with secrets masked, for the start-up log line."""
-        data = self.model_dump()
+        data = self.model_dump(exclude=TRAINER_FIELDS if worker_only else None)
         data["redis_url"] = mask_url(self.redis_url)
         if self.model_hmac_key:
             data["model_hmac_key"] = "***"
         return data
+
+
+TRAINER_FIELDS = {
+    "arch", "n_steps", "units", "epochs", "train_batch_size", "learning_rate", "seed",
+    "val_fraction", "patience", "horizon", "coverage", "scaling", "season_period", "model_dir",
+}
 
 
 def mask_url(url: str) -> str:

@@ -254,8 +254,10 @@ class Worker:
         if shard.last_id is None:
             shard.last_id = b"$"
             for group in self.client.xinfo_groups(shard.keys.values):
-                info = dict(zip(group[::2], group[1::2]))
-                if info[b"name"] == self.s.group.encode():
+                # raw pairs; a cluster client's node clients still parse it to a str-keyed dict
+                info = group if isinstance(group, dict) else dict(zip(group[::2], group[1::2]))
+                info = {(k if isinstance(k, bytes) else k.encode()): v for k, v in info.items()}
+                if info[b"name"] in (self.s.group, self.s.group.encode()):
                     shard.last_id = info[b"last-delivered-id"]
         return shard.last_id
 
@@ -303,6 +305,7 @@ class Worker:
         old = self.model
         self.model = model
         self.errors.clear()
+        self.next_maintenance = 0.0  # acquire shards right away
         for shard in self.shards.values():
             shard.store.resize(model.n_steps)
         metrics.set_model(model.version, str(model.manifest.get("arch", "")), model.n_steps)

@@ -69,6 +69,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         except redis.RedisError as exc:
             print(f"unhealthy: {exc}")
             return 1
+    from forecast.tf import import_tensorflow
+
+    import_tensorflow()  # before any thread logs: it silences stderr while importing
     worker = Worker(client, settings)
     install_signals(worker)
     server = None
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                                        lambda: not worker.stopping.is_set(), worker.ready)
         except OSError as exc:
             log.error("metrics/health server not started: %s", exc)
-    log.info("worker %s starting", worker.consumer, extra={"settings": settings.safe_dump()})
+    log.info("worker %s starting", worker.consumer, extra={"settings": settings.safe_dump(worker_only=True)})
     worker.run()
     if server is not None:
         server.stop()
