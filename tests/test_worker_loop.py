@@ -113,3 +113,37 @@ def test_commit_with_a_stale_token_is_fenced(r: redis.Redis, redis_url: str) -> 
     with pytest.raises(Fenced):
         w.io.read(stale, 10)
     assert r.xpending(keys.VALUES, "forecast")["pending"] == 0
+
+
+def test_horizon_and_interval_fields(r: redis.Redis, running: Any) -> None:
+    running(model=LinearModel(horizon=3, has_interval=True))
+    for v in (1, 2, 3):
+        r.xadd(keys.VALUES, {"series": "h", "value": str(v)})
+    pred = wait_for(lambda: predictions(r), what="a prediction")[0]
+    assert pred[b"prediction"] == b"4"
+    assert (pred[b"lower"], pred[b"upper"]) == (b"3", b"5")
+    assert pred[b"path"] == b"4,5,6"
+    assert (pred[b"lower_path"], pred[b"upper_path"]) == (b"3,4,5", b"5,6,7")
+
+
+def test_online_accuracy_is_recorded_per_version(r: redis.Redis, running: Any) -> None:
+    w = running()
+    for v in (1, 2, 3, 5):  # 3 predicts 4; the actual 5 is off by 1
+        r.xadd(keys.VALUES, {"series": "acc", "value": str(v)})
+    wait_for(lambda: len(predictions(r)) == 2, what="2 predictions")
+    w.next_maintenance = 0.0
+    wait_for(lambda: r.hget(keys.ACCURACY, "v1:count") == b"1", what="accuracy flushed")
+    assert float(r.hget(keys.ACCURACY, "v1:abs_err_sum")) == 1.0
+
+
+def test_evicted_series_reload_from_checkpoint(r: redis.Redis, running: Any) -> None:
+    w = running(max_series=2, batch_size=1)
+    for s in ("a", "b", "c", "a"):  # 'a' is evicted when 'c' arrives, then comes back
+        for v in (1, 2):
+            r.xadd(keys.VALUES, {"series": s, "value": str(v)})
+        wait_for(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 0 and
+                 r.xinfo_groups(keys.VALUES)[0]["lag"] == 0, what="batch committed")
+    preds = wait_for(lambda: len(predictions(r)) == 2 and predictions(r), what="predictions for a")
+    # windows [1, 2, 1] and [2, 1, 2]: the first two values of a survived the eviction
+    assert [(p[b"series"], p[b"prediction"]) for p in preds] == [(b"a", b"0"), (b"a", b"3")]
+    assert w.shards[0].store.evicted >= 1
