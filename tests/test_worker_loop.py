@@ -138,6 +138,7 @@ def test_online_accuracy_is_recorded_per_version(r: redis.Redis, running: Any) -
 
 def test_evicted_series_reload_from_checkpoint(r: redis.Redis, running: Any) -> None:
     w = running(max_series=2, batch_size=1)
+    wait_for(lambda: w.shards, what="shard acquired")
     for s in ("a", "b", "c", "a"):  # 'a' is evicted when 'c' arrives, then comes back
         for v in (1, 2):
             r.xadd(keys.VALUES, {"series": s, "value": str(v)})
