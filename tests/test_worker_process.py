@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +27,8 @@ def served(redis_server: RedisServer) -> Iterator[tuple[redis.Redis, WorkerProc]
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     version = publish_tiny_model(redis_server.url)
-    proc = start_worker(redis_server.url, "proc-test")
+    proc = start_worker(redis_server.url, "proc-test", metrics=True, log_json="true",
+                        summary_interval_s="1")
     try:
         wait_for(lambda: b"acquired shard 0" in proc.log_path.read_bytes(), timeout=90,
                  what=f"worker serving {version}")
@@ -77,3 +83,47 @@ def test_hot_reload_mid_stream_loses_nothing(served: Any) -> None:
                      what="18 predictions of h1")
     assert [p[b"source_id"] for p in preds] == sent[2:]  # windows kept: no new warm-up
     assert {p[b"model_version"] for p in preds[8:]} == {v2.encode()}
+
+
+def scrape(proc: WorkerProc) -> dict[str, float]:
+    """The worker's /metrics as {sample name with labels: value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=5).read()
+    samples = {}
+    for line in text.decode().splitlines():
+        m = re.match(r"^(forecast_\S+) ([-+\d.eE]+|NaN)$", line)
+        if m:
+            samples[m.group(1)] = float(m.group(2))
+    return samples
+
+
+def test_metrics_move_and_health_endpoints_answer(served: Any) -> None:
+    client, proc = served
+    before = scrape(proc).get("forecast_values_read_total", 0.0)
+    for v in range(5):
+        client.xadd(keys.VALUES, {"series": "m1", "value": str(v)})
+    client.xadd(keys.VALUES, {"series": "m1", "value": "x"})
+    after = wait_for(lambda: (lambda m: m if m.get("forecast_values_read_total", 0) >= before + 6
+                              else None)(scrape(proc)), what="values_read to move")
+    assert after["forecast_predictions_written_total"] >= 3
+    assert after['forecast_deadletter_total{reason="bad_value"}'] >= 1
+    assert [k for k in after if k.startswith("forecast_model_info{") and 'version="v' in k]
+    assert after["forecast_ready"] == 1 and after["forecast_shards_owned"] == 1
+    assert after["forecast_end_to_end_lag_seconds_count"] > 0
+    assert proc.readyz() == 200
+    url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+    check = subprocess.run([sys.executable, "-m", "forecast.cli", "worker", "--check",
+                            "--redis-url", url, "--consumer", "proc-test"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_logs_are_json_lines_with_a_start_up_and_a_summary_line(served: Any) -> None:
+    _, proc = served
+    lines = wait_for(lambda: (lambda ls: ls if any(json.loads(x)["msg"] == "summary" for x in ls)
+                              else None)([x for x in proc.log().splitlines() if x.strip()]),
+                     what="a summary line")
+    records = [json.loads(x) for x in lines]  # every line is one JSON object
+    start = next(r for r in records if r["msg"].startswith("worker proc-test starting"))
+    assert start["settings"]["redis_url"].startswith("redis://")
+    summary = next(r for r in records if r["msg"] == "summary")
+    assert {"values", "predictions", "deadletters", "shards"} <= set(summary)
