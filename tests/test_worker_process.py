@@ -109,6 +109,8 @@ def test_metrics_move_and_health_endpoints_answer(served: Any) -> None:
     assert [k for k in after if k.startswith("forecast_model_info{") and 'version="v' in k]
     assert after["forecast_ready"] == 1 and after["forecast_shards_owned"] == 1
     assert after["forecast_end_to_end_lag_seconds_count"] > 0
+    assert 'forecast_pending{stream="forecast:values"}' in after
+    assert 'forecast_group_lag{stream="forecast:values"}' in after
     assert proc.readyz() == 200
     url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
     check = subprocess.run([sys.executable, "-m", "forecast.cli", "worker", "--check",

@@ -66,6 +66,8 @@ class Worker:
         self.totals = {"values": 0, "predictions": 0, "deadletters": 0, "batches": 0}
         self.errors: deque[tuple[float, int]] = deque(maxlen=200)  # (abs err sum, n) per batch
         self.unflushed_errors = [0.0, 0]  # online errors not yet added to forecast:accuracy
+        self.last_summary = (time.monotonic(), 0)  # (when, values) of the last summary line
+        self.lag = 0  # entries not yet delivered, over the owned shards
 
     # --- health -----------------------------------------------------------------
     def ready(self) -> bool:
@@ -272,14 +274,15 @@ class Worker:
         if self.model is not None:
             wanted = assign(self.s.shards, live, self.consumer)
             for k in set(self.shards) - wanted:
-                self.shards[k].settle_quietly()
-                self.leases.release(k, self.shards[k].token)
+                token = self.shards[k].token
+                self._drop(k)  # settles the commit in flight; forgotten before another can take it
+                self.leases.release(k, token)
                 log.info("released shard %d (rebalance)", k)
-                self._drop(k)
             for k in sorted(wanted - set(self.shards)):
                 self._acquire(k)
         metrics.SHARDS_OWNED.set(len(self.shards))
         metrics.READY.set(1 if self.model is not None and self.connected else 0)
+        self._update_group_gauges()
         self._flush_accuracy()
 
     def _acquire(self, k: int) -> None:
@@ -335,11 +338,30 @@ class Worker:
             self.unflushed_errors = [0.0, 0]
             s = sum(e[0] for e in self.errors)
             c = sum(e[1] for e in self.errors)
-            metrics.ONLINE_MAE.labels(version=v).set(s / c)
+            if c:  # errors were cleared by a model swap
+                metrics.ONLINE_MAE.labels(version=v).set(s / c)
+
+    def _update_group_gauges(self) -> None:
+        """Consumer-group lag and pending count of every owned shard's stream."""
+        self.lag = 0
+        for shard in self.shards.values():
+            for group in self.client.xinfo_groups(shard.keys.values):
+                info = dict(zip(group[::2], group[1::2], strict=False))
+                if info[b"name"] == self.s.group.encode():
+                    lag = int(info.get(b"lag") or 0)
+                    self.lag += lag
+                    metrics.GROUP_LAG.labels(stream=shard.keys.values).set(lag)
+                    metrics.PENDING.labels(stream=shard.keys.values).set(int(info[b"pending"]))
 
     def _summary(self) -> None:
-        self.next_summary = time.monotonic() + self.s.summary_interval_s
-        log.info("summary", extra={**self.totals, "shards": sorted(self.shards),
+        """The periodic summary line: totals, rates since the last one, lag."""
+        now = time.monotonic()
+        elapsed = max(now - self.last_summary[0], 1e-9)
+        rate = (self.totals["values"] - self.last_summary[1]) / elapsed
+        self.last_summary = (now, self.totals["values"])
+        self.next_summary = now + self.s.summary_interval_s
+        log.info("summary", extra={**self.totals, "values_per_s": round(rate, 1), "lag": self.lag,
+                                   "shards": sorted(self.shards),
                                    "model": getattr(self.model, "version", None)})
 
     def shutdown(self) -> None:
