@@ -137,7 +137,12 @@ def run_tail(args: argparse.Namespace, settings: Settings, out: TextIO = sys.std
     shown = 0
     try:
         while args.count is None or shown < args.count:
-            for stream, entries in client.xread(last, block=1000, count=1000) or []:
+            if settings.cluster and len(streams) > 1:  # one slot per stream: one short read each
+                replies = [rep for s in streams for rep in client.xread(
+                    {s: last[s]}, block=max(1, 1000 // len(streams)), count=1000) or []]
+            else:
+                replies = client.xread(last, block=1000, count=1000) or []
+            for stream, entries in replies:
                 last[stream.decode()] = entries[-1][0]
                 for entry_id, fields in entries:
                     if want is not None and fields.get(b"series") != want:

@@ -47,7 +47,9 @@ def collect(client: Any, settings: Settings) -> dict[str, Any]:
         raw = client.get(keys.heartbeat(member.decode()))
         status = json.loads(raw) if raw else {}
         workers.append({"consumer": member.decode(), "age_s": round((now - score) / 1000, 1),
-                        "alive": raw is not None, "ready": status.get("ready"),
+                        # the liveness rule the workers' shard assignment uses (leases.heartbeat)
+                        "alive": raw is not None and now - score <= settings.lease_ttl_ms,
+                        "ready": status.get("ready"),
                         "model": status.get("model_version"), "shards": status.get("shards"),
                         "values": status.get("values")})
     current = client.get(keys.MODEL_CURRENT)

@@ -64,7 +64,6 @@ class ModelWatcher:
         if version in (self.loaded, self.failed):
             return False
         from forecast.modelio import load_version  # TensorFlow is imported here, off the hot path
-
         from worker import metrics
         try:
             model = load_version(self.client, version, self.hmac_key)

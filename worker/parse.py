@@ -14,7 +14,8 @@ from dataclasses import dataclass
 # A plain decimal number: no hex, no underscores, no whitespace, no nan/inf words.
 _DECIMAL = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _TS = re.compile(rb"\d{1,15}")
-_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+# C0 controls, DEL, and the C1 controls U+0080..U+009F (UTF-8 \xc2\x80..\xc2\x9f).
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]|\xc2[\x80-\x9f]")
 
 # Every reason a message can be dead-lettered for (also the metrics label values).
 REASONS = (
@@ -35,7 +36,7 @@ class Limits:
 Parsed = tuple[bytes, float, int]
 
 
-def parse_fields(fields: list[bytes], limits: Limits = Limits()) -> Parsed | str:  # noqa: B008
+def parse_fields(fields: list[bytes], limits: Limits = Limits()) -> Parsed | str:
     """Parse a flat `[field, value, ...]` entry into `(series, value, ts)` or a reason.
 
     >>> parse_fields([b"series", b"s1", b"value", b"7"])

@@ -1,0 +1,151 @@
+"""Loading and checking model artifacts: what the worker trusts before it serves a version.
+
+`load_bytes` checks, in order: the sha256 of the bytes against the manifest, the HMAC when a
+key is configured, that Keras loads the bytes in safe mode (no Lambda layers, no pickle), the
+input shape (None, n_steps, 1), the output width, and that a probe window gives finite output.
+Any failure raises `ModelRejected` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import io
+import logging
+import os
+import tempfile
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from forecast import registry
+from forecast.errors import ModelRejected
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("point", "interval")
+
+
+def sign(blob: bytes, key: str) -> str:
+    """Hex HMAC-SHA256 of the artifact bytes.
+
+    >>> sign(b"model", "k")[:16]
+    'cf7b6833e658d95c'
+    """
+    return hmac.new(key.encode(), blob, hashlib.sha256).hexdigest()
+
+
+class LoadedModel:
+    """A checked model: `predict` maps raw windows (m, n_steps) to raw forecasts."""
+
+    def __init__(self, version: str, manifest: dict[str, Any], model: Any) -> None:
+        import tensorflow as tf
+
+        self.version = version
+        self.manifest = manifest
+        self.model = model
+        self.n_steps = int(manifest["n_steps"])
+        self.horizon = int(manifest["horizon"])
+        self.has_interval = manifest.get("outputs") == "interval"
+        self.width = self.horizon * (3 if self.has_interval else 1)
+        spec = tf.TensorSpec([None, self.n_steps, 1], tf.float32)
+        # One trace for every batch size: the worker calls this per batch, never model.predict.
+        # A partial (no __code__) keeps TF from counting every loaded model as a retrace.
+        self._call = tf.function(functools.partial(model, training=False), input_signature=[spec])
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """(m, n_steps) raw float32 windows -> (m, horizon), or (m, 3*horizon) with intervals."""
+        x = np.asarray(windows, dtype=np.float32)
+        if x.size == 0:
+            return np.zeros((0, self.width), dtype=np.float32)
+        if x.ndim not in (2, 3) or x.shape[1] != self.n_steps or x.size != len(x) * self.n_steps:
+            raise ValueError(f"expected windows of shape (m, {self.n_steps}), got {x.shape}")
+        x = x.reshape(len(x), self.n_steps, 1)
+        out: np.ndarray = self._call(x).numpy()
+        return out
+
+    def __repr__(self) -> str:
+        return (f"LoadedModel({self.version!r}, n_steps={self.n_steps}, horizon={self.horizon}, "
+                f"interval={self.has_interval})")
+
+
+def _check_manifest(manifest: dict[str, Any]) -> None:
+    for name in ("n_steps", "horizon"):
+        value = manifest.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ModelRejected(f"manifest {name} must be a positive integer, got {value!r}")
+    if manifest.get("outputs", "point") not in OUTPUTS:
+        raise ModelRejected(f"manifest outputs must be one of {OUTPUTS}, "
+                            f"got {manifest['outputs']!r}")
+    if not isinstance(manifest.get("sha256"), str):
+        raise ModelRejected("manifest has no sha256")
+
+
+def _load_keras(blob: bytes) -> Any:
+    import keras
+
+    import forecast.layers  # noqa: F401  (registers the custom layers before deserialising)
+
+    if not zipfile.is_zipfile(io.BytesIO(blob)):
+        raise ModelRejected("Keras refused the artifact: not a .keras archive (not a zip file)")
+    fd, name = tempfile.mkstemp(suffix=".keras")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        return keras.saving.load_model(name, compile=False, safe_mode=True)
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise ModelRejected(f"Keras refused the artifact: {type(exc).__name__}: {reason}") from None
+    finally:
+        os.unlink(name)
+
+
+def load_bytes(blob: bytes, manifest: dict[str, Any], hmac_key: str = "") -> LoadedModel:
+    """Check and load an artifact; raises ModelRejected with the reason."""
+    _check_manifest(manifest)
+    digest = hashlib.sha256(blob).hexdigest()
+    if not hmac.compare_digest(digest, manifest["sha256"]):
+        raise ModelRejected(f"sha256 mismatch: bytes {digest[:12]}..., "
+                            f"manifest {str(manifest['sha256'])[:12]}...")
+    if hmac_key:
+        signature = manifest.get("hmac")
+        if not isinstance(signature, str) or not signature:
+            raise ModelRejected("unsigned model: an HMAC key is set but the manifest has no hmac")
+        if not hmac.compare_digest(sign(blob, hmac_key), signature):
+            raise ModelRejected("bad HMAC signature")
+    model = _load_keras(blob)
+    n_steps, horizon = manifest["n_steps"], manifest["horizon"]
+    if len(model.inputs) != 1:
+        raise ModelRejected(f"model has {len(model.inputs)} inputs, expected 1")
+    shape = tuple(model.inputs[0].shape)
+    if shape != (None, n_steps, 1):
+        raise ModelRejected(f"input shape {shape} does not match (None, {n_steps}, 1)")
+    loaded = LoadedModel(str(manifest.get("version", "local")), manifest, model)
+    out_shape = tuple(model.outputs[0].shape) if len(model.outputs) == 1 else None
+    if out_shape is None or len(out_shape) != 2 or out_shape[1] != loaded.width:
+        raise ModelRejected(f"output shape {out_shape} does not match (None, {loaded.width}) "
+                            f"for horizon={horizon}, outputs={manifest.get('outputs', 'point')}")
+    probe = np.stack([np.linspace(1.0, 2.0, n_steps), np.linspace(-50.0, 100.0, n_steps)])
+    try:
+        out = loaded.predict(probe.astype(np.float32))
+    except Exception as exc:
+        raise ModelRejected(f"probe prediction failed: {type(exc).__name__}: {exc}") from None
+    if out.shape != (2, loaded.width):
+        raise ModelRejected(f"probe output shape {out.shape}, expected (2, {loaded.width})")
+    if not np.all(np.isfinite(out)):
+        raise ModelRejected("probe window gave a non-finite output (NaN or inf)")
+    return loaded
+
+
+def load_version(client: Any, version: str, hmac_key: str = "") -> LoadedModel:
+    """Fetch a version's blob and manifest from the registry, check and load it."""
+    try:
+        manifest = registry.get_manifest(client, version)
+        blob = registry.get_blob(client, version)
+    except registry.RegistryError as exc:
+        raise ModelRejected(str(exc)) from None
+    if manifest.get("version", version) != version:
+        raise ModelRejected(f"manifest of {version} names version {manifest.get('version')!r}")
+    return load_bytes(blob, {**manifest, "version": version}, hmac_key)

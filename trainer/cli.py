@@ -1,0 +1,85 @@
+"""`forecast train`: load data, train, evaluate, write the artifact, publish through the gate.
+
+Exit codes: 0 trained (and published as current, unless --no-publish); 2 a user error
+(missing or bad CSV, too little data, Redis unreachable); 3 the gate refused the model: it
+is stored as a version but not current (`forecast models promote VERSION` or --force).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from forecast.errors import CliError, ModelRejected
+from forecast.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXIT_REFUSED = 3
+
+
+def _summary(trained: Any) -> list[str]:
+    m = trained.manifest
+    d, t, met = m["data"], m["train"], m["metrics"]
+    lines = [
+        f"trained {m['arch']} (n_steps={m['n_steps']}, horizon={m['horizon']}) on {d['source']}: "
+        f"{d['series']} series, {d['values']} values, {d['train_windows']} train / "
+        f"{d['val_windows']} validation windows; {t['epochs_run']} epochs in {t['seconds']}s",
+        f"{met['holdout']} MAE {met['model']['mae']:.6g} (naive {met['naive']['mae']:.6g}, "
+        f"seasonal naive {met['seasonal_naive']['mae']:.6g}, period {met['season_period']})",
+    ]
+    if m["outputs"] == "interval":
+        lines.append(f"{round(100 * m['coverage'])}% interval half-widths per step "
+                     f"(scaled units): {[round(q, 4) for q in m['conformal_q']]}")
+    return lines
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the train command; returns the exit code."""
+    from forecast.logs import setup_logging
+
+    setup_logging(settings.log_level if not args.quiet else "WARNING", settings.log_json)
+    from forecast.redis_conn import connect
+    from trainer import data, windows
+
+    client = None
+    if args.from_stream or not args.no_publish:
+        client = connect(settings)
+        client.ping()  # fail fast, before training, when Redis is unreachable
+    dataset = data.load(args, settings, client)
+    # Data errors (too little data) surface here, before any training.
+    ws = windows.build(dataset, settings.n_steps, settings.horizon, settings.val_fraction)
+    from trainer import artifact, publish, report, train
+
+    try:
+        trained = artifact.train_model(dataset, settings, train.progress_verbosity(args.quiet), ws)
+    except ModelRejected as exc:
+        raise CliError(f"the trained model failed its own load checks: {exc}") from None
+    for line in _summary(trained):
+        print(line)
+    if args.no_publish or client is None:
+        gate = publish.decide(trained, None, args.force)
+        trained.manifest = {**trained.manifest, "gate": {**gate, "decision": "not_published"}}
+        version = "local"
+    else:
+        current = publish.score_current(client, trained, settings.model_hmac_key)
+        gate = publish.decide(trained, current, args.force)
+        version = publish.publish(client, trained, gate)
+    out = publish.write_local(settings.model_dir, version, trained.blob, trained.manifest)
+    if args.report:
+        paths = report.write(args.report, trained.manifest, trained.ws, trained.holdout_pred)
+        print(f"report: {paths['json']}, {paths['md']}, {paths['png']}")
+    if version == "local":
+        print(f"not published (--no-publish); artifact {out / 'model.keras'}")
+        return 0
+    if gate["decision"] == "promote":
+        forced = " (forced)" if gate["forced"] else ""
+        print(f"published {version} as current{forced}; artifact {out / 'model.keras'}")
+        return 0
+    print(f"published {version}; artifact {out / 'model.keras'}")
+    print(f"forecast: gate: {version} stored but not current: {gate['reason']} "
+          f"(promote with `forecast models promote {version}` or retrain with --force)",
+          file=sys.stderr)
+    return EXIT_REFUSED

@@ -1,0 +1,157 @@
+"""Training data sources: the tutorial sequence, a long-format CSV, or the input streams."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forecast import keys
+from forecast.errors import CliError
+from forecast.settings import Settings
+from worker.parse import Limits, parse_fields
+
+log = logging.getLogger(__name__)
+
+PAGE = 10_000  # XRANGE COUNT per round trip
+# Shipped with the package: four hourly series of very different scales (make_example_data).
+EXAMPLE_CSV = Path(__file__).resolve().parents[1] / "forecast" / "data" / "example.csv"
+
+
+@dataclass
+class Dataset:
+    """Named series of float64 values in time order, plus where they came from."""
+
+    source: str
+    series: dict[str, np.ndarray]
+    skipped: int = 0  # stream entries that failed validation
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_values(self) -> int:
+        """Total number of values over all series."""
+        return int(sum(len(v) for v in self.series.values()))
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready description for the manifest."""
+        return {"source": self.source, "series": len(self.series), "values": self.n_values,
+                "skipped": self.skipped, **self.extra}
+
+
+def example() -> Dataset:
+    """The tutorial sequence 0..9 as one series.
+
+    >>> example().series["example"].tolist()
+    [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    """
+    return Dataset("example", {"example": np.arange(10, dtype=np.float64)})
+
+
+def _number(text: str, what: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise CliError(f"{where}: bad {what} {text!r} (expected a number)") from None
+    if not math.isfinite(value):
+        raise CliError(f"{where}: bad {what} {text!r} (expected a finite number)")
+    return value
+
+
+def read_csv(path: str | Path) -> Dataset:
+    """A long-format CSV with a header `series,timestamp,value` (timestamp optional).
+
+    Rows of a series are ordered by timestamp when the column exists, else kept in file order.
+    """
+    p = Path(path)
+    try:
+        handle = p.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot read {p}: {exc.strerror or exc}") from None
+    rows: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    with handle:
+        reader = csv.reader(handle)
+        try:
+            header = [h.strip().lower() for h in next(reader)]
+        except StopIteration:
+            raise CliError(f"{p}: empty file (expected a header series,timestamp,value)") from None
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise CliError(f"{p}: not a readable CSV: {exc}") from None
+        if "series" not in header or "value" not in header:
+            raise CliError(f"{p}: header must name the columns series,timestamp,value "
+                           f"(timestamp optional), got {','.join(header)!r}")
+        i_series, i_value = header.index("series"), header.index("value")
+        i_ts = header.index("timestamp") if "timestamp" in header else None
+        try:
+            for row in reader:
+                where = f"{p}:{reader.line_num}"
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    raise CliError(f"{where}: expected {len(header)} columns, got {len(row)}")
+                name = row[i_series].strip()
+                if not name:
+                    raise CliError(f"{where}: empty series id")
+                value = _number(row[i_value].strip(), "value", where)
+                ts = _number(row[i_ts].strip(), "timestamp", where) if i_ts is not None else 0.0
+                rows[name].append((ts, value))
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise CliError(f"{p}:{reader.line_num}: not a readable CSV row: {exc}") from None
+    if not rows:
+        raise CliError(f"{p}: no data rows")
+    series = {}
+    for name, pairs in rows.items():
+        arr = np.asarray(pairs, dtype=np.float64)
+        order = np.argsort(arr[:, 0], kind="stable")
+        series[name] = arr[order, 1]
+    return Dataset(f"csv:{p.name}", series)
+
+
+def from_stream(client: Any, settings: Settings, page: int = PAGE) -> Dataset:
+    """Every valid entry of every input stream (XRANGE paged by COUNT), grouped by series."""
+    limits = Limits(settings.max_series_bytes, settings.max_value_bytes)
+    values: dict[str, list[float]] = defaultdict(list)
+    skipped = 0
+    streams = [keys.values_stream(k, settings.shards, settings.cluster)
+               for k in range(settings.shards)]
+    for stream in streams:
+        start: bytes | str = "-"
+        while True:
+            entries = client.xrange(stream, min=start, max="+", count=page)
+            for _entry_id, fields in entries:
+                flat = [x for pair in fields.items() for x in pair]
+                parsed = parse_fields(flat, limits)
+                if isinstance(parsed, str):
+                    skipped += 1
+                    continue
+                values[parsed[0].decode("utf-8")].append(parsed[1])
+            if len(entries) < page:
+                break
+            start = b"(" + _as_bytes(entries[-1][0])
+    if skipped:
+        log.warning("skipped %d invalid stream entries", skipped)
+    if not values:
+        raise CliError(f"no valid entries in {', '.join(streams[:3])}"
+                       f"{' ...' if len(streams) > 3 else ''}; push some history first")
+    series = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
+    return Dataset("stream", series, skipped=skipped, extra={"streams": len(streams)})
+
+
+def _as_bytes(entry_id: bytes | str) -> bytes:
+    return entry_id if isinstance(entry_id, bytes) else entry_id.encode()
+
+
+def load(args: Any, settings: Settings, client: Any = None) -> Dataset:
+    """The dataset the `train` arguments ask for (--example, --csv FILE or --from-stream)."""
+    if getattr(args, "csv", None):
+        return read_csv(args.csv)
+    if getattr(args, "from_stream", False):
+        if client is None:
+            raise CliError("--from-stream needs a Redis connection")
+        return from_stream(client, settings)
+    return example()
