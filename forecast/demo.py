@@ -12,6 +12,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -74,8 +75,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         env = {**os.environ, "FORECAST_REDIS_URL": url, "FORECAST_SHARDS": "1",
                "FORECAST_METRICS_PORT": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
         print("[demo] training the tutorial model: SimpleRNN(50, relu) + Dense(1) on 0..9, n_steps=3")
-        rc = cli(["train", "--example", "--redis-url", url, "--shards", "1", "--quiet",
-                  "--out", settings.model_dir])
+        with tempfile.TemporaryDirectory(prefix="forecast-demo-") as out:  # leave nothing behind
+            rc = cli(["train", "--example", "--redis-url", url, "--shards", "1", "--quiet",
+                      "--out", out])
         if rc not in (0, None):
             raise CliError(f"training failed with exit code {rc}")
         print("[demo] starting a worker process")
