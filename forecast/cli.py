@@ -56,9 +56,11 @@ SETTING_DESTS = {
 }
 
 
-def _add(p: argparse.ArgumentParser, flags: dict[str, dict[str, Any]]) -> None:
+def _add(p: argparse.ArgumentParser, flags: dict[str, dict[str, Any]], *, nested: bool = False) -> None:
+    # On nested parsers the default is SUPPRESS so a flag given before the action survives.
+    default = argparse.SUPPRESS if nested else None
     for flag, spec in flags.items():
-        p.add_argument(flag, default=None, **spec)
+        p.add_argument(flag, default=default, **spec)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,13 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list, show, promote or roll back model versions")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    msub.add_parser("list", help="all versions with their scores")
+    ml = msub.add_parser("list", help="all versions with their scores")
     ms = msub.add_parser("show", help="one version's manifest")
     ms.add_argument("version", nargs="?", help="default: current")
     mp = msub.add_parser("promote", help="make VERSION current")
     mp.add_argument("version")
-    msub.add_parser("rollback", help="make the previous current version current again")
+    mr = msub.add_parser("rollback", help="make the previous current version current again")
     _add(p, _CONN_FLAGS)
+    for action in (ml, ms, mp, mr):
+        _add(action, _CONN_FLAGS, nested=True)
     p.set_defaults(run="trainer.models_cli:run")
 
     p = sub.add_parser("worker", help="run the forecasting worker until SIGTERM")

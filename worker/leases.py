@@ -1,7 +1,8 @@
 """Shard ownership: heartbeats, a deterministic assignment, and leases with fencing tokens.
 
 Every worker heartbeats into `forecast:workers`; all workers compute the same assignment
-from the same sorted list of live workers (shard k goes to live worker k mod n). A worker
+from the same sorted list of live workers that have a model loaded (shard k goes to live
+worker k mod n), so a worker still starting takes no shards yet. A worker
 acquires the leases of its shards when they are free and releases shards that are no
 longer its own, so starting or stopping a worker rebalances within a few lease periods.
 """
@@ -48,7 +49,7 @@ class Leases:
         self.heartbeat_ttl_s = heartbeat_ttl_s
 
     def heartbeat(self, status: dict[str, Any]) -> list[str]:
-        """Publish this worker's status; return the live workers (sorted)."""
+        """Publish this worker's status; return the live workers with a model (sorted)."""
         now = int(time.time() * 1000)
         body = json.dumps({**status, "consumer": self.consumer, "ts": now})
         pipe = self.client.pipeline(transaction=False)
@@ -56,8 +57,14 @@ class Leases:
         pipe.zadd(keys.WORKERS, {self.consumer: now})
         pipe.zremrangebyscore(keys.WORKERS, "-inf", now - 60_000)
         pipe.zrangebyscore(keys.WORKERS, now - self.ttl_ms, "+inf")
-        live = pipe.execute()[-1]
-        return sorted(m.decode() for m in live)
+        live = sorted(m.decode() for m in pipe.execute()[-1])
+        # Only workers with a model get shards: one still loading its model takes none yet.
+        pipe = self.client.pipeline(transaction=False)
+        for name in live:
+            pipe.get(keys.heartbeat(name))
+        beats = pipe.execute()
+        return [n for n, raw in zip(live, beats, strict=True)
+                if raw is not None and json.loads(raw).get("model_version") is not None]
 
     def leave(self) -> None:
         """Remove this worker from the live set and drop its heartbeat."""

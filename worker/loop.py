@@ -42,6 +42,16 @@ def raw_client(client: Any) -> Any:
     return client
 
 
+def group_fields(group: Any) -> dict[bytes, Any]:
+    """One XINFO GROUPS entry as a bytes-keyed dict.
+
+    Raw pairs on a single Redis; a cluster client's node clients still parse it to a dict.
+    """
+    pairs = group.items() if isinstance(group, dict) else zip(group[::2], group[1::2],
+                                                              strict=False)
+    return {(k if isinstance(k, bytes) else k.encode()): v for k, v in pairs}
+
+
 class Worker:
     """One worker process: the loop and its state."""
 
@@ -63,6 +73,8 @@ class Worker:
         self.next_maintenance = 0.0
         self.next_summary = time.monotonic() + settings.summary_interval_s
         self.block_ms = max(1, min(settings.block_ms, settings.lease_ttl_ms // 4))
+        # A batch never holds more series than the LRU can keep (else eviction cannot make room).
+        self.batch_size = min(settings.batch_size, settings.max_series)
         self.totals = {"values": 0, "predictions": 0, "deadletters": 0, "batches": 0}
         self.errors: deque[tuple[float, int]] = deque(maxlen=200)  # (abs err sum, n) per batch
         self.unflushed_errors = [0.0, 0]  # online errors not yet added to forecast:accuracy
@@ -153,7 +165,7 @@ class Worker:
     def _recover_batch(self, shard: Shard) -> int:
         """Claim pending entries of earlier owners (in id order) and commit them, synchronously."""
         commit = Commit()
-        entries = self.io.claim(shard, self.s.batch_size, self.s.claim_min_idle_ms)
+        entries = self.io.claim(shard, self.batch_size, self.s.claim_min_idle_ms)
         if entries is None:
             return 0
         entries = split_poison(shard, entries, self.s.max_deliveries, commit)
@@ -197,11 +209,11 @@ class Worker:
             shard.ahead.append(self._read(shard))  # start the read-ahead
         commit.sent_at = time.perf_counter()
         self.io.send_commit_and_read(shard, commit, self.s.predictions_maxlen,
-                                     self.s.deadletter_maxlen, self.s.batch_size)
+                                     self.s.deadletter_maxlen, self.batch_size)
         return len(entries)
 
     def _read(self, shard: Shard) -> list[Entry]:
-        entries = self.io.read(shard, self.s.batch_size)
+        entries = self.io.read(shard, self.batch_size)
         if entries:
             shard.last_id = entries[-1][0]
         return entries
@@ -256,9 +268,7 @@ class Worker:
         if shard.last_id is None:
             shard.last_id = b"$"
             for group in self.client.xinfo_groups(shard.keys.values):
-                # raw pairs; a cluster client's node clients still parse it to a str-keyed dict
-                info = group if isinstance(group, dict) else dict(zip(group[::2], group[1::2]))
-                info = {(k if isinstance(k, bytes) else k.encode()): v for k, v in info.items()}
+                info = group_fields(group)
                 if info[b"name"] in (self.s.group, self.s.group.encode()):
                     shard.last_id = info[b"last-delivered-id"]
         return shard.last_id
@@ -346,8 +356,8 @@ class Worker:
         self.lag = 0
         for shard in self.shards.values():
             for group in self.client.xinfo_groups(shard.keys.values):
-                info = dict(zip(group[::2], group[1::2], strict=False))
-                if info[b"name"] == self.s.group.encode():
+                info = group_fields(group)
+                if info[b"name"] in (self.s.group, self.s.group.encode()):
                     lag = int(info.get(b"lag") or 0)
                     self.lag += lag
                     metrics.GROUP_LAG.labels(stream=shard.keys.values).set(lag)
