@@ -234,10 +234,13 @@ def _predictions(
     step = max(1, len(pos) // 100)
     now = int(time.time() * 1000)
     commit.lags_ms = [now - entry_ms(ids[pos[j]]) for j in range(0, len(pos), step)]
-    preds = commit.predictions
-    for j, i in enumerate(pos):
-        ts = stamps[i]
-        group: list[bytes | str] = [series[i], cols[0][j], ids[i], str(ts) if ts >= 0 else ""]
-        for col in cols[1:]:
-            group.append(col[j])
-        preds.append(group)
+    if len(pos) == len(ids):  # every value predicted: pos is 0..m-1
+        ser, src = series, ids
+    else:
+        ser, src = [series[i] for i in pos], [ids[i] for i in pos]
+    if max(stamps) < 0:
+        tss = [""] * len(pos)
+    else:
+        tss = [str(stamps[i]) if stamps[i] >= 0 else "" for i in pos]
+    # One arg group per prediction, built column-wise (zip runs in C).
+    commit.predictions.extend(map(list, zip(ser, cols[0], src, tss, *cols[1:], strict=True)))
