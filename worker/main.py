@@ -76,14 +76,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise
     except redis.RedisError:
         pass  # not reachable yet: the loop retries with backoff and reports not ready
+    worker = Worker(client, settings)
+    install_signals(worker)  # first: a SIGTERM during the slow imports is still a warm stop
     from forecast.tf import import_tensorflow
 
     import_tensorflow()  # before any thread logs: it silences stderr while importing
     # TensorFlow's ~340k long-lived objects out of the cyclic GC: else the full collections the
     # per-batch containers trigger walk them all (measured: half the worker's CPU per value).
     gc.freeze()
-    worker = Worker(client, settings)
-    install_signals(worker)
     server = None
     if settings.metrics_port:
         from worker.health import start_http_server
@@ -93,7 +93,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                                        lambda: not worker.stopping.is_set(), worker.ready)
         except OSError as exc:
             log.error("metrics/health server not started: %s", exc)
-    log.info("worker %s starting", worker.consumer, extra={"settings": settings.safe_dump(worker_only=True)})
+    log.info("worker %s starting", worker.consumer,
+             extra={"settings": settings.safe_dump(worker_only=True)})
     worker.run()
     if server is not None:
         server.stop()

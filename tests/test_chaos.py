@@ -1,0 +1,275 @@
+"""The chaos proof: worker processes SIGKILLed and paused under load; nothing lost or duplicated.
+
+One run pushes at least VALUES values over SERIES series into SHARDS shards while WORKERS
+`forecast worker` processes are SIGKILLed (and restarted) at random moments, at least
+MIN_KILLS times, and one of them is SIGSTOPped until the others took its shards over, then
+SIGCONTed (a zombie). A paced producer pushes in the background; each kill follows a burst
+by a random 0-100 ms, so most kills hit workers with entries in flight. At the end every
+input after its series' warm-up has exactly one prediction, equal to what an uninterrupted
+replay of the same model makes, and per-series order holds.
+The figures go to bench/chaos-results.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from forecast import keys
+from forecast.client import Item, Producer
+from forecast.redis_server import RedisServer, redis_server_binary
+from tests import procs
+from tests.helpers import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.tf]
+
+SHARDS = 4
+SERIES = 240
+VALUES = 50_000  # at least: BACKGROUND paced values + a BURST before each kill and the zombie
+BACKGROUND = 38_000
+BURST = 1_000
+WORKERS = 3
+MIN_KILLS = 10
+PRODUCE_S = 45.0  # the background producer spreads its values over this long
+N_STEPS = 3
+RESULTS = Path(__file__).resolve().parent.parent / "bench" / "chaos-results.json"
+WORKER_ENV: dict[str, Any] = {"shards": SHARDS, "lease_ttl_ms": 1000, "batch_size": 500,
+                              "max_deliveries": 1000, "summary_interval_s": 5}
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A private redis-server for this run only."""
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not on PATH")
+    srv = RedisServer().start()
+    yield srv
+    srv.cleanup()
+
+
+def produce(url: str, done: threading.Event, stop: threading.Event) -> None:
+    """Push BACKGROUND random-walk values over SERIES series, paced over PRODUCE_S seconds."""
+    client = redis.Redis.from_url(url, protocol=2)
+    producer = Producer(client, shards=SHARDS)
+    rng = np.random.default_rng(2024)
+    level = rng.uniform(5.0, 80.0, SERIES)
+    chunk = 250
+    t0 = time.monotonic()
+    try:
+        for start in range(0, BACKGROUND, chunk):
+            which = rng.integers(0, SERIES, chunk)
+            items: list[Item] = []
+            for s in which.tolist():
+                level[s] += rng.normal(0.0, 1.0)
+                items.append((f"series-{s}", f"{level[s]:.4f}", None))
+            producer.push_many(items)
+            ahead = t0 + PRODUCE_S * (start + chunk) / BACKGROUND - time.monotonic()
+            if ahead > 0 and stop.wait(ahead):
+                return
+    finally:
+        client.close()
+        done.set()
+
+
+
+def burst(producer: Producer, rng: np.random.Generator) -> int:
+    """Push BURST values at once over random series (the workers get busy); how many."""
+    which, values = rng.integers(0, SERIES, BURST).tolist(), rng.uniform(0, 100, BURST).tolist()
+    items: list[Item] = [(f"series-{s}", f"{v:.4f}", None)
+                         for s, v in zip(which, values, strict=True)]
+    producer.push_many(items)
+    return BURST
+
+
+def holders(client: Any, workers: dict[int, procs.WorkerProc]) -> list[int]:
+    """Worker slots whose live process currently holds at least one shard lease."""
+    owners = [client.get(keys.shard_keys(k, SHARDS).lease) for k in range(SHARDS)]
+    names = {o.decode().split(":", 1)[1] for o in owners if o}
+    return [slot for slot, p in workers.items() if p.poll() is None and p.consumer in names]
+
+
+def leases_of(client: Any, consumer: str) -> list[int]:
+    """Shards whose lease `consumer` holds."""
+    out = []
+    for k in range(SHARDS):
+        owner = client.get(keys.shard_keys(k, SHARDS).lease)
+        if owner and owner.decode().split(":", 1)[1] == consumer:
+            out.append(k)
+    return out
+
+
+def zombie_episode(client: Any, proc: procs.WorkerProc) -> dict[str, Any]:
+    """SIGSTOP a shard holder until others hold all its shards and committed there; SIGCONT."""
+    lost = leases_of(client, proc.consumer)
+    before = client.xlen(keys.PREDICTIONS)
+    os.kill(proc.pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        def taken_over() -> bool:
+            owners = [client.get(keys.shard_keys(k, SHARDS).lease) for k in lost]
+            return all(o and not o.decode().endswith(":" + proc.consumer) for o in owners)
+        wait_for(taken_over, 30, 0.05, what="the paused worker's shards taken over")
+        wait_for(lambda: client.xlen(keys.PREDICTIONS) > before + 200, 30, 0.05,
+                 what="the new owners committing")
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    paused = time.monotonic() - t0
+    # The resumed worker finds its leases gone (renewal or a fenced script) and drops them.
+    wait_for(lambda: "expired; dropping it" in proc.log() or "lost the lease" in proc.log(),
+             30, 0.1, what="the zombie noticing it lost its shards")
+    return {"shards": lost, "paused_s": round(paused, 2)}
+
+
+def pending_of(client: Any, consumer: str) -> int:
+    """Entries delivered to `consumer` and not acked (for a killed one: left in flight)."""
+    total = 0
+    for k in range(SHARDS):
+        for c in client.xinfo_consumers(keys.shard_keys(k, SHARDS).values, "forecast"):
+            if c["name"] == consumer.encode():
+                total += int(c["pending"])
+    return total
+
+
+def final_state(client: Any) -> tuple[list[tuple[bytes, dict[bytes, bytes]]], int]:
+    """All input entries (stream order per shard) and the total of pending entries."""
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = []
+    pending = 0
+    for k in range(SHARDS):
+        stream = keys.shard_keys(k, SHARDS).values
+        entries += client.xrange(stream)
+        pending += client.xpending(stream, "forecast")["pending"]
+    return entries, pending
+
+
+def test_chaos_nothing_lost_nothing_duplicated(server: RedisServer) -> None:
+    """SIGKILL x >=10 and a SIGSTOP zombie under load: exactly one correct prediction each."""
+    from forecast import modelio
+
+    t_start = time.monotonic()
+    url = server.url
+    client: Any = redis.Redis.from_url(url, protocol=2)
+    version = procs.publish_tiny_model(url)
+    model = modelio.load_version(client, version)
+    assert model.n_steps == N_STEPS
+    rng = random.Random(99)
+    generation: Counter[int] = Counter()
+
+    def spawn(slot: int) -> procs.WorkerProc:
+        # Even generations restart under the same consumer name, odd ones under a new one.
+        generation[slot] += 1
+        name = f"chaos{slot}" + (f"-g{generation[slot]}" if generation[slot] % 2 else "")
+        return procs.start_worker(url, name, **WORKER_ENV)
+
+    workers = {slot: spawn(slot) for slot in range(WORKERS)}
+    started = [*workers.values()]
+    done, stop = threading.Event(), threading.Event()
+    producer = threading.Thread(target=produce, args=(url, done, stop), daemon=True)
+    kills = in_flight = bursts = 0
+    zombie: dict[str, Any] = {}
+    bursty = Producer(client, shards=SHARDS)
+    burst_rng = np.random.default_rng(7)
+    try:
+        for p in workers.values():
+            procs.wait_serving(client, p.consumer, version, proc=p)
+        producer.start()
+        deadline = time.monotonic() + 150
+        while not done.is_set() or kills < MIN_KILLS or not zombie \
+                or BACKGROUND + bursts < VALUES:
+            assert time.monotonic() < deadline, f"chaos phase too slow: {kills} kills"
+            stop.wait(rng.uniform(1.0, 3.0))  # a random moment (not a synchronisation)
+            candidates = holders(client, workers)
+            if not candidates:
+                continue
+            slot = rng.choice(candidates)
+            bursts += burst(bursty, burst_rng)
+            stop.wait(rng.uniform(0.0, 0.1))
+            if not zombie and kills >= MIN_KILLS // 2:
+                zombie = zombie_episode(client, workers[slot])
+                continue
+            procs.kill(workers[slot])
+            kills += 1
+            in_flight += pending_of(client, workers[slot].consumer)
+            workers[slot] = spawn(slot)
+            started.append(workers[slot])
+        producer.join(30)
+        for p in workers.values():  # a just-restarted worker may not have its handlers yet
+            procs.wait_serving(client, p.consumer, version, proc=p)
+        def settled() -> bool:
+            _, pending = final_state(client)
+            warm = BACKGROUND + bursts - SERIES * (N_STEPS - 1)
+            return pending == 0 and client.xlen(keys.PREDICTIONS) >= warm
+        with contextlib.suppress(AssertionError):  # the checks below say what is missing
+            wait_for(settled, 60, 0.2, what="all values processed")
+        exit_codes = [procs.stop(p) for p in workers.values()]
+    finally:
+        stop.set()
+        for p in started:
+            procs.stop(p, timeout=5)
+    wall = time.monotonic() - t_start
+
+    entries, pending = final_state(client)
+    assert len(entries) == BACKGROUND + bursts >= VALUES
+    reference = procs.reference_predictions(model, entries)
+    preds = client.xrange(keys.PREDICTIONS)
+    seen = Counter((f[b"series"], f[b"source_id"]) for _, f in preds)
+    lost = set(reference) - set(seen)
+    duplicated = {k: n for k, n in seen.items() if n > 1}
+    unexpected = set(seen) - set(reference)
+    mismatched, worst = 0, 0.0
+    order_violations = 0
+    last: dict[bytes, bytes] = defaultdict(bytes)
+    for _, f in preds:
+        sid, series = f[b"source_id"], f[b"series"]
+        ref = reference.get((series, sid))
+        if ref is not None:
+            got = float(f[b"prediction"])
+            err = abs(got - ref) / max(abs(ref), 1e-3)
+            worst = max(worst, err)
+            mismatched += err > 1e-5
+        if _id(sid) <= _id(last[series] or b"0-0"):
+            order_violations += 1
+        last[series] = sid
+    dead = client.xlen(keys.DEADLETTER)
+    logs = "".join(p.log() for p in started)
+    figures = {
+        "values": len(entries), "series": SERIES, "shards": SHARDS, "worker_processes": WORKERS,
+        "sigkills": kills, "worker_starts": len(started),
+        "entries_in_flight_at_kills": in_flight,
+        "lease_losses_logged": logs.count("expired; dropping it") + logs.count("lost the lease"),
+        "zombie_episode": zombie,
+        "expected_predictions": len(reference), "predictions": len(preds),
+        "lost": len(lost), "duplicated": sum(n - 1 for n in duplicated.values()),
+        "unexpected": len(unexpected), "mismatched": mismatched,
+        "max_rel_error": float(f"{worst:.3g}"), "order_violations": order_violations,
+        "dead_letters": dead, "pending_at_end": pending, "exit_codes_at_stop": exit_codes,
+        "wall_s": round(wall, 1),
+    }
+    print("chaos figures:", json.dumps(figures))
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+    assert kills >= MIN_KILLS and zombie and in_flight > 0
+    assert len(reference) == len(entries) - SERIES * (N_STEPS - 1)
+    assert not lost, f"{len(lost)} inputs without a prediction"
+    assert not duplicated, f"{len(duplicated)} inputs predicted more than once"
+    assert not unexpected and mismatched == 0 and order_violations == 0
+    assert dead == 0 and pending == 0
+    assert exit_codes == [0] * WORKERS
+    client.close()
+
+
+def _id(entry_id: bytes) -> tuple[int, int]:
+    ms, seq = entry_id.split(b"-")
+    return int(ms), int(seq)
