@@ -148,3 +148,14 @@ def test_evicted_series_reload_from_checkpoint(r: redis.Redis, running: Any) -> 
     # windows [1, 2, 1] and [2, 1, 2]: the first two values of a survived the eviction
     assert [(p[b"series"], p[b"prediction"]) for p in preds] == [(b"a", b"0"), (b"a", b"3")]
     assert w.shards[0].store.evicted >= 1
+
+
+def test_deleted_input_stream_is_recreated_and_work_goes_on(r: redis.Redis, running: Any) -> None:
+    w = running()
+    wait_for(lambda: w.shards, what="shard acquired")
+    r.delete(keys.VALUES)  # someone deletes the stream and its consumer group
+    wait_for(lambda: r.exists(keys.VALUES) and r.xinfo_groups(keys.VALUES), what="group re-created")
+    for v in (1, 2, 3):
+        r.xadd(keys.VALUES, {"series": "z", "value": str(v)})
+    preds = wait_for(lambda: predictions(r), what="prediction after re-creation")
+    assert float(preds[0][b"prediction"]) == 4.0

@@ -111,7 +111,9 @@ class Worker:
                 if "NOGROUP" in str(exc):
                     log.warning("consumer group missing (stream deleted?); re-creating it")
                     self._reset_all()
-                    self.next_maintenance = 0.0
+                    for shard in self.shards.values():
+                        ensure_group(self.client, shard.keys.values, self.s.group)
+                    self.stopping.wait(backoff.next())
                 else:
                     log.error("Redis error: %s", exc)
                     self.stopping.wait(backoff.next())
