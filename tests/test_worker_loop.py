@@ -159,3 +159,4 @@ def test_deleted_input_stream_is_recreated_and_work_goes_on(r: redis.Redis, runn
         r.xadd(keys.VALUES, {"series": "z", "value": str(v)})
     preds = wait_for(lambda: predictions(r), what="prediction after re-creation")
     assert float(preds[0][b"prediction"]) == 4.0
+    assert w.shards[0].token.startswith("1:")  # recovered in place, without losing the lease

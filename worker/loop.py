@@ -357,7 +357,11 @@ class Worker:
         """Consumer-group lag and pending count of every owned shard's stream."""
         self.lag = 0
         for shard in self.shards.values():
-            for group in self.client.xinfo_groups(shard.keys.values):
+            try:
+                groups = self.client.xinfo_groups(shard.keys.values)
+            except redis.ResponseError:  # the stream is gone; the read path re-creates it
+                continue
+            for group in groups:
                 info = group_fields(group)
                 if info[b"name"] in (self.s.group, self.s.group.encode()):
                     lag = int(info.get(b"lag") or 0)
