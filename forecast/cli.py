@@ -21,7 +21,12 @@ from forecast.settings import Settings, load_settings, mask_url
 # Flags shared by several subcommands, mapped 1:1 onto Settings fields.
 _CONN_FLAGS: dict[str, dict[str, Any]] = {
     "--redis-url": {"dest": "redis_url", "help": "Redis URL (FORECAST_REDIS_URL)"},
-    "--cluster": {"dest": "cluster", "action": "store_const", "const": True, "help": "use the Redis Cluster client"},
+    "--cluster": {
+        "dest": "cluster",
+        "action": "store_const",
+        "const": True,
+        "help": "use the Redis Cluster client",
+    },
     "--shards": {"dest": "shards", "type": int, "help": "number of input shards (FORECAST_SHARDS)"},
 }
 _TRAIN_FLAGS: dict[str, dict[str, Any]] = {
@@ -56,7 +61,9 @@ SETTING_DESTS = {
 }
 
 
-def _add(p: argparse.ArgumentParser, flags: dict[str, dict[str, Any]], *, nested: bool = False) -> None:
+def _add(
+    p: argparse.ArgumentParser, flags: dict[str, dict[str, Any]], *, nested: bool = False
+) -> None:
     # On nested parsers the default is SUPPRESS so a flag given before the action survives.
     default = argparse.SUPPRESS if nested else None
     for flag, spec in flags.items():
@@ -65,7 +72,9 @@ def _add(p: argparse.ArgumentParser, flags: dict[str, dict[str, Any]], *, nested
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="forecast", description="Streaming RNN forecasts on Redis streams.")
+    parser = argparse.ArgumentParser(
+        prog="forecast", description="Streaming RNN forecasts on Redis streams."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("train", help="train a model and publish it to the registry")
@@ -76,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-publish", action="store_true", help="write the artifact locally only")
     p.add_argument("--force", action="store_true", help="publish even if the gate says no")
-    p.add_argument("--report", metavar="DIR", help="write the evaluation report (JSON, Markdown, PNG) here")
+    p.add_argument(
+        "--report", metavar="DIR", help="write the evaluation report (JSON, Markdown, PNG) here"
+    )
     _add(p, _CONN_FLAGS)
     _add(p, _TRAIN_FLAGS)
     p.set_defaults(run="trainer.cli:run")
@@ -95,7 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run="trainer.models_cli:run")
 
     p = sub.add_parser("worker", help="run the forecasting worker until SIGTERM")
-    p.add_argument("--check", action="store_true", help="exit 0 if this host's worker heartbeat is fresh, else 1")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 if this host's worker heartbeat is fresh, else 1",
+    )
     _add(p, _CONN_FLAGS)
     _add(p, _WORKER_FLAGS)
     p.set_defaults(run="worker.main:run")
@@ -112,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", help="only this series")
     p.add_argument("--from-start", action="store_true", help="print existing predictions first")
     p.add_argument("--count", type=int, help="stop after this many predictions")
-    p.add_argument("--deadletter", action="store_true", help="follow the dead-letter stream instead")
+    p.add_argument(
+        "--deadletter", action="store_true", help="follow the dead-letter stream instead"
+    )
     _add(p, _CONN_FLAGS)
     p.set_defaults(run="forecast.client:run_tail")
 
@@ -129,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run="forecast.plot:run")
 
     p = sub.add_parser("demo", help="the tutorial end to end on a private Redis")
-    p.add_argument("--redis-url", dest="redis_url", default=None, help="use this Redis instead of starting one")
+    p.add_argument(
+        "--redis-url", dest="redis_url", default=None, help="use this Redis instead of starting one"
+    )
     p.set_defaults(run="forecast.demo:run")
 
     p = sub.add_parser("bench", help="run the benchmark and print a table")
@@ -142,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _resolve(path: str) -> Callable[[argparse.Namespace, Settings], int | None]:
     module, func = path.split(":")
-    return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), func)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,9 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         parser.exit(2, f"forecast: error: {exc}\n")
     except redis.AuthenticationError:
-        parser.exit(2, f"forecast: error: Redis refused the credentials for {mask_url(settings.redis_url)}\n")
+        parser.exit(
+            2,
+            f"forecast: error: Redis refused the credentials for {mask_url(settings.redis_url)}\n",
+        )
     except redis.ConnectionError as exc:
-        parser.exit(2, f"forecast: error: cannot reach Redis at {mask_url(settings.redis_url)}: {exc}\n")
+        parser.exit(
+            2, f"forecast: error: cannot reach Redis at {mask_url(settings.redis_url)}: {exc}\n"
+        )
     except KeyboardInterrupt:
         return 130
     return int(rc or 0)

@@ -21,7 +21,9 @@ Item = tuple[str, float | str, int | None]  # series, value, ts (epoch ms) or No
 class Producer:
     """Pushes values into the right input shard (crc32(series) mod shards), pipelined."""
 
-    def __init__(self, client: Any, shards: int = 1, cluster: bool = False, chunk: int = 1000) -> None:
+    def __init__(
+        self, client: Any, shards: int = 1, cluster: bool = False, chunk: int = 1000
+    ) -> None:
         self.client = client
         self.shards = shards
         self.cluster = cluster
@@ -49,16 +51,14 @@ class Producer:
 
     def push(self, series: str, value: float | str, ts: int | None = None) -> bytes:
         """Push one value; returns the entry id."""
-        return self.client.xadd(self.stream_of(series), self.fields(series, value, ts))  # type: ignore[no-any-return]
+        return self.client.xadd(self.stream_of(series), self.fields(series, value, ts))
 
     def push_many(self, items: Iterable[Item]) -> list[bytes]:
         """Push many values in pipelined chunks; returns the entry ids in order."""
         ids: list[bytes] = []
         pipe = self.client.pipeline(transaction=False)
-        n = 0
-        for series, value, ts in items:
+        for n, (series, value, ts) in enumerate(items, start=1):
             pipe.xadd(self.stream_of(series), self.fields(series, value, ts))
-            n += 1
             if n % self.chunk == 0:
                 ids += pipe.execute()
         ids += pipe.execute()
@@ -69,7 +69,9 @@ def check_value(series: str, value: str, where: str = "") -> None:
     """Raise CliError unless (series, value) is what the worker accepts."""
     result = parse_fields([b"series", series.encode(), b"value", value.encode()])
     if isinstance(result, str):
-        raise CliError(f"{where}cannot push series={series!r} value={value!r}: {result.replace('_', ' ')}")
+        raise CliError(
+            f"{where}cannot push series={series!r} value={value!r}: {result.replace('_', ' ')}"
+        )
 
 
 def read_csv(path: str) -> Iterator[Item]:
@@ -80,9 +82,15 @@ def read_csv(path: str) -> Iterator[Item]:
     with p.open(newline="") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or not {"series", "value"} <= set(reader.fieldnames):
-            raise CliError(f"{path}: header must name series,timestamp,value (got {reader.fieldnames})")
+            raise CliError(
+                f"{path}: header must name series,timestamp,value (got {reader.fieldnames})"
+            )
         for line, row in enumerate(reader, start=2):
-            series, value, ts = row["series"], (row["value"] or "").strip(), (row.get("timestamp") or "").strip()
+            series, value, ts = (
+                row["series"],
+                (row["value"] or "").strip(),
+                (row.get("timestamp") or "").strip(),
+            )
             check_value(series, value, f"{path}:{line}: ")
             if ts and not ts.isdigit():
                 raise CliError(f"{path}:{line}: timestamp must be epoch milliseconds, got {ts!r}")
@@ -101,7 +109,9 @@ def run_push(args: argparse.Namespace, settings: Settings) -> int:
         for v in args.values:
             check_value(args.series, v)
         ts0 = args.ts
-        items = [(args.series, v, None if ts0 is None else ts0 + i) for i, v in enumerate(args.values)]
+        items = [
+            (args.series, v, None if ts0 is None else ts0 + i) for i, v in enumerate(args.values)
+        ]
     producer = Producer(connect(settings), settings.shards, settings.cluster)
     ids = producer.push_many(items)
     print(f"pushed {len(ids)} value(s)" + (f", last id {ids[-1].decode()}" if ids else ""))
@@ -131,15 +141,22 @@ def run_tail(args: argparse.Namespace, settings: Settings, out: TextIO = sys.std
     """`forecast tail`: follow predictions (or dead letters) until Ctrl-C or --count."""
     client = connect(settings, timeout=None)
     streams = (keys.deadletter_streams if args.deadletter else keys.output_streams)(
-        settings.shards, settings.cluster)
+        settings.shards, settings.cluster
+    )
     last = {s: "0-0" if args.from_start else "$" for s in streams}
     want = args.series.encode() if args.series else None
     shown = 0
     try:
         while args.count is None or shown < args.count:
             if settings.cluster and len(streams) > 1:  # one slot per stream: one short read each
-                replies = [rep for s in streams for rep in client.xread(
-                    {s: last[s]}, block=max(1, 1000 // len(streams)), count=1000) or []]
+                replies = [
+                    rep
+                    for s in streams
+                    for rep in client.xread(
+                        {s: last[s]}, block=max(1, 1000 // len(streams)), count=1000
+                    )
+                    or []
+                ]
             else:
                 replies = client.xread(last, block=1000, count=1000) or []
             for stream, entries in replies:

@@ -61,7 +61,7 @@ def wait_prediction(client: Any, source_id: bytes, timeout: float) -> dict[bytes
     while time.monotonic() < deadline:
         for _, fields in client.xrevrange(keys.PREDICTIONS, count=50):
             if fields.get(b"source_id") == source_id:
-                return fields  # type: ignore[no-any-return]
+                return fields
         time.sleep(0.1)
     raise CliError(f"no prediction for entry {source_id.decode()} within {timeout:.0f}s")
 
@@ -72,18 +72,36 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     t0 = time.monotonic()
     with demo_redis(args.redis_url) as url:
-        env = {**os.environ, "FORECAST_REDIS_URL": url, "FORECAST_SHARDS": "1",
-               "FORECAST_METRICS_PORT": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
-        print("[demo] training the tutorial model: SimpleRNN(50, relu) + Dense(1) on 0..9, n_steps=3")
+        env = {
+            **os.environ,
+            "FORECAST_REDIS_URL": url,
+            "FORECAST_SHARDS": "1",
+            "FORECAST_METRICS_PORT": "0",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        print(
+            "[demo] training the tutorial model: SimpleRNN(50, relu) + Dense(1) on 0..9, n_steps=3"
+        )
         with tempfile.TemporaryDirectory(prefix="forecast-demo-") as out:  # leave nothing behind
-            rc = cli(["train", "--example", "--redis-url", url, "--shards", "1", "--quiet",
-                      "--out", out])
+            rc = cli(
+                ["train", "--example", "--redis-url", url, "--shards", "1", "--quiet", "--out", out]
+            )
         if rc not in (0, None):
             raise CliError(f"training failed with exit code {rc}")
         print("[demo] starting a worker process")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "forecast.cli", "worker", "--consumer", "demo-worker",
-             "--block-ms", "200"], env=env)
+            [
+                sys.executable,
+                "-m",
+                "forecast.cli",
+                "worker",
+                "--consumer",
+                "demo-worker",
+                "--block-ms",
+                "200",
+            ],
+            env=env,
+        )
         try:
             client = redis.Redis.from_url(url)
             producer = Producer(client)
@@ -92,10 +110,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print("[demo] pushed 0..9 on series 'tutorial' and 7, 8, 9 on series 'demo-789'")
             pred = wait_prediction(client, ids[-1], timeout=120)
             value = float(pred[b"prediction"])
-            print(f"\n  prediction for [7, 8, 9]: {value:.3f}   (model {pred[b'model_version'].decode()},"
-                  f" tutorial printed 10.705)\n")
+            version = pred[b"model_version"].decode()
+            print(
+                f"\n  prediction for [7, 8, 9]: {value:.3f}   (model {version},"
+                " tutorial printed 10.705)\n"
+            )
             n = client.xlen(keys.PREDICTIONS)
-            print(f"[demo] {n} predictions in {keys.PREDICTIONS}; done in {time.monotonic() - t0:.0f}s")
+            took = time.monotonic() - t0
+            print(f"[demo] {n} predictions in {keys.PREDICTIONS}; done in {took:.0f}s")
         finally:
             worker.terminate()
             try:

@@ -101,10 +101,7 @@ def shard_keys(shard: int, shards: int, cluster: bool = False) -> ShardKeys:
     ('forecast:values:{2}', 'forecast:predictions:{2}', 'forecast:lease:{2}')
     """
     values = values_stream(shard, shards, cluster)
-    if shards == 1 and not cluster:
-        tag = ""
-    else:
-        tag = f":{{{shard}}}"
+    tag = "" if shards == 1 and not cluster else f":{{{shard}}}"
     # On one Redis all shards share the plain output streams; a cluster needs them per shard.
     out_tag = tag if cluster else ""
     return ShardKeys(

@@ -59,9 +59,23 @@ class RedisServer:
         if self.dir is None:
             self.dir = Path(tempfile.mkdtemp(prefix="forecast-redis-"))
         args = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec", "--protected-mode", "no", "--loglevel", "warning",
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--protected-mode",
+            "no",
+            "--loglevel",
+            "warning",
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -80,7 +94,9 @@ class RedisServer:
                 except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
                     pass
                 if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server on port {self.port} exited with {self.proc.returncode}")
+                    raise RuntimeError(
+                        f"redis-server on port {self.port} exited with {self.proc.returncode}"
+                    )
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"redis-server on port {self.port} did not answer")
                 time.sleep(0.02)

@@ -21,31 +21,69 @@ class Settings(BaseSettings):
     )
 
     # --- connection -------------------------------------------------------------
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis://, rediss://, user:password@ allowed)")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL (redis://, rediss://, user:password@ allowed)",
+    )
     cluster: bool = Field(False, description="Use the Redis Cluster client (redis-py RedisCluster)")
-    shards: int = Field(1, ge=1, le=4096, description="Number of input shards; 1 keeps the plain forecast:values stream")
+    shards: int = Field(
+        1,
+        ge=1,
+        le=4096,
+        description="Number of input shards; 1 keeps the plain forecast:values stream",
+    )
 
     # --- worker -------------------------------------------------------------------
-    group: str = Field("forecast", min_length=1, description="Consumer group name on the input streams")
+    group: str = Field(
+        "forecast", min_length=1, description="Consumer group name on the input streams"
+    )
     consumer: str = Field("", description="Consumer (worker) name; default <hostname>-<pid>")
-    batch_size: int = Field(5000, ge=1, le=100_000, description="XREADGROUP COUNT: entries read per batch")
+    batch_size: int = Field(
+        5000, ge=1, le=100_000, description="XREADGROUP COUNT: entries read per batch"
+    )
     block_ms: int = Field(1000, ge=1, description="XREADGROUP BLOCK milliseconds when idle")
-    predictions_maxlen: int = Field(1_000_000, ge=1, description="Approximate MAXLEN of the predictions stream")
-    deadletter_maxlen: int = Field(100_000, ge=1, description="Approximate MAXLEN of the dead-letter stream")
-    max_series: int = Field(1_000_000, ge=1, description="Series windows held in memory (LRU; evicted ones reload from the checkpoint)")
+    predictions_maxlen: int = Field(
+        1_000_000, ge=1, description="Approximate MAXLEN of the predictions stream"
+    )
+    deadletter_maxlen: int = Field(
+        100_000, ge=1, description="Approximate MAXLEN of the dead-letter stream"
+    )
+    max_series: int = Field(
+        1_000_000,
+        ge=1,
+        description="Series windows held in memory (LRU; evicted ones reload from the checkpoint)",
+    )
     max_series_bytes: int = Field(256, ge=1, description="Longest accepted series id, in bytes")
-    max_value_bytes: int = Field(64, ge=1, description="Longest accepted value / ts field, in bytes")
-    claim_min_idle_ms: int = Field(0, ge=0, description="XAUTOCLAIM min idle time for entries of a previous owner")
-    max_deliveries: int = Field(5, ge=1, description="Deliveries after which an entry is dead-lettered as poison")
-    lease_ttl_ms: int = Field(5000, ge=200, description="Shard lease time-to-live; renewed every third of it")
-    model_poll_s: float = Field(1.0, gt=0, description="How often the worker checks for a new current model")
-    heartbeat_ttl_s: int = Field(15, ge=1, description="TTL of the worker heartbeat key read by `forecast worker --check`")
-    metrics_port: int = Field(9108, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 disables)")
+    max_value_bytes: int = Field(
+        64, ge=1, description="Longest accepted value / ts field, in bytes"
+    )
+    claim_min_idle_ms: int = Field(
+        0, ge=0, description="XAUTOCLAIM min idle time for entries of a previous owner"
+    )
+    max_deliveries: int = Field(
+        5, ge=1, description="Deliveries after which an entry is dead-lettered as poison"
+    )
+    lease_ttl_ms: int = Field(
+        5000, ge=200, description="Shard lease time-to-live; renewed every third of it"
+    )
+    model_poll_s: float = Field(
+        1.0, gt=0, description="How often the worker checks for a new current model"
+    )
+    heartbeat_ttl_s: int = Field(
+        15, ge=1, description="TTL of the worker heartbeat key read by `forecast worker --check`"
+    )
+    metrics_port: int = Field(
+        9108, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 disables)"
+    )
     metrics_host: str = Field("0.0.0.0", description="Address the metrics/health HTTP server binds")
     log_json: bool = Field(False, description="Log one JSON object per line")
     log_level: str = Field("INFO", description="Logging level")
-    summary_interval_s: float = Field(30.0, gt=0, description="Seconds between periodic summary log lines")
-    model_hmac_key: str = Field("", description="Optional HMAC-SHA256 key; when set, models must carry a valid signature")
+    summary_interval_s: float = Field(
+        30.0, gt=0, description="Seconds between periodic summary log lines"
+    )
+    model_hmac_key: str = Field(
+        "", description="Optional HMAC-SHA256 key; when set, models must carry a valid signature"
+    )
 
     # --- trainer ------------------------------------------------------------------
     arch: Arch = Field("simple_rnn", description="Recurrent layer: simple_rnn, lstm or gru")
@@ -55,11 +93,22 @@ class Settings(BaseSettings):
     train_batch_size: int = Field(32, ge=1, description="Training batch size")
     learning_rate: float = Field(0.001, gt=0, description="Adam learning rate")
     seed: int = Field(42, description="Random seed (reproducible training)")
-    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Time-ordered fraction of each series held out for validation")
+    val_fraction: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Time-ordered fraction of each series held out for validation",
+    )
     patience: int = Field(20, ge=0, description="Early-stopping patience in epochs (0 disables)")
-    horizon: int = Field(1, ge=1, le=512, description="Values predicted ahead (direct multi-output)")
-    coverage: float = Field(0.9, gt=0.0, lt=1.0, description="Nominal coverage of the prediction interval")
-    scaling: Literal["auto", "none", "window"] = Field("auto", description="Input scaling inside the model")
+    horizon: int = Field(
+        1, ge=1, le=512, description="Values predicted ahead (direct multi-output)"
+    )
+    coverage: float = Field(
+        0.9, gt=0.0, lt=1.0, description="Nominal coverage of the prediction interval"
+    )
+    scaling: Literal["auto", "none", "window"] = Field(
+        "auto", description="Input scaling inside the model"
+    )
     season_period: int = Field(0, ge=0, description="Seasonal-naive period (0 = detect)")
     model_dir: str = Field("models", description="Local directory the trainer writes artifacts to")
 
@@ -68,7 +117,10 @@ class Settings(BaseSettings):
     def _check_url(cls, v: str) -> str:
         scheme = urlsplit(v).scheme
         if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"redis_url must start with redis://, rediss:// or unix:// (got {scheme or 'no scheme'!r})")
+            got = scheme or "no scheme"
+            raise ValueError(
+                f"redis_url must start with redis://, rediss:// or unix:// (got {got!r})"
+            )
         return v
 
     def consumer_name(self) -> str:
@@ -85,8 +137,20 @@ class Settings(BaseSettings):
 
 
 TRAINER_FIELDS = {
-    "arch", "n_steps", "units", "epochs", "train_batch_size", "learning_rate", "seed",
-    "val_fraction", "patience", "horizon", "coverage", "scaling", "season_period", "model_dir",
+    "arch",
+    "n_steps",
+    "units",
+    "epochs",
+    "train_batch_size",
+    "learning_rate",
+    "seed",
+    "val_fraction",
+    "patience",
+    "horizon",
+    "coverage",
+    "scaling",
+    "season_period",
+    "model_dir",
 }
 
 

@@ -36,39 +36,57 @@ def collect(client: Any, settings: Settings) -> dict[str, Any]:
         sk = keys.shard_keys(k, settings.shards, settings.cluster)
         lease = client.get(sk.lease)
         info = group_info(client, sk.values, settings.group)
-        shards.append({
-            "shard": k, "stream": sk.values, "length": client.xlen(sk.values),
-            "owner": lease.decode().split(":", 1)[1] if lease else None,
-            "lag": info.get("lag"), "pending": info.get("pending"),
-            "series_checkpointed": client.hlen(sk.state),
-        })
+        shards.append(
+            {
+                "shard": k,
+                "stream": sk.values,
+                "length": client.xlen(sk.values),
+                "owner": lease.decode().split(":", 1)[1] if lease else None,
+                "lag": info.get("lag"),
+                "pending": info.get("pending"),
+                "series_checkpointed": client.hlen(sk.state),
+            }
+        )
     workers = []
     for member, score in client.zrangebyscore(keys.WORKERS, now - 60_000, "+inf", withscores=True):
         raw = client.get(keys.heartbeat(member.decode()))
         status = json.loads(raw) if raw else {}
-        workers.append({"consumer": member.decode(), "age_s": round((now - score) / 1000, 1),
-                        # the liveness rule the workers' shard assignment uses (leases.heartbeat)
-                        "alive": raw is not None and now - score <= settings.lease_ttl_ms,
-                        "ready": status.get("ready"),
-                        "model": status.get("model_version"), "shards": status.get("shards"),
-                        "values": status.get("values")})
+        workers.append(
+            {
+                "consumer": member.decode(),
+                "age_s": round((now - score) / 1000, 1),
+                # the liveness rule the workers' shard assignment uses (leases.heartbeat)
+                "alive": raw is not None and now - score <= settings.lease_ttl_ms,
+                "ready": status.get("ready"),
+                "model": status.get("model_version"),
+                "shards": status.get("shards"),
+                "values": status.get("values"),
+            }
+        )
     current = client.get(keys.MODEL_CURRENT)
     return {"model": current.decode() if current else None, "shards": shards, "workers": workers}
 
 
 def render(data: dict[str, Any]) -> str:
     """The status as a readable table."""
-    lines = [f"current model: {data['model'] or '(none published)'}", "",
-             f"{'shard':>5}  {'stream':<24} {'length':>9} {'lag':>9} {'pending':>8}  owner"]
+    lines = [
+        f"current model: {data['model'] or '(none published)'}",
+        "",
+        f"{'shard':>5}  {'stream':<24} {'length':>9} {'lag':>9} {'pending':>8}  owner",
+    ]
     for s in data["shards"]:
         lag = "-" if s["lag"] is None else s["lag"]
         pend = "-" if s["pending"] is None else s["pending"]
-        lines.append(f"{s['shard']:>5}  {s['stream']:<24} {s['length']:>9} {lag:>9} {pend:>8}  "
-                     f"{s['owner'] or '(unowned)'}")
+        lines.append(
+            f"{s['shard']:>5}  {s['stream']:<24} {s['length']:>9} {lag:>9} {pend:>8}  "
+            f"{s['owner'] or '(unowned)'}"
+        )
     lines += ["", f"{'worker':<28} {'alive':<6} {'ready':<6} {'model':<7} {'seen':>6}  shards"]
     for w in data["workers"]:
-        lines.append(f"{w['consumer']:<28} {w['alive']!s:<6} {w['ready']!s:<6} {w['model']!s:<7} "
-                     f"{w['age_s']:>5}s  {w['shards']}")
+        lines.append(
+            f"{w['consumer']:<28} {w['alive']!s:<6} {w['ready']!s:<6} {w['model']!s:<7} "
+            f"{w['age_s']:>5}s  {w['shards']}"
+        )
     if not data["workers"]:
         lines.append("(no live workers)")
     return "\n".join(lines)

@@ -12,8 +12,9 @@ import numpy as np
 class LinearModel:
     """A TensorFlow-free Predictor: next = last + (last - previous)."""
 
-    def __init__(self, version: str = "v1", n_steps: int = 3, horizon: int = 1,
-                 has_interval: bool = False) -> None:
+    def __init__(
+        self, version: str = "v1", n_steps: int = 3, horizon: int = 1, has_interval: bool = False
+    ) -> None:
         self.version = version
         self.n_steps = n_steps
         self.horizon = horizon
@@ -31,8 +32,9 @@ class LinearModel:
         return np.concatenate([mean, mean - 1, mean + 1], axis=1).astype(np.float32)
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02,
-             what: str = "condition") -> Any:
+def wait_for(
+    cond: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02, what: str = "condition"
+) -> Any:
     """Poll `cond` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -42,3 +44,17 @@ def wait_for(cond: Callable[[], Any], timeout: float = 20.0, interval: float = 0
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def wait_for_len(
+    fetch: Callable[[], list[Any]], n: int, timeout: float = 20.0, what: str = "items"
+) -> list[Any]:
+    """Poll `fetch` until it returns at least `n` items; return them."""
+    box: list[list[Any]] = []
+
+    def enough() -> bool:
+        box[:] = [fetch()]
+        return len(box[0]) >= n
+
+    wait_for(enough, timeout, what=f"{n} {what}")
+    return box[0]

@@ -15,8 +15,14 @@ pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 def test_demo_predicts_about_10_for_7_8_9_and_leaves_nothing_behind(tmp_path: object) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORECAST_")}
-    out = subprocess.run([sys.executable, "-m", "forecast.cli", "demo"], capture_output=True,
-                         text=True, timeout=240, cwd=str(tmp_path), env=env)
+    out = subprocess.run(
+        [sys.executable, "-m", "forecast.cli", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=str(tmp_path),
+        env=env,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     found = re.search(r"prediction for \[7, 8, 9\]: ([-\d.]+)", out.stdout)
     assert found, out.stdout
@@ -26,8 +32,9 @@ def test_demo_predicts_about_10_for_7_8_9_and_leaves_nothing_behind(tmp_path: ob
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid.group(1)), 0)  # the demo's redis-server is gone
     assert "Traceback" not in out.stderr
-    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline")
-                if b"demo-worker" in _read(p)], "the demo's worker process is still running"
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if b"demo-worker" in _read(p)], (
+        "the demo's worker process is still running"
+    )
 
 
 def _read(path: Path) -> bytes:

@@ -33,8 +33,14 @@ class StaticWatcher:
 
 
 def make_worker(url: str, model: Any = None, **overrides: Any) -> Worker:
-    settings = Settings(redis_url=url, metrics_port=0, block_ms=50, lease_ttl_ms=600,
-                        consumer=overrides.pop("consumer", "w1"), **overrides)
+    settings = Settings(
+        redis_url=url,
+        metrics_port=0,
+        block_ms=50,
+        lease_ttl_ms=600,
+        consumer=overrides.pop("consumer", "w1"),
+        **overrides,
+    )
     client = redis.Redis.from_url(url, protocol=2)
     return Worker(client, settings, watcher=StaticWatcher(model or LinearModel()))  # type: ignore[arg-type]
 
@@ -142,8 +148,13 @@ def test_evicted_series_reload_from_checkpoint(r: redis.Redis, running: Any) -> 
     for s in ("a", "b", "c", "a"):  # 'a' is evicted when 'c' arrives, then comes back
         for v in (1, 2):
             r.xadd(keys.VALUES, {"series": s, "value": str(v)})
-        wait_for(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 0 and
-                 r.xinfo_groups(keys.VALUES)[0]["lag"] == 0, what="batch committed")
+        wait_for(
+            lambda: (
+                r.xpending(keys.VALUES, "forecast")["pending"] == 0
+                and r.xinfo_groups(keys.VALUES)[0]["lag"] == 0
+            ),
+            what="batch committed",
+        )
     preds = wait_for(lambda: len(predictions(r)) == 2 and predictions(r), what="predictions for a")
     # windows [1, 2, 1] and [2, 1, 2]: the first two values of a survived the eviction
     assert [(p[b"series"], p[b"prediction"]) for p in preds] == [(b"a", b"0"), (b"a", b"3")]

@@ -15,7 +15,9 @@ class Backoff:
     6
     """
 
-    def __init__(self, base: float = 0.05, cap: float = 5.0, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, base: float = 0.05, cap: float = 5.0, rng: random.Random | None = None
+    ) -> None:
         self.base = base
         self.cap = cap
         self.attempts = 0

@@ -62,7 +62,9 @@ def entry_ms(entry_id: bytes) -> int:
     return int(entry_id.split(b"-", 1)[0])
 
 
-def dead_letter(commit: Commit, entry_id: bytes, fields: list[bytes], reason: str, **extra: str) -> None:
+def dead_letter(
+    commit: Commit, entry_id: bytes, fields: list[bytes], reason: str, **extra: str
+) -> None:
     """Add one dead letter: the original fields (huge ones truncated), reason and source_id."""
     out: list[bytes | str] = []
     for i in range(0, min(len(fields) - 1, 2 * DEADLETTER_PAIRS_MAX), 2):
@@ -119,7 +121,7 @@ def build_commit(
         # Series of this batch must not be evicted to make room for the new ones.
         known = [index[s] for s in set(series) if s in index]
         store.last_used[np.asarray(known, dtype=np.int64)] = store.tick
-        for s, blob in zip(unknown, load(unknown)):
+        for s, blob in zip(unknown, load(unknown), strict=True):
             store.add(s, blob)
     slots = [index[s] for s in series]
     _check_timestamps(commit, entries, ids, series, values, stamps, slots, store)
@@ -148,8 +150,11 @@ def _check_timestamps(
             last_ts[slot] = ts
         keep.append(i)
     if len(keep) < len(ids):
-        for lst in (ids, series, values, stamps, slots):
-            lst[:] = [lst[i] for i in keep]  # type: ignore[index]
+        ids[:] = [ids[i] for i in keep]
+        series[:] = [series[i] for i in keep]
+        values[:] = [values[i] for i in keep]
+        stamps[:] = [stamps[i] for i in keep]
+        slots[:] = [slots[i] for i in keep]
         commit.values = len(ids)
 
 
@@ -204,7 +209,8 @@ def _predict(
     commit.abs_err_sum = float(err[known].sum(dtype=np.float64))
     store.last_pred[g_slots] = pred_sorted[ends]
 
-    commit.state = [b for pair in zip(store.keys_of(g_slots), store.encode(g_slots)) for b in pair]
+    pairs = zip(store.keys_of(g_slots), store.encode(g_slots), strict=True)
+    commit.state = [b for pair in pairs for b in pair]
     if out is not None:
         _predictions(commit, model, out, order[ready], ids, series, stamps)
 

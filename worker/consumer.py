@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -67,10 +68,8 @@ class Shard:
             self.inflight = None
             try:
                 for _ in range(2):
-                    try:
+                    with contextlib.suppress(redis.ResponseError):
                         self.conn.read_response()
-                    except redis.ResponseError:
-                        pass
             except Exception as exc:
                 log.debug("in-flight commit of shard %d ended with %r", self.index, exc)
                 self.close()
@@ -109,14 +108,20 @@ class ShardIO:
 
     def read(self, shard: Shard, count: int) -> list[Entry]:
         """New entries (`>`), at most `count`."""
-        raw = self._call(self.scripts.read, [shard.keys.values, shard.keys.lease],
-                         [shard.token, self.group, self.consumer, count])
+        raw = self._call(
+            self.scripts.read,
+            [shard.keys.values, shard.keys.lease],
+            [shard.token, self.group, self.consumer, count],
+        )
         return _entries(raw[0][1]) if raw else []
 
     def claim(self, shard: Shard, count: int, min_idle_ms: int) -> list[Entry] | None:
         """The next pending entries of earlier owners; [] when done, None to wait."""
-        raw = self._call(self.scripts.claim, [shard.keys.values, shard.keys.lease],
-                         [shard.token, self.group, self.consumer, min_idle_ms, shard.cursor, count])
+        raw = self._call(
+            self.scripts.claim,
+            [shard.keys.values, shard.keys.lease],
+            [shard.token, self.group, self.consumer, min_idle_ms, shard.cursor, count],
+        )
         if raw[0] == b"WAIT":
             return None
         shard.cursor = raw[0]
@@ -135,8 +140,9 @@ class ShardIO:
         args = commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen)
         self._call(self.scripts.commit, shard.keys.commit_keys, args)
 
-    def send_commit_and_read(self, shard: Shard, commit: Commit, pred_maxlen: int,
-                             dead_maxlen: int, count: int) -> None:
+    def send_commit_and_read(
+        self, shard: Shard, commit: Commit, pred_maxlen: int, dead_maxlen: int, count: int
+    ) -> None:
         """Send a batch's commit and the next read without waiting for the replies.
 
         Redis runs both while the caller prepares the next batch; `finish` collects them.
@@ -144,12 +150,27 @@ class ShardIO:
         if shard.conn is None:
             shard.conn = self.client.connection_pool.get_connection()
         keys = shard.keys
-        commit_cmd = ("EVALSHA", self.scripts.commit.sha, len(keys.commit_keys), *keys.commit_keys,
-                      *commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen))
-        read_cmd = ("EVALSHA", self.scripts.read.sha, 2, keys.values, keys.lease,
-                    shard.token, self.group, self.consumer, count)
-        shard.conn.send_packed_command(shard.conn.pack_commands([commit_cmd, read_cmd]),
-                                       check_health=False)
+        commit_cmd = (
+            "EVALSHA",
+            self.scripts.commit.sha,
+            len(keys.commit_keys),
+            *keys.commit_keys,
+            *commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen),
+        )
+        read_cmd = (
+            "EVALSHA",
+            self.scripts.read.sha,
+            2,
+            keys.values,
+            keys.lease,
+            shard.token,
+            self.group,
+            self.consumer,
+            count,
+        )
+        shard.conn.send_packed_command(
+            shard.conn.pack_commands([commit_cmd, read_cmd]), check_health=False
+        )
         shard.inflight = commit
 
     def finish(self, shard: Shard) -> tuple[Commit, list[Entry]]:
@@ -177,8 +198,9 @@ class ShardIO:
         return commit, (_entries(raw[0][1]) if raw else [])
 
 
-def split_poison(shard: Shard, entries: list[Entry], max_deliveries: int,
-                 commit: Commit) -> list[Entry]:
+def split_poison(
+    shard: Shard, entries: list[Entry], max_deliveries: int, commit: Commit
+) -> list[Entry]:
     """Dead-letter entries delivered more than `max_deliveries` times; return the rest."""
     if not shard.deliveries:
         return entries
@@ -188,8 +210,12 @@ def split_poison(shard: Shard, entries: list[Entry], max_deliveries: int,
         if n > max_deliveries:
             commit.ack_ids.append(eid)
             dead_letter(commit, eid, fields or [], "poison", deliveries=str(n))
-            log.warning("entry %s of %s delivered %d times: dead-lettered as poison",
-                        eid.decode(), shard.keys.values, n)
+            log.warning(
+                "entry %s of %s delivered %d times: dead-lettered as poison",
+                eid.decode(),
+                shard.keys.values,
+                n,
+            )
         else:
             keep.append((eid, fields))
     return keep

@@ -38,8 +38,16 @@ def assign(shards: int, live: list[str], me: str) -> set[int]:
 class Leases:
     """Heartbeat, assignment and lease calls of one worker."""
 
-    def __init__(self, client: Any, scripts: Scripts, consumer: str, shards: int,
-                 cluster: bool, ttl_ms: int, heartbeat_ttl_s: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        scripts: Scripts,
+        consumer: str,
+        shards: int,
+        cluster: bool,
+        ttl_ms: int,
+        heartbeat_ttl_s: int,
+    ) -> None:
         self.client = client
         self.scripts = scripts
         self.consumer = consumer
@@ -63,8 +71,11 @@ class Leases:
         for name in live:
             pipe.get(keys.heartbeat(name))
         beats = pipe.execute()
-        return [n for n, raw in zip(live, beats, strict=True)
-                if raw is not None and json.loads(raw).get("model_version") is not None]
+        return [
+            n
+            for n, raw in zip(live, beats, strict=True)
+            if raw is not None and json.loads(raw).get("model_version") is not None
+        ]
 
     def leave(self) -> None:
         """Remove this worker from the live set and drop its heartbeat."""

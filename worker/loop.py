@@ -55,7 +55,9 @@ def group_fields(group: Any) -> dict[bytes, Any]:
 class Worker:
     """One worker process: the loop and its state."""
 
-    def __init__(self, client: Any, settings: Settings, watcher: ModelWatcher | None = None) -> None:
+    def __init__(
+        self, client: Any, settings: Settings, watcher: ModelWatcher | None = None
+    ) -> None:
         self.client = raw_client(client)
         self.s = settings
         self.consumer = settings.consumer_name()
@@ -63,7 +65,9 @@ class Worker:
         self.io = ShardIO(self.client, self.scripts, settings.group, self.consumer)
         self.leases = Leases(self.client, self.scripts, self.consumer, settings.shards,
                              settings.cluster, settings.lease_ttl_ms, settings.heartbeat_ttl_s)
-        self.watcher = watcher or ModelWatcher(client, settings.model_poll_s, settings.model_hmac_key)
+        self.watcher = watcher or ModelWatcher(
+            client, settings.model_poll_s, settings.model_hmac_key
+        )
         self.limits = Limits(settings.max_series_bytes, settings.max_value_bytes)
         self.shards: dict[int, Shard] = {}
         self.pipelined = not settings.cluster  # overlap commit k + read k+2 with batch k+1
@@ -332,7 +336,8 @@ class Worker:
 
     def _disconnected(self, exc: Exception) -> None:
         if self.connected:
-            log.warning("Redis unavailable (%s: %s); retrying with backoff", type(exc).__name__, exc)
+            name = type(exc).__name__
+            log.warning("Redis unavailable (%s: %s); retrying with backoff", name, exc)
             metrics.RECONNECTS.inc()
         self.connected = False
         metrics.READY.set(0)

@@ -30,10 +30,14 @@ def install_signals(worker: Worker) -> None:
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         if worker.stopping.is_set():
-            log.warning("second %s: exiting now (the atomic commit keeps this safe)",
-                        signal.Signals(signum).name)
+            log.warning(
+                "second %s: exiting now (the atomic commit keeps this safe)",
+                signal.Signals(signum).name,
+            )
             os._exit(1)
-        log.info("%s received: finishing the batch in hand, then stopping", signal.Signals(signum).name)
+        log.info(
+            "%s received: finishing the batch in hand, then stopping", signal.Signals(signum).name
+        )
         worker.stop()
 
     signal.signal(signal.SIGTERM, handler)
@@ -53,8 +57,10 @@ def check(client: Any, consumer: str | None) -> int:
         raw = client.get(keys.heartbeat(name))
         if raw is not None:
             status = json.loads(raw)
-            print(f"ok: {name} model={status.get('model_version')} ready={status.get('ready')} "
-                  f"shards={status.get('shards')}")
+            print(
+                f"ok: {name} model={status.get('model_version')} ready={status.get('ready')} "
+                f"shards={status.get('shards')}"
+            )
             return 0
     print(f"unhealthy: no fresh heartbeat for {consumer or socket.gethostname() + '-*'}")
     return 1
@@ -89,12 +95,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         from worker.health import start_http_server
 
         try:
-            server = start_http_server(settings.metrics_host, settings.metrics_port,
-                                       lambda: not worker.stopping.is_set(), worker.ready)
+            server = start_http_server(
+                settings.metrics_host,
+                settings.metrics_port,
+                lambda: not worker.stopping.is_set(),
+                worker.ready,
+            )
         except OSError as exc:
             log.error("metrics/health server not started: %s", exc)
-    log.info("worker %s starting", worker.consumer,
-             extra={"settings": settings.safe_dump(worker_only=True)})
+    log.info(
+        "worker %s starting",
+        worker.consumer,
+        extra={"settings": settings.safe_dump(worker_only=True)},
+    )
     worker.run()
     if server is not None:
         server.stop()

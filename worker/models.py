@@ -65,6 +65,7 @@ class ModelWatcher:
             return False
         from forecast.modelio import load_version  # TensorFlow is imported here, off the hot path
         from worker import metrics
+
         try:
             model = load_version(self.client, version, self.hmac_key)
         except ModelRejected as exc:
@@ -77,8 +78,12 @@ class ModelWatcher:
             self.failed = version
             self.failures += 1
             metrics.RELOAD_FAILURES.inc()
-            log.error("model %s failed to load, the previous model keeps serving: %s: %s",
-                      version, type(exc).__name__, exc)
+            log.error(
+                "model %s failed to load, the previous model keeps serving: %s: %s",
+                version,
+                type(exc).__name__,
+                exc,
+            )
             return False
         with self._lock:
             self._ready = model

@@ -47,12 +47,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-READ = _FENCE.format(lease=2) + """
+READ = (
+    _FENCE.format(lease=2)
+    + """
 -- KEYS: values, lease. ARGV: token, group, consumer, count.
-return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS', KEYS[1], '>')
+return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4],
+                  'STREAMS', KEYS[1], '>')
 """
+)
 
-CLAIM = _FENCE.format(lease=2) + """
+CLAIM = (
+    _FENCE.format(lease=2)
+    + """
 -- KEYS: values, lease. ARGV: token, group, consumer, min_idle_ms, start, count.
 -- Returns {next_cursor, entries, pending_details} or {'WAIT'} while some pending entry
 -- is younger than min_idle (claiming around it would break per-series order).
@@ -73,8 +79,11 @@ if #entries > 0 then
 end
 return {r[1], entries, details}
 """
+)
 
-COMMIT = _FENCE.format(lease=5) + """
+COMMIT = (
+    _FENCE.format(lease=5)
+    + """
 -- KEYS: values, predictions, deadletter, state, lease.
 -- ARGV: token, group, pred_maxlen, dead_maxlen, model_version, then five msgpack arrays:
 --   extra field names; predictions flat, (series, prediction, source_id, ts, extras...) each;
@@ -111,6 +120,7 @@ for i = 1, #acks, 4000 do
 end
 return #preds / width
 """
+)
 
 
 class Scripts:
@@ -131,10 +141,20 @@ class Scripts:
             self.client.script_load(script.script)
 
 
-def commit_args(token: str, group: str, commit: Commit, pred_maxlen: int,
-                dead_maxlen: int) -> list[Any]:
+def commit_args(
+    token: str, group: str, commit: Commit, pred_maxlen: int, dead_maxlen: int
+) -> list[Any]:
     """ARGV of the COMMIT script for one `Commit` (bulk parts as msgpack: few, cheap args)."""
     preds = [v for group_args in commit.predictions for v in group_args]
-    return [token, group, pred_maxlen, dead_maxlen, commit.version,
-            packb(list(commit.extra_fields)), packb(preds), packb(commit.deadletters),
-            packb(commit.state), packb(commit.ack_ids)]
+    return [
+        token,
+        group,
+        pred_maxlen,
+        dead_maxlen,
+        commit.version,
+        packb(list(commit.extra_fields)),
+        packb(preds),
+        packb(commit.deadletters),
+        packb(commit.state),
+        packb(commit.ack_ids),
+    ]

@@ -33,7 +33,7 @@ def decode_blob(blob: bytes) -> tuple[int, int, np.ndarray]:
     width = (len(blob) - _HEADER.itemsize) // 4
     row = np.frombuffer(blob, dtype=blob_dtype(width), count=1)[0]
     count = int(row["count"])
-    values = np.array(row["v"][width - count:], dtype=np.float32)
+    values = np.array(row["v"][width - count :], dtype=np.float32)
     return count, int(row["last_ts"]), values
 
 
@@ -107,7 +107,7 @@ class SeriesStore:
             count, last_ts, values = decode_blob(blob)
             keep = min(count, self.width)
             if keep:
-                self.vals[slot, self.width - keep:] = values[count - keep:]
+                self.vals[slot, self.width - keep :] = values[count - keep :]
             self.count[slot] = keep
             self.last_ts[slot] = last_ts
         return slot
@@ -115,7 +115,7 @@ class SeriesStore:
     def keys_of(self, slots: np.ndarray) -> list[bytes]:
         """Series ids of the given rows."""
         keys = self.keys
-        return [keys[s] for s in slots.tolist()]  # type: ignore[misc]
+        return [keys[s] for s in slots.tolist()]
 
     def resize(self, width: int) -> None:
         """Change the window width (a model with another n_steps), keeping the newest values."""
@@ -123,7 +123,7 @@ class SeriesStore:
             return
         keep = min(width, self.width)
         vals = np.zeros((len(self.keys), width), dtype=np.float32)
-        vals[:, width - keep:] = self.vals[:, self.width - keep:]
+        vals[:, width - keep :] = self.vals[:, self.width - keep :]
         self.vals = vals
         np.minimum(self.count, width, out=self.count)
         self.width = width
@@ -137,4 +137,4 @@ class SeriesStore:
         rows["v"] = self.vals[idx]
         raw = rows.tobytes()
         size = rows.dtype.itemsize
-        return [raw[i:i + size] for i in range(0, len(raw), size)]
+        return [raw[i : i + size] for i in range(0, len(raw), size)]
