@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.retry import Retry
 
 from forecast.settings import Settings
 
@@ -22,5 +24,7 @@ def connect(settings: Settings, *, timeout: float | None = 10.0) -> AnyRedis:
         "protocol": 2,  # raw stream replies are parsed as RESP2 arrays
     }
     if settings.cluster:
-        return RedisCluster.from_url(settings.redis_url, **kwargs)
+        # No silent re-sends: a commit whose reply was lost must not run twice; the worker
+        # recovers from the checkpoint instead (single-node clients never retry by default).
+        return RedisCluster.from_url(settings.redis_url, retry=Retry(NoBackoff(), 0), **kwargs)
     return redis.Redis.from_url(settings.redis_url, **kwargs)

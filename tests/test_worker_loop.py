@@ -171,3 +171,20 @@ def test_deleted_input_stream_is_recreated_and_work_goes_on(r: redis.Redis, runn
     preds = wait_for(lambda: predictions(r), what="prediction after re-creation")
     assert float(preds[0][b"prediction"]) == 4.0
     assert w.shards[0].token.startswith("1:")  # recovered in place, without losing the lease
+
+
+def test_commit_refuses_before_writing_when_an_output_key_has_a_wrong_type(
+    r: redis.Redis, running: Any
+) -> None:
+    r.set(keys.DEADLETTER, "not a stream")  # an operator mistake
+    w = running()
+    wait_for(lambda: w.shards, what="shard acquired")
+    for v in (1, 2, 3):
+        r.xadd(keys.VALUES, {"series": "t", "value": str(v)})
+    r.xadd(keys.VALUES, {"series": "t", "value": "bad"})
+    wait_for(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 4, what="batch read")
+    assert not r.exists(keys.PREDICTIONS)  # nothing half-written, nothing acked
+    r.delete(keys.DEADLETTER)
+    preds = wait_for(lambda: predictions(r), timeout=30, what="predictions after the fix")
+    wait_for(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 0, what="all acked")
+    assert len(predictions(r)) == len(preds) == 1 and r.xlen(keys.DEADLETTER) == 1

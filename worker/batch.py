@@ -18,8 +18,8 @@ from worker.parse import Limits, parse_fields
 from worker.state import SeriesStore
 
 Entry = tuple[bytes, list[bytes] | None]  # (entry id, flat fields); None = deleted entry
-DEADLETTER_FIELD_MAX = 4096  # bytes kept of each field of a dead letter (the input keeps all)
-DEADLETTER_PAIRS_MAX = 64  # field pairs kept of a dead letter
+DEADLETTER_FIELD_MAX = 1024  # bytes kept of each field of a dead letter (the input keeps all)
+DEADLETTER_PAIRS_MAX = 16  # field pairs kept of a dead letter
 
 
 class Predictor(Protocol):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,10 +26,10 @@ def is_fenced(exc: redis.ResponseError) -> bool:
     return str(exc).startswith("FENCED")
 
 
-def ensure_group(client: Any, stream: str, group: str) -> None:
-    """Create the consumer group (and the stream) if missing; from the stream's start."""
+def ensure_group(client: Any, stream: str, group: str, start: bytes | str = "0") -> None:
+    """Create the consumer group (and the stream) if missing; by default from the start."""
     try:
-        client.xgroup_create(stream, group, id="0", mkstream=True)
+        client.xgroup_create(stream, group, id=start, mkstream=True)
         log.info("created consumer group %s on %s", group, stream)
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
@@ -56,34 +55,54 @@ class Shard:
     ahead: deque[list[Entry]] = field(default_factory=deque)  # batches read, not processed yet
     inflight: Commit | None = None  # sent with a read-ahead; replies not collected yet
     conn: Any = None  # dedicated connection for the pipelined commit + read
+    pool: Any = None  # the pool `conn` came from
 
     @property
     def index(self) -> int:
         """Shard number."""
         return self.keys.shard
 
+    def read_replies(self) -> list[Any]:
+        """The two replies of the commit + read under way (errors as values).
+
+        `inflight` is cleared only once both are read; on any failure the connection is
+        closed, so it never carries a stale reply into the next round trip.
+        """
+        replies: list[Any] = []
+        try:
+            for _ in range(2):
+                try:
+                    replies.append(self.conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            self.inflight = None
+        return replies
+
     def settle_quietly(self) -> None:
         """Wait for the commit under way, ignoring its outcome (the caller handles a failure)."""
         if self.inflight is not None:
-            self.inflight = None
             try:
-                for _ in range(2):
-                    with contextlib.suppress(redis.ResponseError):
-                        self.conn.read_response()
+                self.read_replies()
             except Exception as exc:
                 log.debug("in-flight commit of shard %d ended with %r", self.index, exc)
-                self.close()
 
     def close(self) -> None:
-        """Drop the dedicated connection."""
+        """Drop the dedicated connection (and give it back to its pool)."""
         if self.conn is not None:
-            self.conn.disconnect()
-            self.conn = None
+            conn, self.conn = self.conn, None
+            conn.disconnect()
+            if self.pool is not None:
+                self.pool.release(conn)
 
     def reset(self) -> None:
         """Forget in-memory state: windows reload from the checkpoint, pending are re-claimed."""
         self.settle_quietly()  # a late commit must not land after the recovery claims
         self.ahead.clear()
+        self.last_id = None  # the read-ahead that advanced it was discarded
         self.store = SeriesStore(self.store.width, self.store.max_series)
         self.recovering = True
         self.cursor = b"0-0"
@@ -148,7 +167,8 @@ class ShardIO:
         Redis runs both while the caller prepares the next batch; `finish` collects them.
         """
         if shard.conn is None:
-            shard.conn = self.client.connection_pool.get_connection()
+            shard.pool = self.client.connection_pool
+            shard.conn = shard.pool.get_connection()
         keys = shard.keys
         commit_cmd = (
             "EVALSHA",
@@ -168,25 +188,20 @@ class ShardIO:
             self.consumer,
             count,
         )
-        shard.conn.send_packed_command(
-            shard.conn.pack_commands([commit_cmd, read_cmd]), check_health=False
-        )
-        shard.inflight = commit
+        packed = shard.conn.pack_commands([commit_cmd, read_cmd])
+        shard.inflight = commit  # before sending: once sent, the replies must be read
+        try:
+            shard.conn.send_packed_command(packed, check_health=False)
+        except BaseException:
+            shard.inflight = None
+            shard.close()
+            raise
 
     def finish(self, shard: Shard) -> tuple[Commit, list[Entry]]:
         """Collect the replies of `send_commit_and_read`: the commit and the read-ahead."""
-        commit, shard.inflight = shard.inflight, None
+        commit = shard.inflight
         assert commit is not None
-        replies: list[Any] = []
-        try:
-            for _ in range(2):
-                try:
-                    replies.append(shard.conn.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-        except Exception:
-            shard.close()
-            raise
+        replies = shard.read_replies()
         for reply in replies:
             if isinstance(reply, redis.ResponseError):
                 if is_fenced(reply):

@@ -114,9 +114,12 @@ class Worker:
             except redis.ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     log.warning("consumer group missing (stream deleted?); re-creating it")
+                    # From the last id seen, not 0: if only the group was destroyed, the
+                    # entries already predicted must not be predicted again.
+                    starts = {k: s.last_id or b"0" for k, s in self.shards.items()}
                     self._reset_all()
-                    for shard in self.shards.values():
-                        ensure_group(self.client, shard.keys.values, self.s.group)
+                    for k, shard in self.shards.items():
+                        ensure_group(self.client, shard.keys.values, self.s.group, starts[k])
                     self.stopping.wait(backoff.next())
                 else:
                     log.error("Redis error: %s", exc)
@@ -147,8 +150,8 @@ class Worker:
             return
         done = 0
         for shard in list(self.shards.values()):
-            if self.stopping.is_set():
-                break
+            if self.stopping.is_set() or time.monotonic() >= self.next_maintenance:
+                break  # leases must be renewed on time, however many shards wait
             done += self._process(shard)
         if done == 0 and not self.stopping.is_set():
             self._wait_for_data()
@@ -306,8 +309,12 @@ class Worker:
         if token is None:
             return
         sk = keys.shard_keys(k, self.s.shards, self.s.cluster)
-        ensure_group(self.client, sk.values, self.s.group)
-        self.scripts.load()
+        try:
+            ensure_group(self.client, sk.values, self.s.group)
+            self.scripts.load()
+        except BaseException:
+            self.leases.release(k, token)  # nobody else knows this token: give the shard back
+            raise
         store = SeriesStore(self.model.n_steps, self.s.max_series)
         self.shards[k] = Shard(keys=sk, token=token, store=store)
         log.info("acquired shard %d (%s) token=%s", k, sk.values, token.split(":", 1)[0])
@@ -388,13 +395,18 @@ class Worker:
     def shutdown(self) -> None:
         """Release leases and leave the live set (best effort), then stop the watcher."""
         self.watcher.stop()
-        try:
-            for k, shard in list(self.shards.items()):
+        for k, shard in list(self.shards.items()):
+            try:
                 if shard.inflight is not None:
                     self._settle(shard)  # the batch in hand is committed before leaving
                 self.leases.release(k, shard.token)
+            except (Fenced, redis.RedisError) as exc:
+                log.warning("shard %d not released cleanly: %s", k, exc)
+            finally:
+                shard.close()
+        try:
             self._flush_accuracy()
             self.leases.leave()
         except redis.RedisError as exc:
-            log.warning("could not release leases cleanly: %s", exc)
+            log.warning("could not leave cleanly: %s", exc)
         log.info("stopped", extra=self.totals)

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from types import FrameType
 from typing import Any
@@ -38,7 +39,8 @@ def install_signals(worker: Worker) -> None:
         log.info(
             "%s received: finishing the batch in hand, then stopping", signal.Signals(signum).name
         )
-        worker.stop()
+        # Event.set() takes a lock the interrupted main thread may hold inside Event.wait().
+        threading.Thread(target=worker.stop, name="stop", daemon=True).start()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
@@ -69,7 +71,10 @@ def check(client: Any, consumer: str | None) -> int:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """The `forecast worker` command."""
     setup_logging(settings.log_level, settings.log_json)
-    client = connect(settings, timeout=max(5.0, settings.block_ms / 1000 + 5))
+    # Longer than a lease: a reply that never comes means the lease (and its token) is gone,
+    # so a command still queued somewhere can no longer commit with that token.
+    timeout = max(5.0, settings.block_ms / 1000 + 5, settings.lease_ttl_ms / 1000 + 1)
+    client = connect(settings, timeout=timeout)
     if getattr(args, "check", False):
         try:
             return check(client, settings.consumer or None)

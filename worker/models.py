@@ -6,6 +6,8 @@ import logging
 import threading
 from typing import Any
 
+import redis
+
 from forecast import keys
 from forecast.errors import ModelRejected
 
@@ -68,6 +70,9 @@ class ModelWatcher:
 
         try:
             model = load_version(self.client, version, self.hmac_key)
+        except redis.RedisError as exc:  # an outage, not a bad model: try again next poll
+            log.warning("could not fetch model %s (%s); will retry", version, exc)
+            return False
         except ModelRejected as exc:
             self.failed = version
             self.failures += 1

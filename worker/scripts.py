@@ -88,6 +88,13 @@ COMMIT = (
 -- ARGV: token, group, pred_maxlen, dead_maxlen, model_version, then five msgpack arrays:
 --   extra field names; predictions flat, (series, prediction, source_id, ts, extras...) each;
 --   dead letters, each an array of field/value pairs; series/blob pairs; ids to ack.
+-- Lua cannot roll back: refuse before the first write if an output key has a wrong type.
+for k, want in pairs({[2] = 'stream', [3] = 'stream', [4] = 'hash'}) do
+  local t = redis.call('TYPE', KEYS[k]).ok
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' is a ' .. t .. ', expected a ' .. want)
+  end
+end
 local group, pmax, dmax, version = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local extra = cmsgpack.unpack(ARGV[6])
 local preds = cmsgpack.unpack(ARGV[7])
