@@ -39,7 +39,8 @@ class Commit:
 
     version: str = ""  # the model version that made the predictions
     ack_ids: list[bytes] = field(default_factory=list)
-    predictions: list[list[bytes | str]] = field(default_factory=list)  # per-mode fixed arg groups
+    predictions: list[bytes | str] = field(default_factory=list)  # flat script args, see _predictions
+    n_predictions: int = 0
     extra_fields: tuple[str, ...] = ()
     deadletters: list[list[bytes | str]] = field(default_factory=list)  # flat field/value pairs
     state: list[bytes] = field(default_factory=list)  # flat series/blob pairs
@@ -248,5 +249,12 @@ def _predictions(
         tss = [""] * len(pos)
     else:
         tss = [str(stamps[i]) if stamps[i] >= 0 else "" for i in pos]
-    # One arg group per prediction, built column-wise (zip runs in C).
-    commit.predictions.extend(map(list, zip(ser, cols[0], src, tss, *cols[1:], strict=True)))
+    # The flat script args, (series, prediction, source_id, ts, extras...) per prediction,
+    # filled column by column with slice assignments (no per-prediction Python work).
+    columns = [ser, cols[0], src, tss, *cols[1:]]
+    width = len(columns)
+    flat: list[bytes | str] = [b""] * (width * len(pos))
+    for k, column in enumerate(columns):
+        flat[k::width] = column
+    commit.predictions = flat
+    commit.n_predictions = len(pos)

@@ -240,10 +240,10 @@ class Worker:
         """Counters and metrics of one committed batch."""
         self.totals["batches"] += 1
         self.totals["values"] += n_entries
-        self.totals["predictions"] += len(commit.predictions)
+        self.totals["predictions"] += commit.n_predictions
         self.totals["deadletters"] += len(commit.deadletters)
         metrics.VALUES_READ.inc(n_entries)
-        metrics.PREDICTIONS.inc(len(commit.predictions))
+        metrics.PREDICTIONS.inc(commit.n_predictions)
         metrics.BATCH_SIZE.observe(n_entries)
         for reason, n in commit.reasons.items():
             metrics.DEADLETTERED.labels(reason=reason).inc(n)

@@ -100,19 +100,40 @@ local extra = cmsgpack.unpack(ARGV[6])
 local preds = cmsgpack.unpack(ARGV[7])
 local n_extra = #extra
 local width = 4 + n_extra
-for i = 1, #preds, width do
-  local ts = preds[i + 3]
-  if n_extra == 0 and ts == '' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', pmax, '*', 'series', preds[i], 'prediction',
-               preds[i + 1], 'model_version', version, 'source_id', preds[i + 2])
-  else
-    local cmd = {'XADD', KEYS[2], 'MAXLEN', '~', pmax, '*', 'series', preds[i], 'prediction',
-                 preds[i + 1], 'model_version', version, 'source_id', preds[i + 2]}
-    if ts ~= '' then cmd[#cmd + 1] = 'ts'; cmd[#cmd + 1] = ts end
+local call, out = redis.call, KEYS[2]
+-- Direct calls for the common layouts (no per-entry tables); one trim per batch below.
+if n_extra == 0 then
+  for i = 1, #preds, 4 do
+    if preds[i + 3] == '' then
+      call('XADD', out, '*', 'series', preds[i], 'prediction', preds[i + 1],
+           'model_version', version, 'source_id', preds[i + 2])
+    else
+      call('XADD', out, '*', 'series', preds[i], 'prediction', preds[i + 1],
+           'model_version', version, 'source_id', preds[i + 2], 'ts', preds[i + 3])
+    end
+  end
+elseif n_extra == 2 then
+  local e1, e2 = extra[1], extra[2]
+  for i = 1, #preds, 6 do
+    if preds[i + 3] == '' then
+      call('XADD', out, '*', 'series', preds[i], 'prediction', preds[i + 1],
+           'model_version', version, 'source_id', preds[i + 2], e1, preds[i + 4], e2, preds[i + 5])
+    else
+      call('XADD', out, '*', 'series', preds[i], 'prediction', preds[i + 1],
+           'model_version', version, 'source_id', preds[i + 2], 'ts', preds[i + 3],
+           e1, preds[i + 4], e2, preds[i + 5])
+    end
+  end
+else
+  for i = 1, #preds, width do
+    local cmd = {'XADD', out, '*', 'series', preds[i], 'prediction', preds[i + 1],
+                 'model_version', version, 'source_id', preds[i + 2]}
+    if preds[i + 3] ~= '' then cmd[#cmd + 1] = 'ts'; cmd[#cmd + 1] = preds[i + 3] end
     for e = 1, n_extra do cmd[#cmd + 1] = extra[e]; cmd[#cmd + 1] = preds[i + 3 + e] end
-    redis.call(unpack(cmd))
+    call(unpack(cmd))
   end
 end
+if #preds > 0 then call('XTRIM', out, 'MAXLEN', '~', pmax) end
 for _, dead in ipairs(cmsgpack.unpack(ARGV[8])) do
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', dmax, '*', unpack(dead))
 end
@@ -152,7 +173,7 @@ def commit_args(
     token: str, group: str, commit: Commit, pred_maxlen: int, dead_maxlen: int
 ) -> list[Any]:
     """ARGV of the COMMIT script for one `Commit` (bulk parts as msgpack: few, cheap args)."""
-    preds = [v for group_args in commit.predictions for v in group_args]
+    preds = commit.predictions
     return [
         token,
         group,
