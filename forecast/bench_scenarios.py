@@ -1,0 +1,516 @@
+"""The benchmark scenarios: each one measures on fresh private Redis servers and returns raw runs.
+
+Throughput-style scenarios share one procedure (`Fleet`): start the worker processes, publish
+the model, wait until every shard's lease is held by the worker `worker.leases.assign` gives
+it to, warm up, then per run SIGSTOP the workers, preload the values server-side, SIGCONT and
+time until every value is acknowledged. Process start, TensorFlow import, model load and
+rebalancing are therefore never in a throughput figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import redis
+
+from forecast import keys, registry
+from forecast.bench_util import (
+    Series,
+    WorkerProc,
+    acked,
+    cpu_seconds,
+    load_average,
+    median,
+    percentile,
+    preload,
+    seed_state,
+    series_by_shard,
+    start_producer,
+    start_worker,
+    wait_until,
+)
+from forecast.redis_server import RedisServer
+from worker.batch import entry_ms
+from worker.consumer import ensure_group
+
+log = logging.getLogger(__name__)
+
+GROUP = "forecast"
+# Lease TTL of bench workers: it must outlast the SIGSTOP pause of a preload. Several workers
+# rebalance once (a worker that loads its model first takes every shard until its next
+# maintenance, a third of the TTL later), so they get a shorter one.
+LEASE_TTL_ONE_MS = 60_000
+LEASE_TTL_MANY_MS = 15_000
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and repeats of one benchmark run."""
+
+    repeats: int = 3
+    series: int = 1_000
+    values: int = 500_000  # values per throughput run
+    warmup: int = 20_000
+    tutorial_msgs: int = 150
+    raw_requests: int = 200_000
+    latency_rate: int = 20_000
+    latency_s: float = 10.0
+    latency_skip_s: float = 1.0  # sends in the first second are warm-up
+    big_series: int = 1_000_000
+    big_values_per_series: int = 2
+    scaling_values: int = 400_000
+    workers: tuple[int, ...] = (1, 2, 4)
+    scaling_shards: int = 4
+    archs: tuple[str, ...] = ("lstm", "gru")
+
+
+FULL = Plan()
+QUICK = Plan(repeats=1, values=150_000, warmup=10_000, tutorial_msgs=60, raw_requests=100_000,
+             latency_s=4.0, big_series=131_072, scaling_values=150_000)
+# (131,072 = 1,024 x 2^7 series fill the worker's doubling row arrays exactly, like 1M does with
+# max_series=1M: otherwise the empty half of the last doubling would count as per-series RSS.)
+
+
+@dataclass
+class Outcome:
+    """Raw runs of a scenario and their medians."""
+
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    median: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def summarise(self, *names: str) -> Outcome:
+        """Set the median of each named figure over the runs."""
+        for name in names:
+            values = [r[name] for r in self.runs if r.get(name) is not None]
+            if values:
+                self.median[name] = median(values)
+        return self
+
+
+class Bench:
+    """Shared state of one benchmark run: the plan, trained models, a scratch directory."""
+
+    def __init__(self, plan: Plan, workdir: Path,
+                 trainer: Callable[[str, int], Any] | None = None) -> None:
+        self.plan = plan
+        self.workdir = workdir
+        self.models: dict[tuple[str, int], Any] = {}
+        self._trainer = trainer or train_tiny
+
+    def model(self, arch: str = "simple_rnn", n_steps: int = 3) -> Any:
+        """A `trainer.artifact.Trained` for (arch, n_steps), trained once per bench run."""
+        key = (arch, n_steps)
+        if key not in self.models:
+            t0 = time.perf_counter()
+            self.models[key] = self._trainer(arch, n_steps)
+            log.info("trained %s n_steps=%d in %.1fs", arch, n_steps, time.perf_counter() - t0)
+        return self.models[key]
+
+    @contextlib.contextmanager
+    def redis(self) -> Iterator[tuple[RedisServer, Any]]:
+        """A fresh private redis-server and a bytes client on it."""
+        server = RedisServer(dir=Path(self.workdir, f"redis-{time.monotonic_ns()}"))
+        server.dir.mkdir()  # type: ignore[union-attr]
+        server.start()
+        client = redis.Redis(port=server.port, protocol=2, socket_timeout=300)
+        try:
+            yield server, client
+        finally:
+            client.close()
+            server.stop()
+            shutil.rmtree(server.dir, ignore_errors=True)  # type: ignore[arg-type]
+
+
+def train_tiny(arch: str, n_steps: int) -> Any:
+    """Train a 50-unit model for one epoch on a small generated dataset (accuracy is irrelevant)."""
+    from forecast.settings import Arch, Settings
+    from trainer.artifact import train_model
+    from trainer.data import Dataset
+
+    rng = np.random.default_rng(7)
+    data = {f"rw{i}": 10 + np.cumsum(rng.normal(0, 1, 120)) for i in range(6)}
+    settings = Settings(_env_file=None, arch=cast(Arch, arch), n_steps=n_steps,  # type: ignore[call-arg]
+                        units=50, epochs=1, patience=0, train_batch_size=64)
+    return train_model(Dataset("bench", data), settings)
+
+
+def publish(client: Any, trained: Any) -> str:
+    """Publish a trained model as the current version."""
+    return registry.publish(client, trained.blob, dict(trained.manifest))
+
+
+# --- the fleet procedure ----------------------------------------------------------------
+
+
+class Fleet:
+    """`n` worker processes over `shards` input shards of one Redis."""
+
+    def __init__(self, bench: Bench, server: RedisServer, client: Any, n: int, shards: int = 1,
+                 **settings: Any) -> None:
+        self.bench = bench
+        self.server = server
+        self.client = client
+        self.n = n
+        self.shards = shards
+        ttl = LEASE_TTL_ONE_MS if n == 1 else LEASE_TTL_MANY_MS
+        self.settings = {"shards": shards, "lease_ttl_ms": ttl, "model_poll_s": 0.2, **settings}
+        self.streams = [keys.values_stream(k, shards) for k in range(shards)]
+        self.workers: list[WorkerProc] = []
+
+    def __enter__(self) -> Fleet:
+        for s in self.streams:
+            ensure_group(self.client, s, GROUP)
+        try:
+            for i in range(self.n):
+                self.workers.append(start_worker(self.server.url, f"bench-{i}",
+                                                 self.bench.workdir, **self.settings))
+            self._wait(lambda: self.client.zcard(keys.WORKERS) >= self.n, 180, "workers to start")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop every worker by its PID."""
+        for w in self.workers:
+            w.stop()
+
+    def _wait(self, cond: Callable[[], Any], timeout: float, what: str,
+              interval: float = 0.005) -> float:
+        def check() -> Any:
+            for w in self.workers:
+                w.check_alive()
+            return cond()
+        return wait_until(check, timeout, interval, what)
+
+    def serve(self, trained: Any) -> None:
+        """Publish the model; wait until every shard's lease is held by its assigned worker."""
+        publish(self.client, trained)
+        leases = [keys.shard_keys(k, self.shards).lease for k in range(self.shards)]
+        names = sorted(w.consumer for w in self.workers)
+        wanted = [names[k % len(names)].encode() for k in range(self.shards)]  # as leases.assign
+
+        def balanced() -> bool:
+            owners = [v.split(b":", 1)[1] if v else None for v in self.client.mget(leases)]
+            return owners == wanted
+        self._wait(balanced, 180, "the shard leases to settle", 0.05)
+
+    def loads(self, count: int, series: Series | None = None) -> list[tuple[str, int, Series]]:
+        """(stream, count, series) per shard for `count` values over `series` (default 1,000)."""
+        if series is not None and self.shards == 1:
+            return [(self.streams[0], count, series)]
+        total = series.n if series is not None else self.bench.plan.series
+        buckets = series_by_shard(total, self.shards)
+        return [(self.streams[k], count * b.n // total, b) for k, b in enumerate(buckets) if b.n]
+
+    def warm(self, loads: Sequence[tuple[str, int, Series]]) -> None:
+        """Process some values untimed (first model calls, allocations)."""
+        base = acked(self.client, self.streams)
+        for stream, count, series in loads:
+            preload(self.client, stream, count, series)
+        total = sum(c for _, c, _ in loads)
+        self._wait(lambda: acked(self.client, self.streams) >= base + total, 300, "warm-up", 0.02)
+
+    def measure(self, loads: Sequence[tuple[str, int, Series]]) -> dict[str, Any]:
+        """Pause, preload, resume; values/s until every value is acknowledged."""
+        base = acked(self.client, self.streams)
+        total = sum(c for _, c, _ in loads)
+        for w in self.workers:
+            w.pause()
+        try:
+            rss_before = self.workers[0].rss()
+            t_pre = time.perf_counter()
+            for stream, count, series in loads:
+                preload(self.client, stream, count, series)
+            preload_s = time.perf_counter() - t_pre
+            cpu_before = self._cpu()
+            own_before = time.process_time()
+            load = load_average()
+        finally:
+            t0 = time.perf_counter()
+            for w in self.workers:
+                w.resume()
+        t1 = self._wait(lambda: acked(self.client, self.streams) >= base + total,
+                        max(300.0, total / 2000), "every value acknowledged")
+        seconds = t1 - t0
+        cpu = [after - before for before, after in zip(cpu_before, self._cpu(), strict=True)]
+        own = time.process_time() - own_before
+        return {"values": total, "seconds": round(seconds, 4),
+                "values_per_s": round(total / seconds, 1), "preload_s": round(preload_s, 2),
+                "rss_before": rss_before, "rss_after": self.workers[0].rss(),
+                "load_avg_1m": load,
+                # CPU time per value: less sensitive to a busy machine than values/s
+                "worker_cpu_us_per_value": round(sum(cpu[:-1]) / total * 1e6, 2),
+                "redis_cpu_us_per_value": round(cpu[-1] / total * 1e6, 2),
+                "bench_cpu_us_per_value": round(own / total * 1e6, 2)}  # this process (polling)
+
+    def _cpu(self) -> list[float]:
+        """CPU seconds of every worker, then of the redis-server."""
+        pids = [w.pid for w in self.workers] + [self.server.proc.pid]  # type: ignore[union-attr]
+        return [cpu_seconds(pid) for pid in pids]
+
+
+def fleet_throughput(bench: Bench, trained: Any, n_workers: int = 1, shards: int = 1,
+                     values: int | None = None) -> Outcome:
+    """Median values/s of `repeats` runs over 1,000 series on one fleet."""
+    plan = bench.plan
+    out = Outcome()
+    with bench.redis() as (server, client), \
+            Fleet(bench, server, client, n_workers, shards) as fleet:
+        fleet.serve(trained)
+        fleet.warm(fleet.loads(plan.warmup))
+        for _ in range(plan.repeats):
+            out.runs.append(fleet.measure(fleet.loads(values or plan.values)))
+    return out.summarise("values_per_s", "worker_cpu_us_per_value", "redis_cpu_us_per_value")
+
+
+# --- scenarios ----------------------------------------------------------------------------
+
+
+def raw_redis(bench: Bench) -> Outcome:
+    """The Redis limit: redis-benchmark's pipelined XADD rate on a private server."""
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        raise RuntimeError("redis-benchmark is not on PATH")
+    out = Outcome()
+    with bench.redis() as (server, client):
+        for _ in range(bench.plan.repeats):
+            client.delete("forecast:bench")
+            cmd = [binary, "-p", str(server.port), "-n", str(bench.plan.raw_requests), "-P", "64",
+                   "-q", "XADD", "forecast:bench", "*", "series", "s", "value", "1"]
+            load = load_average()
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+            rates = re.findall(r"([\d.]+) requests per second", proc.stdout)
+            if not rates:
+                raise RuntimeError(f"cannot parse redis-benchmark output: {proc.stdout[-300:]!r}")
+            out.runs.append({"values_per_s": float(rates[-1]), "load_avg_1m": load})
+    out.info["command"] = (f"redis-benchmark -n {bench.plan.raw_requests} -P 64 -q "
+                           "XADD forecast:bench '*' series s value 1")
+    return out.summarise("values_per_s")
+
+
+def tutorial_worker(client: Any, model: Any, n_steps: int, count: int) -> float:
+    """The tutorial's loop: one XREAD, one `model.predict`, one XADD per message; values/s."""
+    windows: dict[bytes, list[float]] = {}
+    last: bytes | str = "0-0"
+    t0 = time.perf_counter()
+    for _ in range(count):
+        reply = client.xread({keys.VALUES: last}, count=1, block=5000)
+        last, fields = reply[0][1][0]
+        window = windows.setdefault(fields[b"series"], [])
+        window.append(float(fields[b"value"]))
+        del window[:-n_steps]
+        if len(window) == n_steps:
+            x = np.asarray(window, dtype=np.float32).reshape(1, n_steps, 1)
+            prediction = float(model.predict(x, verbose=0)[0, 0])
+            client.xadd(keys.PREDICTIONS, {"series": fields[b"series"], "prediction": prediction})
+    return count / (time.perf_counter() - t0)
+
+
+def tutorial(bench: Bench) -> Outcome:
+    """The tutorial-style worker on the same SimpleRNN(50) model (Keras `model.predict`)."""
+    trained = bench.model("simple_rnn", 3)
+    model = trained.loaded.model
+    model.predict(np.zeros((1, 3, 1), np.float32), verbose=0)  # build the predict function
+    out = Outcome()
+    with bench.redis() as (_, client):
+        for _ in range(bench.plan.repeats):
+            client.delete(keys.VALUES, keys.PREDICTIONS)
+            preload(client, keys.VALUES, bench.plan.tutorial_msgs, Series(1, "tutorial"))
+            load = load_average()
+            rate = tutorial_worker(client, model, 3, bench.plan.tutorial_msgs)
+            out.runs.append({"values_per_s": round(rate, 2), "messages": bench.plan.tutorial_msgs,
+                             "load_avg_1m": load})
+    return out.summarise("values_per_s")
+
+
+def throughput(bench: Bench) -> Outcome:
+    """Sustained values/s: 1 worker, 1,000 series, SimpleRNN(50) n_steps=3, exactly-once commit."""
+    out = fleet_throughput(bench, bench.model("simple_rnn", 3))
+    out.info.update(series=bench.plan.series, model="SimpleRNN(50) n_steps=3",
+                    outputs=bench.model("simple_rnn", 3).manifest["outputs"])
+    return out
+
+
+def archs(bench: Bench) -> Outcome:
+    """LSTM(50) and GRU(50) instead of SimpleRNN: values/s per architecture."""
+    out = Outcome()
+    for arch in bench.plan.archs:
+        sub = fleet_throughput(bench, bench.model(arch, 3))
+        for run in sub.runs:
+            out.runs.append({"arch": arch, **run})
+        out.median[arch] = sub.median["values_per_s"]
+    return out
+
+
+def scaling(bench: Bench) -> Outcome:
+    """1, 2, 4 worker processes over 4 shards: aggregate values/s and efficiency."""
+    out = Outcome()
+    plan = bench.plan
+    for n in plan.workers:
+        sub = fleet_throughput(bench, bench.model("simple_rnn", 3), n_workers=n,
+                               shards=plan.scaling_shards, values=plan.scaling_values)
+        for run in sub.runs:
+            out.runs.append({"workers": n, **run})
+        out.median[str(n)] = sub.median["values_per_s"]
+    base = out.median.get("1")
+    if base:
+        out.info["efficiency"] = {k: round(v / (int(k) * base), 3) for k, v in out.median.items()}
+    out.info["shards"] = plan.scaling_shards
+    return out
+
+
+def series_1m(bench: Bench) -> Outcome:
+    """1M distinct series, n_steps=24: RSS growth per series and values/s vs 1,000 series.
+
+    Every series starts with a checkpointed full window (as if it had history), so every value
+    yields a prediction; the first pass over the big set loads each window from the checkpoint.
+    Per run: fresh Redis and worker; warm-up on 1,000 of the series; then the big phase
+    (big_series x big_values_per_series values, round-robin); then the same number of values
+    over the 1,000 warm series on the same worker (the comparison case, same model).
+    """
+    plan = bench.plan
+    trained = bench.model("simple_rnn", 24)
+    big = Series(plan.big_series, "m")
+    small = Series(min(plan.series, plan.big_series), "m")
+    count = plan.big_series * plan.big_values_per_series
+    out = Outcome()
+    for _ in range(plan.repeats):
+        with bench.redis() as (server, client), Fleet(
+                bench, server, client, 1, 1, max_series=max(plan.big_series, 1_000_000)) as fleet:
+            seed_state(client, keys.shard_keys(0, 1).state, big, 24)
+            fleet.serve(trained)
+            fleet.warm(fleet.loads(plan.warmup, small))
+            run_big = fleet.measure(fleet.loads(count, big))
+            run_small = fleet.measure(fleet.loads(count, small))
+            grown = run_big["rss_after"] - run_big["rss_before"]
+            out.runs.append({
+                "big": run_big, "small": run_small,
+                "bytes_per_series": round(grown / (big.n - small.n), 1),
+                "values_per_s_big": run_big["values_per_s"],
+                "values_per_s_small": run_small["values_per_s"],
+                "slowdown": round(run_small["values_per_s"] / run_big["values_per_s"], 3),
+            })
+    out.info.update(series=plan.big_series, values_per_run=count, n_steps=24,
+                    comparison_series=small.n)
+    return out.summarise("bytes_per_series", "values_per_s_big", "values_per_s_small", "slowdown")
+
+
+def cold_start(bench: Bench) -> Outcome:
+    """Seconds from starting `forecast worker` to its first prediction.
+
+    The model is published and values are waiting before the process starts.
+    """
+    trained = bench.model("simple_rnn", 3)
+    out = Outcome()
+    for _ in range(bench.plan.repeats):
+        with bench.redis() as (server, client):
+            publish(client, trained)
+            preload(client, keys.VALUES, 3 * bench.plan.series, Series(bench.plan.series))
+            load = load_average()
+            t0 = time.perf_counter()
+            worker = start_worker(server.url, "bench-cold", bench.workdir)
+            try:
+                t1 = wait_until(_first_prediction(client, worker), 180, 0.01, "a prediction")
+            finally:
+                worker.stop()
+            out.runs.append({"seconds": round(t1 - t0, 3), "load_avg_1m": load})
+    return out.summarise("seconds")
+
+
+def _first_prediction(client: Any, worker: WorkerProc) -> Callable[[], bool]:
+    def check() -> bool:
+        worker.check_alive()
+        return bool(client.xlen(keys.PREDICTIONS))
+    return check
+
+
+def _latencies(client: Any, producer: subprocess.Popen[bytes], sends_path: Path,
+               skip_s: float) -> dict[str, Any]:
+    """Read predictions with XREAD BLOCK while the producer runs; match them to the sends."""
+    reader: Any = redis.Redis(connection_pool=client.connection_pool)
+    reader.set_response_callback("XREAD", lambda r, **_: r)
+    newest = client.xrevrange(keys.PREDICTIONS, count=1)
+    last = newest[0][0] if newest else b"0-0"
+    seen: dict[bytes, float] = {}
+    stage: dict[bytes, int] = {}  # source id -> ms from input XADD to prediction XADD
+    quiet_since: float | None = None
+    while True:
+        reply = reader.xread({keys.PREDICTIONS: last}, count=10_000, block=50)
+        now = time.perf_counter()
+        if reply:
+            quiet_since = None
+            for eid, fields in reply[0][1]:
+                last = eid
+                source = fields[fields.index(b"source_id") + 1]
+                seen[source] = now
+                stage[source] = entry_ms(eid) - entry_ms(source)
+        elif producer.poll() is not None:
+            quiet_since = quiet_since or now
+            if now - quiet_since > 1.0:
+                break
+    if producer.returncode != 0:
+        raise RuntimeError(f"latency producer exited with {producer.returncode}")
+    data = json.loads(sends_path.read_text())
+    sends = [(eid.encode(), t) for eid, t in data["sent"]]
+    start = sends[0][1] + skip_s
+    lat = [(seen[eid] - t) * 1000 for eid, t in sends if t >= start and eid in seen]
+    missing = sum(1 for eid, t in sends if t >= start and eid not in seen)
+    # The part between the two XADDs (input, prediction), at the ids' 1 ms resolution.
+    worker = [stage[eid] for eid, t in sends if t >= start and eid in stage]
+    return {"p50_ms": round(percentile(lat, 50), 3), "p99_ms": round(percentile(lat, 99), 3),
+            "p999_ms": round(percentile(lat, 99.9), 3), "max_ms": round(max(lat), 3),
+            "samples": len(lat), "missing": missing,
+            "offered_per_s": round(len(sends) / data["took_s"], 1),
+            "xadd_to_xadd_p50_ms": percentile(worker, 50),
+            "xadd_to_xadd_p99_ms": percentile(worker, 99)}
+
+
+def latency(bench: Bench) -> Outcome:
+    """End-to-end latency at a steady offered rate: input XADD to the prediction's XREAD BLOCK."""
+    plan = bench.plan
+    out = Outcome()
+    with bench.redis() as (server, client), Fleet(bench, server, client, 1, 1) as fleet:
+        fleet.serve(bench.model("simple_rnn", 3))
+        fleet.warm(fleet.loads(plan.warmup))
+        for _ in range(plan.repeats):
+            load = load_average()
+            producer, path = start_producer(server.url, plan.latency_rate, plan.latency_s,
+                                            plan.series, bench.workdir)
+            try:
+                run = _latencies(client, producer, path, plan.latency_skip_s)
+            finally:
+                if producer.poll() is None:
+                    producer.kill()
+                    producer.wait()
+            out.runs.append({**run, "load_avg_1m": load})
+    out.info.update(rate=plan.latency_rate, seconds=plan.latency_s, series=plan.series)
+    return out.summarise("p50_ms", "p99_ms", "p999_ms", "offered_per_s", "xadd_to_xadd_p50_ms",
+                         "xadd_to_xadd_p99_ms")
+
+
+SCENARIOS: dict[str, Callable[[Bench], Outcome]] = {
+    "raw_redis": raw_redis,
+    "tutorial": tutorial,
+    "throughput": throughput,
+    "latency": latency,
+    "cold_start": cold_start,
+    "archs": archs,
+    "scaling": scaling,
+    "series_1m": series_1m,
+}
