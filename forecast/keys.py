@@ -83,6 +83,7 @@ class ShardKeys:
     state: str  # hash: series -> checkpointed window blob
     lease: str  # string "<token>:<consumer>" with a PX ttl
     epoch: str  # counter: fencing tokens
+    fence: str  # touched when a zombie tries to read: aborts its WATCHed read (see worker)
 
     @property
     def commit_keys(self) -> list[str]:
@@ -112,6 +113,7 @@ def shard_keys(shard: int, shards: int, cluster: bool = False) -> ShardKeys:
         state=f"forecast:state{tag}",
         lease=f"forecast:lease{tag}",
         epoch=f"forecast:epoch{tag}",
+        fence=f"forecast:fence{tag}",
     )
 
 

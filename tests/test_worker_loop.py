@@ -188,3 +188,19 @@ def test_commit_refuses_before_writing_when_an_output_key_has_a_wrong_type(
     preds = wait_for(lambda: predictions(r), timeout=30, what="predictions after the fix")
     wait_for(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 0, what="all acked")
     assert len(predictions(r)) == len(preds) == 1 and r.xlen(keys.DEADLETTER) == 1
+
+
+def test_a_zombie_reads_nothing_once_another_worker_holds_the_lease(
+    r: redis.Redis, redis_url: str
+) -> None:
+    w = make_worker(redis_url)
+    w.model = LinearModel()
+    w.maintain()
+    shard = w.shards[0]
+    r.set(shard.keys.lease, "99:other", px=10_000)  # taken over while we were paused
+    r.xadd(keys.VALUES, {"series": "s", "value": "1"})
+    with pytest.raises(Fenced):
+        w.io.read(shard, 10)
+    assert r.xpending(keys.VALUES, "forecast")["pending"] == 0  # nothing was delivered
+    assert r.get(shard.keys.lease) == b"99:other"  # the new owner's lease is untouched
+    shard.close()

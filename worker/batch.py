@@ -39,7 +39,7 @@ class Commit:
 
     version: str = ""  # the model version that made the predictions
     ack_ids: list[bytes] = field(default_factory=list)
-    predictions: list[bytes | str] = field(default_factory=list)  # flat script args, see _predictions
+    predictions: list[bytes | str] = field(default_factory=list)  # flat args, see _predictions
     n_predictions: int = 0
     extra_fields: tuple[str, ...] = ()
     deadletters: list[list[bytes | str]] = field(default_factory=list)  # flat field/value pairs
@@ -251,7 +251,7 @@ def _predictions(
         tss = [str(stamps[i]) if stamps[i] >= 0 else "" for i in pos]
     # The flat script args, (series, prediction, source_id, ts, extras...) per prediction,
     # filled column by column with slice assignments (no per-prediction Python work).
-    columns = [ser, cols[0], src, tss, *cols[1:]]
+    columns: list[Sequence[bytes | str]] = [ser, cols[0], src, tss, *cols[1:]]
     width = len(columns)
     flat: list[bytes | str] = [b""] * (width * len(pos))
     for k, column in enumerate(columns):

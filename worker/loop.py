@@ -62,7 +62,9 @@ class Worker:
         self.s = settings
         self.consumer = settings.consumer_name()
         self.scripts = Scripts(self.client)
-        self.io = ShardIO(self.client, self.scripts, settings.group, self.consumer)
+        self.io = ShardIO(
+            self.client, self.scripts, settings.group, self.consumer, settings.cluster
+        )
         self.leases = Leases(self.client, self.scripts, self.consumer, settings.shards,
                              settings.cluster, settings.lease_ttl_ms, settings.heartbeat_ttl_s)
         self.watcher = watcher or ModelWatcher(
@@ -214,8 +216,10 @@ class Worker:
             return len(entries)
         if shard.inflight is not None:
             shard.ahead.append(self._settle(shard))
-        elif not shard.ahead:
-            shard.ahead.append(self._read(shard))  # start the read-ahead
+        elif not shard.ahead and len(entries) >= self.batch_size:
+            # A full batch means a backlog: start the read-ahead. With light traffic the
+            # commit goes out at once instead (latency over overlap).
+            shard.ahead.append(self._read(shard))
         commit.sent_at = time.perf_counter()
         self.io.send_commit_and_read(shard, commit, self.s.predictions_maxlen,
                                      self.s.deadletter_maxlen, self.batch_size)

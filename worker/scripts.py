@@ -47,6 +47,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+GUARD = """
+-- KEYS: lease, fence. ARGV: token. Runs between WATCH lease fence and MULTI/XREADGROUP/EXEC:
+-- unless the lease is ours it touches the fence key, so that our own EXEC aborts. Sent
+-- with EVAL (never NOSCRIPT) and built not to fail: a failed guard would let EXEC run.
+if redis.pcall('GET', KEYS[1]) == ARGV[1] then return 1 end
+redis.call('SET', KEYS[2], ARGV[1])
+return 0
+"""
+
 READ = (
     _FENCE.format(lease=2)
     + """
