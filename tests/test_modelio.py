@@ -41,7 +41,7 @@ def test_predict_traces_once_and_handles_empty_batches(tutorial_model: Any) -> N
     loaded = load_bytes(tutorial_model.blob, tutorial_model.manifest)
     for m in (1, 7, 5000, 3):
         assert loaded.predict(np.ones((m, 3), dtype=np.float32)).shape == (m, 3)
-    assert loaded._call.experimental_get_tracing_count() == 1
+    assert loaded._traced.experimental_get_tracing_count() == 1
     empty = loaded.predict(np.zeros((0, 3), dtype=np.float32))
     assert empty.shape == (0, 3) and empty.dtype == np.float32
     with pytest.raises(ValueError, match=r"shape \(m, 3\)"):
