@@ -122,8 +122,7 @@ def build_commit(
         # Series of this batch must not be evicted to make room for the new ones.
         known = [index[s] for s in set(series) if s in index]
         store.last_used[np.asarray(known, dtype=np.int64)] = store.tick
-        for s, blob in zip(unknown, load(unknown), strict=True):
-            store.add(s, blob)
+        store.add_many(unknown, load(unknown))
     slots = [index[s] for s in series]
     _check_timestamps(commit, entries, ids, series, values, stamps, slots, store)
     if not ids:

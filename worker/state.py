@@ -7,6 +7,7 @@ fixed-size checkpoint blobs written by the per-batch commit and read back on dem
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 _HEADER = np.dtype([("count", "<i4"), ("last_ts", "<i8")])
 
 
+@functools.lru_cache(maxsize=64)
 def blob_dtype(width: int) -> np.dtype:
     """The packed dtype of one checkpoint row: count, last_ts, `width` float32 values."""
     return np.dtype([("count", "<i4"), ("last_ts", "<i8"), ("v", "<f4", (width,))])
@@ -89,6 +91,45 @@ class SeriesStore:
         self.evicted += n
         log.debug("evicted %d series (LRU), %d held", n, len(self.index))
 
+    def add_many(self, series: list[bytes], blobs: list[bytes | None]) -> None:
+        """`add` for many series at once, restoring same-width checkpoints in one numpy pass."""
+        slots = []
+        for s in series:
+            if not self.free:
+                self._grow()
+            if not self.free:
+                self._evict()
+            slot = self.free.pop()
+            self.index[s] = slot
+            self.keys[slot] = s
+            self.last_used[slot] = self.tick  # not evictable by the next ones of this call
+            slots.append(slot)
+        idx = np.asarray(slots, dtype=np.int64)
+        self.vals[idx] = 0.0
+        self.count[idx] = 0
+        self.last_ts[idx] = -1
+        self.last_pred[idx] = np.nan
+        self.last_used[idx] = self.tick
+        size = blob_dtype(self.width).itemsize
+        same = [i for i, b in enumerate(blobs) if b is not None and len(b) == size]
+        if same:
+            rows = np.frombuffer(b"".join(blobs[i] for i in same), dtype=blob_dtype(self.width))  # type: ignore[misc]
+            at = idx[same]
+            self.vals[at] = rows["v"]
+            self.count[at] = rows["count"]
+            self.last_ts[at] = rows["last_ts"]
+        for i, blob in enumerate(blobs):  # checkpoints of another width (a model change)
+            if blob is not None and len(blob) != size:
+                self._restore(slots[i], blob)
+
+    def _restore(self, slot: int, blob: bytes) -> None:
+        count, last_ts, values = decode_blob(blob)
+        keep = min(count, self.width)
+        if keep:
+            self.vals[slot, self.width - keep :] = values[count - keep :]
+        self.count[slot] = keep
+        self.last_ts[slot] = last_ts
+
     def add(self, series: bytes, blob: bytes | None = None) -> int:
         """Give `series` a row (empty, or restored from a checkpoint blob) and return it."""
         if not self.free:
@@ -104,12 +145,7 @@ class SeriesStore:
         self.last_pred[slot] = np.nan
         self.last_used[slot] = self.tick
         if blob is not None:
-            count, last_ts, values = decode_blob(blob)
-            keep = min(count, self.width)
-            if keep:
-                self.vals[slot, self.width - keep :] = values[count - keep :]
-            self.count[slot] = keep
-            self.last_ts[slot] = last_ts
+            self._restore(slot, blob)
         return slot
 
     def keys_of(self, slots: np.ndarray) -> list[bytes]:
