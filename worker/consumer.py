@@ -180,7 +180,8 @@ class ShardIO:
 
     def commit(self, shard: Shard, commit: Commit, pred_maxlen: int, dead_maxlen: int) -> None:
         """Write predictions, dead letters, checkpoint and acks in one atomic script."""
-        args = commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen)
+        args = commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen,
+                           self.scripts.msgpack_ok)
         self._call(self.scripts.commit, shard.keys.commit_keys, args)
 
     def send_commit_and_read(
@@ -196,7 +197,8 @@ class ShardIO:
             self.scripts.commit.sha,
             len(keys.commit_keys),
             *keys.commit_keys,
-            *commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen),
+            *commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen,
+                         self.scripts.msgpack_ok),
         )
         self._send(shard, commit, [commit_cmd, *self._read_commands(shard, count)])
 

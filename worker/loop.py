@@ -316,6 +316,7 @@ class Worker:
         try:
             ensure_group(self.client, sk.values, self.s.group)
             self.scripts.load()
+            self.scripts.probe()
         except BaseException:
             self.leases.release(k, token)  # nobody else knows this token: give the shard back
             raise

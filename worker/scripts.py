@@ -94,9 +94,12 @@ COMMIT = (
     _FENCE.format(lease=5)
     + """
 -- KEYS: values, predictions, deadletter, state, lease.
--- ARGV: token, group, pred_maxlen, dead_maxlen, model_version, then five msgpack arrays:
+-- ARGV: token, group, pred_maxlen, dead_maxlen, model_version, encoding, then five arrays:
 --   extra field names; predictions flat, (series, prediction, source_id, ts, extras...) each;
 --   dead letters, each an array of field/value pairs; series/blob pairs; ids to ack.
+-- encoding 'msgpack': one msgpack argument per array (few, cheap arguments); 'flat': each
+-- array as a count then its items (dead letters: a count of counted arrays), for servers
+-- whose Lua has no cmsgpack (the embedded fakeredis of `forecast demo`).
 -- Lua cannot roll back: refuse before the first write if an output key has a wrong type.
 for k, want in pairs({[2] = 'stream', [3] = 'stream', [4] = 'hash'}) do
   local t = redis.call('TYPE', KEYS[k]).ok
@@ -105,8 +108,26 @@ for k, want in pairs({[2] = 'stream', [3] = 'stream', [4] = 'hash'}) do
   end
 end
 local group, pmax, dmax, version = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local extra = cmsgpack.unpack(ARGV[6])
-local preds = cmsgpack.unpack(ARGV[7])
+local extra, preds, deads, state, acks
+if ARGV[6] == 'msgpack' then
+  local unpack_mp = cmsgpack.unpack
+  extra, preds, deads = unpack_mp(ARGV[7]), unpack_mp(ARGV[8]), unpack_mp(ARGV[9])
+  state, acks = unpack_mp(ARGV[10]), unpack_mp(ARGV[11])
+else
+  local i = 7
+  local function take()
+    local n, t = tonumber(ARGV[i]), {}
+    for j = 1, n do t[j] = ARGV[i + j] end
+    i = i + n + 1
+    return t
+  end
+  extra, preds = take(), take()
+  local n = tonumber(ARGV[i])
+  i = i + 1
+  deads = {}
+  for d = 1, n do deads[d] = take() end
+  state, acks = take(), take()
+end
 local n_extra = #extra
 local width = 4 + n_extra
 local call, out = redis.call, KEYS[2]
@@ -143,15 +164,13 @@ else
   end
 end
 if #preds > 0 then call('XTRIM', out, 'MAXLEN', '~', pmax) end
-for _, dead in ipairs(cmsgpack.unpack(ARGV[8])) do
+for _, dead in ipairs(deads) do
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', dmax, '*', unpack(dead))
 end
 -- in chunks: unpack() is limited to a few thousand values
-local state = cmsgpack.unpack(ARGV[9])
 for i = 1, #state, 4000 do
   redis.call('HSET', KEYS[4], unpack(state, i, math.min(i + 3999, #state)))
 end
-local acks = cmsgpack.unpack(ARGV[10])
 for i = 1, #acks, 4000 do
   redis.call('XACK', KEYS[1], group, unpack(acks, i, math.min(i + 3999, #acks)))
 end
@@ -165,12 +184,20 @@ class Scripts:
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        self.msgpack_ok = True  # set by `probe()`
         self.acquire = client.register_script(ACQUIRE)
         self.renew = client.register_script(RENEW)
         self.release = client.register_script(RELEASE)
         self.read = client.register_script(READ)
         self.claim = client.register_script(CLAIM)
         self.commit = client.register_script(COMMIT)
+
+    def probe(self) -> None:
+        """Whether the server's Lua has cmsgpack (real Redis does; fakeredis does not)."""
+        try:
+            self.msgpack_ok = bool(self.client.eval("return type(cmsgpack) == 'table'", 0))
+        except Exception:  # an unknown global is an error on some servers
+            self.msgpack_ok = False
 
     def load(self) -> None:
         """(Re)load the scripts used by raw EVALSHA (after a restart flushed the cache)."""
@@ -179,19 +206,22 @@ class Scripts:
 
 
 def commit_args(
-    token: str, group: str, commit: Commit, pred_maxlen: int, dead_maxlen: int
+    token: str,
+    group: str,
+    commit: Commit,
+    pred_maxlen: int,
+    dead_maxlen: int,
+    msgpack_ok: bool = True,
 ) -> list[Any]:
-    """ARGV of the COMMIT script for one `Commit` (bulk parts as msgpack: few, cheap args)."""
-    preds = commit.predictions
-    return [
-        token,
-        group,
-        pred_maxlen,
-        dead_maxlen,
-        commit.version,
-        packb(list(commit.extra_fields)),
-        packb(preds),
-        packb(commit.deadletters),
-        packb(commit.state),
-        packb(commit.ack_ids),
-    ]
+    """ARGV of the COMMIT script for one `Commit` (see its header for the two encodings)."""
+    head = [token, group, pred_maxlen, dead_maxlen, commit.version]
+    extra = list(commit.extra_fields)
+    if msgpack_ok:
+        parts = (extra, commit.predictions, commit.deadletters, commit.state, commit.ack_ids)
+        return [*head, "msgpack", *map(packb, parts)]
+    args: list[Any] = [*head, "flat", len(extra), *extra]
+    args += [len(commit.predictions), *commit.predictions, len(commit.deadletters)]
+    for dead in commit.deadletters:  # a count of counted arrays
+        args += [len(dead), *dead]
+    args += [len(commit.state), *commit.state, len(commit.ack_ids), *commit.ack_ids]
+    return args
