@@ -1,0 +1,68 @@
+"""CLI contract: bad arguments give one line and exit 2; push (args and CSV) and tail work."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from forecast import keys
+from forecast.cli import build_parser, main
+from forecast.client import run_tail
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "forecast.cli", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("args", [
+    ("push", "s1", "abc"),
+    ("push", "s1", "nan"),
+    ("push", "", "1"),
+    ("push", "--csv", "/nonexistent.csv"),
+    ("worker", "--batch-size", "0"),
+    ("push", "--redis-url", "ftp://x", "s1", "1"),
+    ("push", "--redis-url", "redis://127.0.0.1:1/0", "s1", "1"),
+    ("models", "--redis-url", "redis://127.0.0.1:1/0", "list"),
+])
+def test_bad_arguments_give_one_line_and_exit_2(args: tuple[str, ...]) -> None:
+    out = cli(*args)
+    assert out.returncode == 2, out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("forecast: error: "), out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_push_values_and_csv_then_tail(r: redis.Redis, redis_url: str, tmp_path: Path,
+                                      capsys: Any) -> None:
+    assert main(["push", "--redis-url", redis_url, "s1", "1", "2.5", "--ts", "1000"]) == 0
+    csv = tmp_path / "in.csv"
+    csv.write_text("series,timestamp,value\na,1700000000000,3\nb,,4\n")
+    assert main(["push", "--redis-url", redis_url, "--csv", str(csv)]) == 0
+    rows = [f for _, f in r.xrange(keys.VALUES)]
+    assert rows == [
+        {b"series": b"s1", b"value": b"1", b"ts": b"1000"},
+        {b"series": b"s1", b"value": b"2.5", b"ts": b"1001"},
+        {b"series": b"a", b"value": b"3", b"ts": b"1700000000000"},
+        {b"series": b"b", b"value": b"4"},
+    ]
+    csv.write_text("series,timestamp,value\na,,x\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["push", "--redis-url", redis_url, "--csv", str(csv)])
+    assert exc.value.code == 2
+    assert "in.csv:2" in capsys.readouterr().err
+
+    r.xadd(keys.PREDICTIONS, {"series": "s1", "prediction": "3.5", "model_version": "v1",
+                              "source_id": "1-0"})
+    args = build_parser().parse_args(["tail", "--from-start", "--count", "1"])
+    from forecast.settings import Settings
+
+    out = io.StringIO()
+    assert run_tail(args, Settings(redis_url=redis_url), out=out) == 0
+    assert out.getvalue() == "s1  prediction=3.5  model=v1  source=1-0\n"
