@@ -126,8 +126,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 worker.kill()
                 worker.wait(5)
     print("""
-Where to look next:
-  forecast tail --from-start                 # follow predictions (needs FORECAST_REDIS_URL)
+Where to look next (against your own Redis: FORECAST_REDIS_URL, default 127.0.0.1:6379):
+  forecast worker                            # after `forecast train --example` or --csv FILE
+  forecast tail --from-start                 # follow predictions
   redis-cli XADD forecast:values '*' series s1 value 7
   redis-cli XREAD BLOCK 0 STREAMS forecast:predictions '$'
   forecast models list                       # versions, validation and live accuracy
