@@ -32,6 +32,21 @@ class LinearModel:
         return np.concatenate([mean, mean - 1, mean + 1], axis=1).astype(np.float32)
 
 
+class StaticWatcher:
+    """Hands an in-process worker one model (and later ones on demand), like ModelWatcher."""
+
+    def __init__(self, model: Any) -> None:
+        self.next = model
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def take(self) -> Any:
+        model, self.next = self.next, None
+        return model
+
+
 def wait_for(
     cond: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02, what: str = "condition"
 ) -> Any:

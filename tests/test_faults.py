@@ -26,7 +26,7 @@ from forecast.client import Producer
 from forecast.redis_server import RedisServer, redis_server_binary
 from forecast.settings import Settings
 from tests import procs
-from tests.helpers import LinearModel, wait_for
+from tests.helpers import LinearModel, StaticWatcher, wait_for
 from worker.batch import build_commit
 from worker.consumer import Fenced
 from worker.loop import Worker
@@ -35,21 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-class StaticWatcher:
-    """Hands the in-process worker one model, like ModelWatcher.take()."""
-
-    def __init__(self, model: Any) -> None:
-        self.next = model
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def take(self) -> Any:
-        model, self.next = self.next, None
-        return model
-
 
 def make_worker(url: str, consumer: str, **overrides: Any) -> Worker:
     """An in-process Worker on `url` serving a LinearModel."""

@@ -16,8 +16,7 @@ from forecast.cli import main
 from forecast.client import Producer
 from forecast.settings import load_settings
 from forecast.status import collect, render
-from tests.helpers import LinearModel, wait_for
-from tests.test_worker_loop import StaticWatcher
+from tests.helpers import LinearModel, StaticWatcher, wait_for
 from worker.loop import Worker
 
 SHARDS = 4

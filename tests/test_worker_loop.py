@@ -11,25 +11,10 @@ import redis
 
 from forecast import keys
 from forecast.settings import Settings
-from tests.helpers import LinearModel, wait_for
+from tests.helpers import LinearModel, StaticWatcher, wait_for
 from worker.consumer import Fenced, Shard
 from worker.loop import Worker
 from worker.state import SeriesStore
-
-
-class StaticWatcher:
-    """Hands the worker one model (and later ones on demand), like ModelWatcher."""
-
-    def __init__(self, model: Any) -> None:
-        self.next = model
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def take(self) -> Any:
-        model, self.next = self.next, None
-        return model
 
 
 def make_worker(url: str, model: Any = None, **overrides: Any) -> Worker:

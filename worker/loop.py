@@ -73,6 +73,7 @@ class Worker:
         self.limits = Limits(settings.max_series_bytes, settings.max_value_bytes)
         self.shards: dict[int, Shard] = {}
         self.pipelined = not settings.cluster  # overlap commit k + read k+2 with batch k+1
+        self.scripts_loaded = False
         self.model: Any = None
         self.connected = False
         self.stopping = threading.Event()
@@ -289,6 +290,10 @@ class Worker:
     # --- shards and models ------------------------------------------------------
     def maintain(self) -> None:
         """Heartbeat, renew leases, rebalance, publish accuracy and group gauges."""
+        if not self.scripts_loaded:
+            self.scripts.load()
+            self.scripts.probe()
+            self.scripts_loaded = True
         live = self.leases.heartbeat(self.status())
         for k, shard in list(self.shards.items()):
             if not self.leases.renew(k, shard.token):
@@ -315,8 +320,6 @@ class Worker:
         sk = keys.shard_keys(k, self.s.shards, self.s.cluster)
         try:
             ensure_group(self.client, sk.values, self.s.group)
-            self.scripts.load()
-            self.scripts.probe()
         except BaseException:
             self.leases.release(k, token)  # nobody else knows this token: give the shard back
             raise
@@ -352,6 +355,7 @@ class Worker:
             log.warning("Redis unavailable (%s: %s); retrying with backoff", name, exc)
             metrics.RECONNECTS.inc()
         self.connected = False
+        self.scripts_loaded = False  # a restarted Redis has an empty script cache
         metrics.READY.set(0)
         self._reset_all()
         self.next_maintenance = 0.0

@@ -73,21 +73,15 @@ class ModelWatcher:
         except redis.RedisError as exc:  # an outage, not a bad model: try again next poll
             log.warning("could not fetch model %s (%s); will retry", version, exc)
             return False
-        except ModelRejected as exc:
+        except Exception as exc:  # ModelRejected, or anything Keras raises on a bad artifact
             self.failed = version
             self.failures += 1
             metrics.RELOAD_FAILURES.inc()
-            log.error("model %s rejected, the previous model keeps serving: %s", version, exc)
-            return False
-        except Exception as exc:
-            self.failed = version
-            self.failures += 1
-            metrics.RELOAD_FAILURES.inc()
+            why = str(exc) if isinstance(exc, ModelRejected) else f"{type(exc).__name__}: {exc}"
             log.error(
-                "model %s failed to load, the previous model keeps serving: %s: %s",
+                "model %s rejected, the previous model keeps serving: %s",
                 version,
-                type(exc).__name__,
-                exc,
+                why,
             )
             return False
         with self._lock:

@@ -200,8 +200,12 @@ class Scripts:
             self.msgpack_ok = False
 
     def load(self) -> None:
-        """(Re)load the scripts used by raw EVALSHA (after a restart flushed the cache)."""
-        for script in (self.read, self.commit):
+        """Load every script up front (also after a restart flushed the script cache).
+
+        EVALSHA then never meets NOSCRIPT: the raw pipelined path cannot recover from it in
+        the same round trip, and some servers (fakeredis' TCP server) drop the connection.
+        """
+        for script in (self.acquire, self.renew, self.release, self.read, self.claim, self.commit):
             self.client.script_load(script.script)
 
 
