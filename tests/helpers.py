@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +46,24 @@ class StaticWatcher:
     def take(self) -> Any:
         model, self.next = self.next, None
         return model
+
+
+class WorkerThreads:
+    """Runs in-process workers in threads; `stop_all()` stops and joins them."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[Any, threading.Thread]] = []
+
+    def start(self, worker: Any) -> Any:
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        self.started.append((worker, thread))
+        return worker
+
+    def stop_all(self) -> None:
+        for worker, thread in self.started:
+            worker.stop()
+            thread.join(10)
 
 
 def wait_for(

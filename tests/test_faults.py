@@ -26,7 +26,7 @@ from forecast.client import Producer
 from forecast.redis_server import RedisServer, redis_server_binary
 from forecast.settings import Settings
 from tests import procs
-from tests.helpers import LinearModel, StaticWatcher, wait_for
+from tests.helpers import LinearModel, StaticWatcher, WorkerThreads, wait_for
 from worker.batch import build_commit
 from worker.consumer import Fenced
 from worker.loop import Worker
@@ -47,18 +47,9 @@ def make_worker(url: str, consumer: str, **overrides: Any) -> Worker:
 @pytest.fixture
 def threads() -> Iterator[Any]:
     """Run in-process workers in threads; stop and join them all at the end."""
-    started: list[tuple[Worker, threading.Thread]] = []
-
-    def start(w: Worker) -> Worker:
-        t = threading.Thread(target=w.run, daemon=True)
-        t.start()
-        started.append((w, t))
-        return w
-
-    yield start
-    for w, t in started:
-        w.stop()
-        t.join(10)
+    runner = WorkerThreads()
+    yield runner.start
+    runner.stop_all()
 
 
 class Paced(threading.Thread):

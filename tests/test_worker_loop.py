@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +10,7 @@ import redis
 
 from forecast import keys
 from forecast.settings import Settings
-from tests.helpers import LinearModel, StaticWatcher, wait_for
+from tests.helpers import LinearModel, StaticWatcher, WorkerThreads, wait_for
 from worker.consumer import Fenced, Shard
 from worker.loop import Worker
 from worker.state import SeriesStore
@@ -33,19 +32,9 @@ def make_worker(url: str, model: Any = None, **overrides: Any) -> Worker:
 @pytest.fixture
 def running(redis_url: str) -> Iterator[Any]:
     """Start workers in threads; stop them all at the end."""
-    started: list[tuple[Worker, threading.Thread]] = []
-
-    def start(**kw: Any) -> Worker:
-        w = make_worker(redis_url, **kw)
-        t = threading.Thread(target=w.run, daemon=True)
-        t.start()
-        started.append((w, t))
-        return w
-
-    yield start
-    for w, t in started:
-        w.stop()
-        t.join(10)
+    threads = WorkerThreads()
+    yield lambda **kw: threads.start(make_worker(redis_url, **kw))
+    threads.stop_all()
 
 
 def predictions(r: redis.Redis, stream: str = keys.PREDICTIONS) -> list[dict[bytes, bytes]]:

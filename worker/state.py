@@ -132,21 +132,8 @@ class SeriesStore:
 
     def add(self, series: bytes, blob: bytes | None = None) -> int:
         """Give `series` a row (empty, or restored from a checkpoint blob) and return it."""
-        if not self.free:
-            self._grow()
-        if not self.free:
-            self._evict()
-        slot = self.free.pop()
-        self.index[series] = slot
-        self.keys[slot] = series
-        self.vals[slot] = 0.0
-        self.count[slot] = 0
-        self.last_ts[slot] = -1
-        self.last_pred[slot] = np.nan
-        self.last_used[slot] = self.tick
-        if blob is not None:
-            self._restore(slot, blob)
-        return slot
+        self.add_many([series], [blob])
+        return self.index[series]
 
     def keys_of(self, slots: np.ndarray) -> list[bytes]:
         """Series ids of the given rows."""
