@@ -10,64 +10,74 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import redis
 from pydantic import ValidationError
 
-from forecast.errors import CliError
-from forecast.settings import Settings, load_settings, mask_url
-
-# Flags shared by several subcommands, mapped 1:1 onto Settings fields.
-_CONN_FLAGS: dict[str, dict[str, Any]] = {
-    "--redis-url": {"dest": "redis_url", "help": "Redis URL (FORECAST_REDIS_URL)"},
-    "--cluster": {
-        "dest": "cluster",
-        "action": "store_const",
-        "const": True,
-        "help": "use the Redis Cluster client",
-    },
-    "--shards": {"dest": "shards", "type": int, "help": "number of input shards (FORECAST_SHARDS)"},
-}
-_TRAIN_FLAGS: dict[str, dict[str, Any]] = {
-    "--arch": {"dest": "arch", "choices": ["simple_rnn", "lstm", "gru"]},
-    "--n-steps": {"dest": "n_steps", "type": int},
-    "--units": {"dest": "units", "type": int},
-    "--epochs": {"dest": "epochs", "type": int},
-    "--batch-size": {"dest": "train_batch_size", "type": int},
-    "--learning-rate": {"dest": "learning_rate", "type": float},
-    "--seed": {"dest": "seed", "type": int},
-    "--val-fraction": {"dest": "val_fraction", "type": float},
-    "--patience": {"dest": "patience", "type": int},
-    "--horizon": {"dest": "horizon", "type": int},
-    "--coverage": {"dest": "coverage", "type": float},
-    "--scaling": {"dest": "scaling", "choices": ["auto", "none", "window"]},
-    "--season-period": {"dest": "season_period", "type": int},
-    "--out": {"dest": "model_dir", "help": "local directory for the artifact and manifest"},
-}
-_WORKER_FLAGS: dict[str, dict[str, Any]] = {
-    "--group": {"dest": "group"},
-    "--consumer": {"dest": "consumer"},
-    "--batch-size": {"dest": "batch_size", "type": int},
-    "--block-ms": {"dest": "block_ms", "type": int},
-    "--max-series": {"dest": "max_series", "type": int},
-    "--lease-ttl-ms": {"dest": "lease_ttl_ms", "type": int},
-    "--metrics-port": {"dest": "metrics_port", "type": int},
-    "--log-json": {"dest": "log_json", "action": "store_const", "const": True},
-    "--log-level": {"dest": "log_level"},
-}
-SETTING_DESTS = {
-    spec["dest"] for flags in (_CONN_FLAGS, _TRAIN_FLAGS, _WORKER_FLAGS) for spec in flags.values()
-}
+from forecast.errors import ForecastError
+from forecast.secrets import mask_secrets
+from forecast.settings import Settings, cli_commands, load_settings
 
 
-def _add(
-    p: argparse.ArgumentParser, flags: dict[str, dict[str, Any]], *, nested: bool = False
-) -> None:
+def _flag(name: str) -> str:
+    """The flag of a setting.
+
+    >>> _flag("n_steps")
+    '--n-steps'
+    """
+    extra = Settings.model_fields[name].json_schema_extra
+    custom = extra.get("flag") if isinstance(extra, dict) else None
+    return str(custom) if custom else "--" + name.replace("_", "-")
+
+
+def setting_flags(command: str) -> dict[str, dict[str, Any]]:
+    """argparse specs of every setting flag of `command`, derived from the Settings fields."""
+    specs: dict[str, dict[str, Any]] = {}
+    for name, field in Settings.model_fields.items():
+        if command not in cli_commands(name):
+            continue
+        env = f"FORECAST_{name.upper()}"
+        spec: dict[str, Any] = {"dest": name, "help": f"{field.description} ({env})"}
+        kind = field.annotation
+        if kind is bool:
+            spec.update(action="store_const", const=True)
+        elif get_origin(kind) is Literal:
+            spec["choices"] = list(get_args(kind))
+        elif kind in (int, float):
+            spec["type"] = kind
+        specs[_flag(name)] = spec
+    return specs
+
+
+SETTING_DESTS = set(Settings.model_fields)
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old flag spelling: still works, with a warning naming the new one."""
+
+    def __init__(self, *args: Any, new: str, **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        """Store the value under the new flag's destination and warn once on stderr."""
+        print(f"forecast: warning: {option_string} is deprecated here; use {self.new}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add(p: argparse.ArgumentParser, command: str, *, nested: bool = False) -> None:
     # On nested parsers the default is SUPPRESS so a flag given before the action survives.
     default = argparse.SUPPRESS if nested else None
-    for flag, spec in flags.items():
+    for flag, spec in setting_flags(command).items():
         p.add_argument(flag, default=default, **spec)
+
+
+def _alias(p: argparse.ArgumentParser, old: str, new: str, **spec: Any) -> None:
+    p.add_argument(old, action=DeprecatedAlias, new=new, default=None,
+                   help=argparse.SUPPRESS, **spec)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--report", metavar="DIR", help="write the evaluation report (JSON, Markdown, PNG) here"
     )
-    _add(p, _CONN_FLAGS)
-    _add(p, _TRAIN_FLAGS)
+    _add(p, "train")
+    _alias(p, "--batch-size", "--train-batch-size", dest="train_batch_size", type=int)
+    _alias(p, "--out", "--model-dir", dest="model_dir")
     p.set_defaults(run="trainer.cli:run")
 
     p = sub.add_parser("models", help="list, show, promote or roll back model versions")
@@ -100,9 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     mp = msub.add_parser("promote", help="make VERSION current")
     mp.add_argument("version")
     mr = msub.add_parser("rollback", help="make the previous current version current again")
-    _add(p, _CONN_FLAGS)
+    _add(p, "models")
     for action in (ml, ms, mp, mr):
-        _add(action, _CONN_FLAGS, nested=True)
+        _add(action, "models", nested=True)
     p.set_defaults(run="trainer.models_cli:run")
 
     p = sub.add_parser("worker", help="run the forecasting worker until SIGTERM")
@@ -111,8 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 0 if this host's worker heartbeat is fresh, else 1",
     )
-    _add(p, _CONN_FLAGS)
-    _add(p, _WORKER_FLAGS)
+    _add(p, "worker")
     p.set_defaults(run="worker.main:run")
 
     p = sub.add_parser("push", help="push values into the input stream")
@@ -120,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("values", nargs="*", help="numeric values")
     p.add_argument("--csv", metavar="FILE", help="long-format CSV: series,timestamp,value")
     p.add_argument("--ts", type=int, help="epoch ms of the first value (then +1 per value)")
-    _add(p, _CONN_FLAGS)
+    _add(p, "push")
     p.set_defaults(run="forecast.client:run_push")
 
     p = sub.add_parser("tail", help="follow the predictions stream")
@@ -130,19 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--deadletter", action="store_true", help="follow the dead-letter stream instead"
     )
-    _add(p, _CONN_FLAGS)
+    _add(p, "tail")
     p.set_defaults(run="forecast.client:run_tail")
 
     p = sub.add_parser("status", help="shards, owners, lag and worker health")
-    _add(p, _CONN_FLAGS)
-    p.add_argument("--group", dest="group", default=None)
+    _add(p, "status")
     p.set_defaults(run="forecast.status:run")
 
     p = sub.add_parser("plot", help="plot recent values and predictions of a series to PNG")
     p.add_argument("--series", required=True)
     p.add_argument("--out", dest="plot_out", default="plot.png", help="PNG path")
     p.add_argument("--last", type=int, default=200, help="how many recent points")
-    _add(p, _CONN_FLAGS)
+    _add(p, "plot")
     p.set_defaults(run="forecast.plot:run")
 
     p = sub.add_parser("demo", help="the tutorial end to end on a private Redis")
@@ -154,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run the benchmark and print a table")
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller scenarios")
     p.add_argument("--only", help="comma-separated scenario names")
-    p.add_argument("--out", dest="bench_out", default="bench/results.json")
-    p.set_defaults(run="forecast.bench:run")
+    p.add_argument("--out", dest="bench_out", default=None,
+                   help="where to write the results JSON (default bench/results/results.json)")
+    p.set_defaults(run="bench.run:run")
     return parser
 
 
@@ -181,16 +191,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         import_tensorflow()
     try:
         rc = _resolve(args.run)(args, settings)
-    except CliError as exc:
+    except ForecastError as exc:
         parser.exit(2, f"forecast: error: {exc}\n")
     except redis.AuthenticationError:
         parser.exit(
             2,
-            f"forecast: error: Redis refused the credentials for {mask_url(settings.redis_url)}\n",
+            "forecast: error: Redis refused the credentials for "
+            f"{mask_secrets(settings.redis_url)}\n",
         )
     except redis.ConnectionError as exc:
         parser.exit(
-            2, f"forecast: error: cannot reach Redis at {mask_url(settings.redis_url)}: {exc}\n"
+            2, f"forecast: error: cannot reach Redis at {mask_secrets(settings.redis_url)}: {exc}\n"
         )
     except KeyboardInterrupt:
         return 130

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any, TextIO
 
-from forecast import keys
-from forecast.errors import CliError
+from forecast import csvio, keys
+from forecast.errors import UsageError
+from forecast.grammar import parse_fields
 from forecast.redis_conn import connect
 from forecast.settings import Settings
-from worker.parse import parse_fields
 
 Item = tuple[str, float | str, int | None]  # series, value, ts (epoch ms) or None
 
@@ -66,46 +64,29 @@ class Producer:
 
 
 def check_value(series: str, value: str, where: str = "") -> None:
-    """Raise CliError unless (series, value) is what the worker accepts."""
+    """Raise UsageError unless (series, value) is what the worker accepts."""
     result = parse_fields([b"series", series.encode(), b"value", value.encode()])
     if isinstance(result, str):
-        raise CliError(
+        raise UsageError(
             f"{where}cannot push series={series!r} value={value!r}: {result.replace('_', ' ')}"
         )
 
 
 def read_csv(path: str) -> Iterator[Item]:
-    """Rows of a long-format CSV `series,timestamp,value` (timestamp may be empty)."""
-    p = Path(path)
-    if not p.is_file():
-        raise CliError(f"no such CSV file: {path}")
-    with p.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"series", "value"} <= set(reader.fieldnames):
-            raise CliError(
-                f"{path}: header must name series,timestamp,value (got {reader.fieldnames})"
-            )
-        for line, row in enumerate(reader, start=2):
-            series, value, ts = (
-                row["series"],
-                (row["value"] or "").strip(),
-                (row.get("timestamp") or "").strip(),
-            )
-            check_value(series, value, f"{path}:{line}: ")
-            if ts and not ts.isdigit():
-                raise CliError(f"{path}:{line}: timestamp must be epoch milliseconds, got {ts!r}")
-            yield series, value, int(ts) if ts else None
+    """Values of a long-format CSV `series,timestamp,value` (see `forecast.csvio`)."""
+    for row in csvio.read_rows(path):
+        yield row.series, row.value, row.ts
 
 
 def run_push(args: argparse.Namespace, settings: Settings) -> int:
     """`forecast push SERIES VALUE...` or `forecast push --csv FILE`."""
     if args.csv:
         if args.series or args.values:
-            raise CliError("give either --csv FILE or SERIES VALUE..., not both")
+            raise UsageError("give either --csv FILE or SERIES VALUE..., not both")
         items = list(read_csv(args.csv))
     else:
         if not args.series or not args.values:
-            raise CliError("usage: forecast push SERIES VALUE [VALUE ...] (or --csv FILE)")
+            raise UsageError("usage: forecast push SERIES VALUE [VALUE ...] (or --csv FILE)")
         for v in args.values:
             check_value(args.series, v)
         ts0 = args.ts

@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import redis
 
-from forecast import keys
+from forecast import harness, keys
 from forecast.client import Producer
-from forecast.errors import CliError
+from forecast.errors import ForecastError
 from forecast.redis_server import RedisServer, free_port, redis_server_binary
 from forecast.settings import Settings
 
@@ -57,13 +56,19 @@ def demo_redis(url: str | None) -> Iterator[str]:
 
 def wait_prediction(client: Any, source_id: bytes, timeout: float) -> dict[bytes, bytes]:
     """The prediction made for one input entry (polls the output stream)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def made() -> dict[bytes, bytes] | None:
         for _, fields in client.xrevrange(keys.PREDICTIONS, count=50):
             if fields.get(b"source_id") == source_id:
-                return fields
-        time.sleep(0.1)
-    raise CliError(f"no prediction for entry {source_id.decode()} within {timeout:.0f}s")
+                return dict(fields)
+        return None
+
+    try:
+        found: dict[bytes, bytes] = harness.wait_until(made, timeout, 0.1, "the prediction")
+    except TimeoutError:
+        raise ForecastError(f"no prediction for entry {source_id.decode()} "
+                            f"within {timeout:.0f}s") from None
+    return found
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -72,65 +77,50 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     t0 = time.monotonic()
     with demo_redis(args.redis_url) as url:
-        env = {
-            **os.environ,
-            "FORECAST_REDIS_URL": url,
-            "FORECAST_SHARDS": "1",
-            "FORECAST_METRICS_PORT": "0",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
         print(
             "[demo] training the tutorial model: SimpleRNN(50, relu) + Dense(1) on 0..9, n_steps=3"
         )
         with tempfile.TemporaryDirectory(prefix="forecast-demo-") as out:  # leave nothing behind
-            rc = cli(
-                ["train", "--example", "--redis-url", url, "--shards", "1", "--quiet", "--out", out]
-            )
+            rc = cli(["train", "--example", "--redis-url", url, "--shards", "1", "--quiet",
+                      "--model-dir", out])
         if rc not in (0, None):
-            raise CliError(f"training failed with exit code {rc}")
+            raise ForecastError(f"training failed with exit code {rc}")
         print("[demo] starting a worker process")
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "forecast.cli",
-                "worker",
-                "--consumer",
-                "demo-worker",
-                "--block-ms",
-                "200",
-            ],
-            env=env,
-        )
-        try:
-            client = redis.Redis.from_url(url)
-            producer = Producer(client)
-            producer.push_many(("tutorial", v, None) for v in range(10))
-            ids = producer.push_many(("demo-789", v, None) for v in (7, 8, 9))
-            print("[demo] pushed 0..9 on series 'tutorial' and 7, 8, 9 on series 'demo-789'")
-            pred = wait_prediction(client, ids[-1], timeout=120)
-            value = float(pred[b"prediction"])
-            version = pred[b"model_version"].decode()
-            print(
-                f"\n  prediction for [7, 8, 9]: {value:.3f}   (model {version},"
-                " tutorial printed 10.705)\n"
-            )
-            n = client.xlen(keys.PREDICTIONS)
-            took = time.monotonic() - t0
-            print(f"[demo] {n} predictions in {keys.PREDICTIONS}; done in {took:.0f}s")
-        finally:
-            worker.terminate()
+        with tempfile.TemporaryDirectory(prefix="forecast-demo-") as logs:
+            worker = harness.start_worker(url, "demo-worker", log_dir=Path(logs), threads=None,
+                                          shards=1, **harness.QUICK)
             try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait(5)
-    print("""
+                _predict_789(url, t0)
+            finally:
+                harness.stop_process(worker, grace=20)
+                if worker.returncode not in (0, None):
+                    print(worker.log()[-2000:], file=sys.stderr)
+    print(NEXT_STEPS)
+    return 0
+
+
+def _predict_789(url: str, t0: float) -> None:
+    """Push 0..9 and then 7, 8, 9 on a new series; print the prediction for [7, 8, 9]."""
+    client = redis.Redis.from_url(url)
+    producer = Producer(client)
+    producer.push_many(("tutorial", v, None) for v in range(10))
+    ids = producer.push_many(("demo-789", v, None) for v in (7, 8, 9))
+    print("[demo] pushed 0..9 on series 'tutorial' and 7, 8, 9 on series 'demo-789'")
+    pred = wait_prediction(client, ids[-1], timeout=120)
+    value = float(pred[b"prediction"])
+    version = pred[b"model_version"].decode()
+    print(f"\n  prediction for [7, 8, 9]: {value:.3f}   (model {version},"
+          " tutorial printed 10.705)\n")
+    n = client.xlen(keys.PREDICTIONS)
+    print(f"[demo] {n} predictions in {keys.PREDICTIONS}; done in {time.monotonic() - t0:.0f}s")
+    client.close()
+
+
+NEXT_STEPS = """
 Where to look next (against your own Redis: FORECAST_REDIS_URL, default 127.0.0.1:6379):
   forecast worker                            # after `forecast train --example` or --csv FILE
   forecast tail --from-start                 # follow predictions
   redis-cli XADD forecast:values '*' series s1 value 7
   redis-cli XREAD BLOCK 0 STREAMS forecast:predictions '$'
   forecast models list                       # versions, validation and live accuracy
-  docker compose up                          # the deployment (README: Deployment)""")
-    return 0
+  docker compose up                          # the deployment (README: Deployment)"""

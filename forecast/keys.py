@@ -11,7 +11,6 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
-PREFIX = "forecast:"
 VALUES = "forecast:values"
 PREDICTIONS = "forecast:predictions"
 DEADLETTER = "forecast:deadletter"
@@ -25,6 +24,7 @@ MODEL_HISTORY = "forecast:model:history"  # list: earlier current versions, newe
 
 # Workers.
 WORKERS = "forecast:workers"  # sorted set: consumer -> last heartbeat (ms)
+WORKER_FORGET_MS = 60_000  # a worker silent this long is dropped from WORKERS
 ACCURACY = "forecast:accuracy"  # hash: "<version>:abs_err_sum" / "<version>:count" (online errors)
 
 

@@ -82,8 +82,6 @@ def _check_manifest(manifest: dict[str, Any]) -> None:
     if manifest.get("outputs", "point") not in OUTPUTS:
         raise ModelRejected(f"manifest outputs must be one of {OUTPUTS}, "
                             f"got {manifest['outputs']!r}")
-    if not isinstance(manifest.get("sha256"), str):
-        raise ModelRejected("manifest has no sha256")
 
 
 def _load_keras(blob: bytes) -> Any:
@@ -108,10 +106,7 @@ def _load_keras(blob: bytes) -> Any:
 def load_bytes(blob: bytes, manifest: dict[str, Any], hmac_key: str = "") -> LoadedModel:
     """Check and load an artifact; raises ModelRejected with the reason."""
     _check_manifest(manifest)
-    digest = hashlib.sha256(blob).hexdigest()
-    if not hmac.compare_digest(digest, manifest["sha256"]):
-        raise ModelRejected(f"sha256 mismatch: bytes {digest[:12]}..., "
-                            f"manifest {str(manifest['sha256'])[:12]}...")
+    registry.verify_sha256(blob, manifest)
     if hmac_key:
         signature = manifest.get("hmac")
         if not isinstance(signature, str) or not signature:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from forecast import keys
-from forecast.errors import CliError
+from forecast.errors import UsageError
 from forecast.redis_conn import AnyRedis, connect
 from forecast.settings import Settings
 
@@ -224,7 +224,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     series: str = args.series
     last: int = args.last
     if last < 1:
-        raise CliError("--last must be at least 1")
+        raise UsageError("--last must be at least 1")
     shard = keys.shard_of(series, settings.shards)
     values_stream = keys.values_stream(shard, settings.shards, settings.cluster)
     # On one Redis all shards write the plain predictions stream; on a cluster the shard's own.
@@ -235,7 +235,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     oldest = min(actual) if actual else None
     predicted = read_predictions(r, out_stream, raw, last + 1, oldest)
     if not actual and not predicted:
-        raise CliError(
+        raise UsageError(
             f"no values or predictions for series {series!r} in the last {SCAN_LIMIT} entries "
             f"of {values_stream} and {out_stream}"
         )

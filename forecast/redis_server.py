@@ -1,6 +1,6 @@
 """Start and stop private `redis-server` processes (demo, benchmark, tests).
 
-Each server gets a free loopback port and its own temporary directory, so it never
+Each server gets a free loopback port (`free_port`) and its own temporary directory, so it never
 touches another process's data; it is stopped by its own PID.
 """
 
@@ -9,24 +9,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
+from forecast.harness import free_port, kill_process, stop_process, wait_until
+
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def redis_server_binary() -> str | None:
@@ -84,39 +77,29 @@ class RedisServer:
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Poll PING until the server answers (and has loaded its data)."""
-        deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, socket_timeout=1)
+
+        def answers() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server on port {self.port} exited with {self.proc.returncode}")
+            try:
+                return bool(client.ping())
+            except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
+                return False
+
         try:
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except (redis.ConnectionError, redis.BusyLoadingError, redis.TimeoutError):
-                    pass
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"redis-server on port {self.port} exited with {self.proc.returncode}"
-                    )
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"redis-server on port {self.port} did not answer")
-                time.sleep(0.02)
+            wait_until(answers, timeout, 0.02, f"redis-server on port {self.port}")
         finally:
             client.close()
 
     def stop(self, kill: bool = False) -> None:
         """Stop the server by its PID (SIGKILL when `kill`)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
+        if self.proc is not None:
             if kill:
-                self.proc.kill()
+                kill_process(self.proc)
             else:
-                self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+                stop_process(self.proc, grace=10)
         self.proc = None
 
     def cleanup(self) -> None:

@@ -2,34 +2,41 @@
 
 Write order: a version's blob and manifest are stored before it is listed and before the
 current pointer can name it, so a reader never sees a current version without its bytes.
-The switch (SET current, LPUSH the previous one onto the history, XADD the announcement) is
-one MULTI/EXEC with WATCH on a single Redis. Those keys carry no hash tag, so on a Redis
-Cluster they live in different slots: there the writes run one by one, history first, so a
-crash between them leaves at worst a history entry equal to the current version (skipped by
-rollback). This module does not import TensorFlow.
+A switch (SET current, push the previous one onto the history, XADD the announcement) is
+one MULTI/EXEC under WATCH on a single Redis. Those keys carry no hash tag, so on a Redis
+Cluster they live in different slots: there the same writes run one by one, history first, so
+a crash between them leaves at worst a history entry equal to the current version (skipped
+by rollback). This module does not import TensorFlow.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis.cluster import RedisCluster
 
 from forecast import keys
+from forecast.errors import ModelRejected, RegistryError
 
 log = logging.getLogger(__name__)
 
+__all__ = ["RegistryError", "current_version", "get_blob", "get_manifest", "list_versions",
+           "promote", "publish", "rollback", "verify_sha256", "version_number"]
+
 HISTORY_LEN = 100  # earlier current versions kept for rollback
 ANNOUNCE_MAXLEN = 10_000
-EVENTS = ("published", "promoted", "rolled_back")
+_NUMBER = re.compile(r"(\d+)")
 
-
-class RegistryError(LookupError):
-    """An unknown version, or nothing to roll back to."""
+# A switch reads the registry, then returns the writes to make and its result.
+Write = Callable[[Any], Any]
+Plan = Callable[[Any], tuple[list[Write], Any]]
 
 
 def _text(raw: bytes | str | None) -> str | None:
@@ -37,13 +44,28 @@ def _text(raw: bytes | str | None) -> str | None:
 
 
 def version_number(version: str) -> int:
-    """The sequence number of a version name (0 when it has none).
+    """The numeric part of a version name, -1 when it has none.
 
-    >>> version_number("v12"), version_number("local")
-    (12, 0)
+    >>> version_number("v12"), version_number("v0003"), version_number("local")
+    (12, 3, -1)
     """
-    digits = version[1:] if version.startswith("v") else ""
-    return int(digits) if digits.isdigit() else 0
+    match = _NUMBER.search(version)
+    return int(match.group(1)) if match else -1
+
+
+def verify_sha256(blob: bytes, manifest: dict[str, Any]) -> str:
+    """The blob's sha256; ModelRejected unless it is the one the manifest records.
+
+    >>> verify_sha256(b"x", {"sha256": hashlib.sha256(b"x").hexdigest()})[:8]
+    '2d711642'
+    """
+    digest = hashlib.sha256(blob).hexdigest()
+    recorded = manifest.get("sha256")
+    if not isinstance(recorded, str):
+        raise ModelRejected("manifest has no sha256")
+    if not hmac.compare_digest(digest, recorded):
+        raise ModelRejected(f"sha256 mismatch: bytes {digest[:12]}..., manifest {recorded[:12]}...")
+    return digest
 
 
 def current_version(client: Any) -> str | None:
@@ -90,43 +112,51 @@ def list_versions(client: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _announce_fields(event: str, version: str, sha256: str) -> dict[Any, Any]:
-    return {"event": event, "version": version, "sha256": sha256}
+def _announce(event: str, version: str, sha256: str) -> Write:
+    fields = {"event": event, "version": version, "sha256": sha256}
+    return lambda c: c.xadd(keys.MODELS_STREAM, fields, maxlen=ANNOUNCE_MAXLEN, approximate=True)
+
+
+def _apply(client: Any, watched: tuple[str, ...], plan: Plan) -> Any:
+    """Read with `plan`, then make its writes: in one MULTI/EXEC under WATCH, or one by one."""
+    if isinstance(client, RedisCluster):
+        writes, result = plan(client)
+        for write in writes:
+            write(client)
+        return result
+
+    def txn(pipe: Any) -> Any:
+        writes, result = plan(pipe)
+        pipe.multi()
+        for write in writes:
+            write(pipe)
+        return result
+
+    return client.transaction(txn, *watched, value_from_callable=True)
 
 
 def _switch(client: Any, version: str, event: str, sha256: str) -> str | None:
     """Make `version` current, remembering the previous one; returns the previous version."""
-    if isinstance(client, RedisCluster):
-        prev = current_version(client)
-        if prev is not None and prev != version:
-            client.lpush(keys.MODEL_HISTORY, prev)
-            client.ltrim(keys.MODEL_HISTORY, 0, HISTORY_LEN - 1)
-        client.set(keys.MODEL_CURRENT, version)
-        client.xadd(keys.MODELS_STREAM, _announce_fields(event, version, sha256),
-                    maxlen=ANNOUNCE_MAXLEN, approximate=True)
-        return prev
 
-    def txn(pipe: Any) -> str | None:
-        prev = _text(pipe.get(keys.MODEL_CURRENT))
-        pipe.multi()
-        pipe.set(keys.MODEL_CURRENT, version)
+    def plan(reader: Any) -> tuple[list[Write], str | None]:
+        prev = current_version(reader)
+        writes: list[Write] = []
         if prev is not None and prev != version:
-            pipe.lpush(keys.MODEL_HISTORY, prev)
-            pipe.ltrim(keys.MODEL_HISTORY, 0, HISTORY_LEN - 1)
-        pipe.xadd(keys.MODELS_STREAM, _announce_fields(event, version, sha256),
-                  maxlen=ANNOUNCE_MAXLEN, approximate=True)
-        return prev
+            writes += [lambda c: c.lpush(keys.MODEL_HISTORY, prev),
+                       lambda c: c.ltrim(keys.MODEL_HISTORY, 0, HISTORY_LEN - 1)]
+        writes += [lambda c: c.set(keys.MODEL_CURRENT, version), _announce(event, version, sha256)]
+        return writes, prev
 
-    previous: str | None = client.transaction(txn, keys.MODEL_CURRENT, value_from_callable=True)
+    previous: str | None = _apply(client, (keys.MODEL_CURRENT,), plan)
     return previous
 
 
 def publish(client: Any, blob: bytes, manifest: dict[str, Any], make_current: bool = True) -> str:
     """Store a new version ("v1", "v2", ...) and, when `make_current`, switch workers to it."""
-    version = f"v{int(client.incr(keys.MODEL_SEQ))}"
     sha = hashlib.sha256(blob).hexdigest()
-    if manifest.get("sha256", sha) != sha:
-        raise ValueError("manifest sha256 does not match the blob")
+    if "sha256" in manifest:
+        verify_sha256(blob, manifest)
+    version = f"v{int(client.incr(keys.MODEL_SEQ))}"
     stored = {**manifest, "version": version, "sha256": sha}
     client.set(keys.model_blob(version), blob)
     client.set(keys.model_manifest(version), json.dumps(stored, sort_keys=True))
@@ -138,50 +168,30 @@ def publish(client: Any, blob: bytes, manifest: dict[str, Any], make_current: bo
 
 
 def promote(client: Any, version: str) -> bool:
-    """Make a stored version current; False when it already is."""
+    """Make a stored version current (its bytes checked first); False when it already is."""
     manifest = get_manifest(client, version)
-    if not client.exists(keys.model_blob(version)):
-        raise RegistryError(f"model version {version!r} has no blob in the registry")
+    sha = verify_sha256(get_blob(client, version), manifest)
     if current_version(client) == version:
         return False
-    _switch(client, version, "promoted", str(manifest.get("sha256", "")))
+    _switch(client, version, "promoted", sha)
     return True
-
-
-def _rollback_target(client: Any, current: str | None, history: list[str]) -> int:
-    for i, v in enumerate(history):
-        if v != current and exists(client, v):
-            return i
-    raise RegistryError("nothing to roll back to: no earlier current version in the history")
 
 
 def rollback(client: Any) -> str:
     """Make the previous current version current again (dropping it from the history)."""
-    if isinstance(client, RedisCluster):
-        current = current_version(client)
-        history = [_text(v) or "" for v in client.lrange(keys.MODEL_HISTORY, 0, -1)]
-        i = _rollback_target(client, current, history)
-        target = history[i]
-        client.set(keys.MODEL_CURRENT, target)
-        client.ltrim(keys.MODEL_HISTORY, i + 1, -1)
-        client.xadd(keys.MODELS_STREAM, _announce_fields(
-            "rolled_back", target, str(get_manifest(client, target).get("sha256", ""))),
-            maxlen=ANNOUNCE_MAXLEN, approximate=True)
-        return target
 
-    def txn(pipe: Any) -> str:
-        current = _text(pipe.get(keys.MODEL_CURRENT))
-        history = [_text(v) or "" for v in pipe.lrange(keys.MODEL_HISTORY, 0, -1)]
-        i = _rollback_target(pipe, current, history)
-        target = history[i]
-        sha = str(get_manifest(pipe, target).get("sha256", ""))
-        pipe.multi()
-        pipe.set(keys.MODEL_CURRENT, target)
-        pipe.ltrim(keys.MODEL_HISTORY, i + 1, -1)
-        pipe.xadd(keys.MODELS_STREAM, _announce_fields("rolled_back", target, sha),
-                  maxlen=ANNOUNCE_MAXLEN, approximate=True)
-        return target
+    def plan(reader: Any) -> tuple[list[Write], str]:
+        current = current_version(reader)
+        history = [_text(v) or "" for v in reader.lrange(keys.MODEL_HISTORY, 0, -1)]
+        found = [i for i, v in enumerate(history) if v != current and exists(reader, v)]
+        if not found:
+            raise RegistryError(
+                "nothing to roll back to: no earlier current version in the history")
+        i, target = found[0], history[found[0]]
+        sha = str(get_manifest(reader, target).get("sha256", ""))
+        return [lambda c: c.set(keys.MODEL_CURRENT, target),
+                lambda c: c.ltrim(keys.MODEL_HISTORY, i + 1, -1),
+                _announce("rolled_back", target, sha)], target
 
-    chosen: str = client.transaction(txn, keys.MODEL_CURRENT, keys.MODEL_HISTORY,
-                                     value_from_callable=True)
+    chosen: str = _apply(client, (keys.MODEL_CURRENT, keys.MODEL_HISTORY), plan)
     return chosen

@@ -5,12 +5,28 @@ from __future__ import annotations
 import os
 import socket
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from forecast.secrets import mask_secrets
+
 Arch = Literal["simple_rnn", "lstm", "gru"]
+
+# The commands whose CLI flags a setting gets (forecast.cli derives every flag from here).
+CONNECTED = ("train", "models", "worker", "push", "tail", "status", "plot")
+WORKER = ("worker",)
+TRAINER = ("train",)
+
+
+def setting(default: Any, description: str, *, cli: tuple[str, ...] = (), flag: str = "",
+            **constraints: Any) -> Any:
+    """A settings field whose flag (default `--field-name`) exists on the `cli` commands."""
+    extra: dict[str, Any] = {"cli": list(cli)}
+    if flag:
+        extra["flag"] = flag
+    return Field(default, description=description, json_schema_extra=extra, **constraints)
 
 
 class Settings(BaseSettings):
@@ -21,96 +37,106 @@ class Settings(BaseSettings):
     )
 
     # --- connection -------------------------------------------------------------
-    redis_url: str = Field(
+    redis_url: str = setting(
         "redis://127.0.0.1:6379/0",
-        description="Redis URL (redis://, rediss://, user:password@ allowed)",
+        "Redis URL (redis://, rediss://, user:password@ allowed)", cli=CONNECTED,
     )
-    cluster: bool = Field(False, description="Use the Redis Cluster client (redis-py RedisCluster)")
-    shards: int = Field(
-        1,
-        ge=1,
-        le=4096,
-        description="Number of input shards; 1 keeps the plain forecast:values stream",
+    cluster: bool = setting(
+        False, "Use the Redis Cluster client (redis-py RedisCluster)", cli=CONNECTED
+    )
+    shards: int = setting(
+        1, "Number of input shards; 1 keeps the plain forecast:values stream", cli=CONNECTED,
+        ge=1, le=4096,
     )
 
     # --- worker -------------------------------------------------------------------
-    group: str = Field(
-        "forecast", min_length=1, description="Consumer group name on the input streams"
+    group: str = setting(
+        "forecast", "Consumer group name on the input streams", cli=(*WORKER, "status"),
+        min_length=1,
     )
-    consumer: str = Field("", description="Consumer (worker) name; default <hostname>-<pid>")
-    batch_size: int = Field(
-        5000, ge=1, le=100_000, description="XREADGROUP COUNT: entries read per batch"
+    consumer: str = setting("", "Consumer (worker) name; default <hostname>-<pid>", cli=WORKER)
+    batch_size: int = setting(
+        5000, "XREADGROUP COUNT: entries read per batch", cli=WORKER, ge=1, le=100_000
     )
-    block_ms: int = Field(1000, ge=1, description="XREADGROUP BLOCK milliseconds when idle")
-    predictions_maxlen: int = Field(
-        1_000_000, ge=1, description="Approximate MAXLEN of the predictions stream"
+    block_ms: int = setting(1000, "XREADGROUP BLOCK milliseconds when idle", cli=WORKER, ge=1)
+    predictions_maxlen: int = setting(
+        1_000_000, "Approximate MAXLEN of the predictions stream", cli=WORKER, ge=1
     )
-    deadletter_maxlen: int = Field(
-        100_000, ge=1, description="Approximate MAXLEN of the dead-letter stream"
+    deadletter_maxlen: int = setting(
+        100_000, "Approximate MAXLEN of the dead-letter stream", cli=WORKER, ge=1
     )
-    max_series: int = Field(
+    max_series: int = setting(
         1_000_000,
-        ge=1,
-        description="Series windows held in memory (LRU; evicted ones reload from the checkpoint)",
+        "Series windows held in memory (LRU; evicted ones reload from the checkpoint)",
+        cli=WORKER, ge=1,
     )
-    max_series_bytes: int = Field(256, ge=1, description="Longest accepted series id, in bytes")
-    max_value_bytes: int = Field(
-        64, ge=1, description="Longest accepted value / ts field, in bytes"
+    max_series_bytes: int = setting(256, "Longest accepted series id, in bytes", cli=WORKER, ge=1)
+    max_value_bytes: int = setting(
+        64, "Longest accepted value / ts field, in bytes", cli=WORKER, ge=1
     )
-    claim_min_idle_ms: int = Field(
-        0, ge=0, description="XAUTOCLAIM min idle time for entries of a previous owner"
+    claim_min_idle_ms: int = setting(
+        0, "XAUTOCLAIM min idle time for entries of a previous owner", cli=WORKER, ge=0
     )
-    max_deliveries: int = Field(
-        5, ge=1, description="Deliveries after which an entry is dead-lettered as poison"
+    max_deliveries: int = setting(
+        5, "Deliveries after which an entry is dead-lettered as poison", cli=WORKER, ge=1
     )
-    lease_ttl_ms: int = Field(
-        5000, ge=200, description="Shard lease time-to-live; renewed every third of it"
+    lease_ttl_ms: int = setting(
+        5000, "Shard lease time-to-live; renewed every third of it", cli=WORKER, ge=200
     )
-    model_poll_s: float = Field(
-        1.0, gt=0, description="How often the worker checks for a new current model"
+    model_poll_s: float = setting(
+        1.0, "How often the worker checks for a new current model", cli=WORKER, gt=0
     )
-    heartbeat_ttl_s: int = Field(
-        15, ge=1, description="TTL of the worker heartbeat key read by `forecast worker --check`"
+    heartbeat_ttl_s: int = setting(
+        15, "TTL of the worker heartbeat key read by `forecast worker --check`", cli=WORKER, ge=1
     )
-    metrics_port: int = Field(
-        9108, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 disables)"
+    metrics_port: int = setting(
+        9108, "Port of /metrics, /healthz, /readyz (0 disables)", cli=WORKER, ge=0, le=65535
     )
-    metrics_host: str = Field("0.0.0.0", description="Address the metrics/health HTTP server binds")
-    log_json: bool = Field(False, description="Log one JSON object per line")
-    log_level: str = Field("INFO", description="Logging level")
-    summary_interval_s: float = Field(
-        30.0, gt=0, description="Seconds between periodic summary log lines"
+    metrics_host: str = setting(
+        "0.0.0.0", "Address the metrics/health HTTP server binds", cli=WORKER
     )
-    model_hmac_key: str = Field(
-        "", description="Optional HMAC-SHA256 key; when set, models must carry a valid signature"
+    log_json: bool = setting(False, "Log one JSON object per line", cli=(*WORKER, *TRAINER))
+    log_level: str = setting("INFO", "Logging level", cli=(*WORKER, *TRAINER))
+    summary_interval_s: float = setting(
+        30.0, "Seconds between periodic summary log lines", cli=WORKER, gt=0
+    )
+    # A secret: environment or .env only, never a flag (it would show in `ps`).
+    model_hmac_key: str = setting(
+        "", "Optional HMAC-SHA256 key; when set, models must carry a valid signature"
     )
 
     # --- trainer ------------------------------------------------------------------
-    arch: Arch = Field("simple_rnn", description="Recurrent layer: simple_rnn, lstm or gru")
-    n_steps: int = Field(3, ge=1, le=512, description="Window length (values the model sees)")
-    units: int = Field(50, ge=1, le=4096, description="Recurrent units")
-    epochs: int = Field(200, ge=1, description="Maximum training epochs")
-    train_batch_size: int = Field(32, ge=1, description="Training batch size")
-    learning_rate: float = Field(0.001, gt=0, description="Adam learning rate")
-    seed: int = Field(42, description="Random seed (reproducible training)")
-    val_fraction: float = Field(
-        0.2,
-        ge=0.0,
-        lt=1.0,
-        description="Time-ordered fraction of each series held out for validation",
+    arch: Arch = setting("simple_rnn", "Recurrent layer: simple_rnn, lstm or gru", cli=TRAINER)
+    n_steps: int = setting(
+        3, "Window length (values the model sees)", cli=TRAINER, ge=1, le=512
     )
-    patience: int = Field(20, ge=0, description="Early-stopping patience in epochs (0 disables)")
-    horizon: int = Field(
-        1, ge=1, le=512, description="Values predicted ahead (direct multi-output)"
+    units: int = setting(50, "Recurrent units", cli=TRAINER, ge=1, le=4096)
+    epochs: int = setting(200, "Maximum training epochs", cli=TRAINER, ge=1)
+    train_batch_size: int = setting(32, "Training batch size", cli=TRAINER, ge=1)
+    learning_rate: float = setting(0.001, "Adam learning rate", cli=TRAINER, gt=0)
+    seed: int = setting(42, "Random seed (reproducible training)", cli=TRAINER)
+    val_fraction: float = setting(
+        0.2, "Time-ordered fraction of each series held out for validation", cli=TRAINER,
+        ge=0.0, lt=1.0,
     )
-    coverage: float = Field(
-        0.9, gt=0.0, lt=1.0, description="Nominal coverage of the prediction interval"
+    patience: int = setting(
+        20, "Early-stopping patience in epochs (0 disables)", cli=TRAINER, ge=0
     )
-    scaling: Literal["auto", "none", "window"] = Field(
-        "auto", description="Input scaling inside the model"
+    horizon: int = setting(
+        1, "Values predicted ahead (direct multi-output)", cli=TRAINER, ge=1, le=512
     )
-    season_period: int = Field(0, ge=0, description="Seasonal-naive period (0 = detect)")
-    model_dir: str = Field("models", description="Local directory the trainer writes artifacts to")
+    coverage: float = setting(
+        0.9, "Nominal coverage of the prediction interval", cli=TRAINER, gt=0.0, lt=1.0
+    )
+    scaling: Literal["auto", "none", "window"] = setting(
+        "auto", "Input scaling inside the model", cli=TRAINER
+    )
+    season_period: int = setting(
+        0, "Seasonal-naive period (0 = detect)", cli=TRAINER, ge=0
+    )
+    model_dir: str = setting(
+        "models", "Local directory the trainer writes artifacts to", cli=TRAINER
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -129,46 +155,22 @@ class Settings(BaseSettings):
 
     def safe_dump(self, *, worker_only: bool = False) -> dict[str, Any]:
         """Settings as a dict with secrets masked, for the start-up log line."""
-        data = self.model_dump(exclude=TRAINER_FIELDS if worker_only else None)
-        data["redis_url"] = mask_url(self.redis_url)
+        data = self.model_dump(exclude=trainer_only_fields() if worker_only else None)
+        data["redis_url"] = mask_secrets(self.redis_url)
         if self.model_hmac_key:
             data["model_hmac_key"] = "***"
         return data
 
 
-TRAINER_FIELDS = {
-    "arch",
-    "n_steps",
-    "units",
-    "epochs",
-    "train_batch_size",
-    "learning_rate",
-    "seed",
-    "val_fraction",
-    "patience",
-    "horizon",
-    "coverage",
-    "scaling",
-    "season_period",
-    "model_dir",
-}
+def cli_commands(name: str) -> list[str]:
+    """The commands that take a flag for setting `name`."""
+    extra = Settings.model_fields[name].json_schema_extra
+    return list(extra.get("cli", [])) if isinstance(extra, dict) else []  # type: ignore[arg-type]
 
 
-def mask_url(url: str) -> str:
-    """Hide the password in a Redis URL.
-
-    >>> mask_url("redis://worker:s3cret@host:6379/0")
-    'redis://worker:***@host:6379/0'
-    >>> mask_url("redis://127.0.0.1:6379")
-    'redis://127.0.0.1:6379'
-    """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+def trainer_only_fields() -> set[str]:
+    """Settings only the trainer uses (left out of the worker's start-up line)."""
+    return {name for name in Settings.model_fields if cli_commands(name) == list(TRAINER)}
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -7,25 +7,9 @@ import json
 import time
 from typing import Any
 
-import redis
-
 from forecast import keys
-from forecast.redis_conn import connect
+from forecast.redis_conn import connect, group_info
 from forecast.settings import Settings
-
-
-def group_info(client: Any, stream: str, group: str) -> dict[str, Any]:
-    """XINFO GROUPS of one group as a str-keyed dict ({} when stream or group is missing)."""
-    try:
-        groups = client.xinfo_groups(stream)
-    except redis.ResponseError:
-        return {}
-    for g in groups:
-        info = {(k.decode() if isinstance(k, bytes) else k): v for k, v in g.items()}
-        name = info.get("name")
-        if (name.decode() if isinstance(name, bytes) else name) == group:
-            return info
-    return {}
 
 
 def collect(client: Any, settings: Settings) -> dict[str, Any]:
@@ -48,7 +32,8 @@ def collect(client: Any, settings: Settings) -> dict[str, Any]:
             }
         )
     workers = []
-    for member, score in client.zrangebyscore(keys.WORKERS, now - 60_000, "+inf", withscores=True):
+    since = now - keys.WORKER_FORGET_MS
+    for member, score in client.zrangebyscore(keys.WORKERS, since, "+inf", withscores=True):
         raw = client.get(keys.heartbeat(member.decode()))
         status = json.loads(raw) if raw else {}
         workers.append(
@@ -94,7 +79,5 @@ def render(data: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """The `forecast status` command."""
-    if args.group:
-        settings = settings.model_copy(update={"group": args.group})
     print(render(collect(connect(settings), settings)))
     return 0

@@ -1,13 +1,14 @@
-"""Shared test helpers: a numpy stand-in for a model, and polling with a deadline."""
+"""Shared test helpers: a numpy stand-in for a model, in-process workers, polling for items."""
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from forecast.harness import wait_until
 
 
 class LinearModel:
@@ -48,6 +49,19 @@ class StaticWatcher:
         return model
 
 
+def make_worker(url: str, consumer: str = "w1", model: Any = None, **overrides: Any) -> Any:
+    """An in-process `worker.loop.Worker` on `url` serving `model` (default a LinearModel)."""
+    import redis
+
+    from forecast.settings import Settings
+    from worker.loop import Worker
+
+    settings = Settings(_env_file=None, redis_url=url, metrics_port=0, block_ms=50,  # type: ignore[call-arg]
+                        lease_ttl_ms=600, consumer=consumer, **overrides)
+    client = redis.Redis.from_url(url, protocol=2)
+    return Worker(client, settings, watcher=StaticWatcher(model or LinearModel()))
+
+
 class WorkerThreads:
     """Runs in-process workers in threads; `stop_all()` stops and joins them."""
 
@@ -66,20 +80,6 @@ class WorkerThreads:
             thread.join(10)
 
 
-def wait_for(
-    cond: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02, what: str = "condition"
-) -> Any:
-    """Poll `cond` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
 def wait_for_len(
     fetch: Callable[[], list[Any]], n: int, timeout: float = 20.0, what: str = "items"
 ) -> list[Any]:
@@ -90,5 +90,5 @@ def wait_for_len(
         box[:] = [fetch()]
         return len(box[0]) >= n
 
-    wait_for(enough, timeout, what=f"{n} {what}")
+    wait_until(enough, timeout, what=f"{n} {what}")
     return box[0]

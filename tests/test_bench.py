@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import redis
 
-from forecast.bench import Row, format_table, rows, run, run_bench
-from forecast.bench_scenarios import Outcome, Plan
-from forecast.bench_util import Series, acked, preload, series_by_shard
-from forecast.errors import CliError
+from bench.run import Row, format_table, rows, run, run_bench
+from bench.scenarios import Outcome, Plan
+from bench.util import Series, acked, preload, series_by_shard
+from forecast.errors import UsageError
 from forecast.keys import shard_of
 from forecast.redis_server import redis_server_binary
 
@@ -48,7 +48,7 @@ def test_rows_judge_the_targets() -> None:
 def test_unknown_scenario_is_a_usage_error(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     args = argparse.Namespace(quick=True, only="throughput,nope", bench_out=str(out))
-    with pytest.raises(CliError, match="nope"):
+    with pytest.raises(UsageError, match="nope"):
         run(args, None)  # type: ignore[arg-type]
     assert not out.exists()
 

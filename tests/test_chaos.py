@@ -7,7 +7,7 @@ SIGCONTed (a zombie). A paced producer pushes in the background; each kill follo
 by a random 0-100 ms, so most kills hit workers with entries in flight. At the end every
 input after its series' warm-up has exactly one prediction, equal to what an uninterrupted
 replay of the same model makes, and per-series order holds.
-The figures go to bench/chaos-results.json.
+The figures go to bench/results/chaos-results.json.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 import redis
 
-from forecast import keys
+from forecast import harness, keys
 from forecast.client import Item, Producer
+from forecast.harness import PacedProducer, WorkerProcess, wait_until
 from forecast.redis_server import RedisServer, redis_server_binary
 from tests import procs
-from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.tf]
 
@@ -45,7 +45,7 @@ WORKERS = 3
 MIN_KILLS = 10
 PRODUCE_S = 45.0  # the background producer spreads its values over this long
 N_STEPS = 3
-RESULTS = Path(__file__).resolve().parent.parent / "bench" / "chaos-results.json"
+RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "chaos-results.json"
 WORKER_ENV: dict[str, Any] = {"shards": SHARDS, "lease_ttl_ms": 1000, "batch_size": 500,
                               "max_deliveries": 1000, "summary_interval_s": 5}
 
@@ -60,29 +60,22 @@ def server() -> Iterator[RedisServer]:
     srv.cleanup()
 
 
-def produce(url: str, done: threading.Event, stop: threading.Event) -> None:
-    """Push BACKGROUND random-walk values over SERIES series, paced over PRODUCE_S seconds."""
-    client = redis.Redis.from_url(url, protocol=2)
-    producer = Producer(client, shards=SHARDS)
+def background(url: str) -> PacedProducer:
+    """BACKGROUND random-walk values over SERIES series, paced over PRODUCE_S seconds."""
+    producer = Producer(redis.Redis.from_url(url, protocol=2), shards=SHARDS)
     rng = np.random.default_rng(2024)
     level = rng.uniform(5.0, 80.0, SERIES)
     chunk = 250
-    t0 = time.monotonic()
-    try:
-        for start in range(0, BACKGROUND, chunk):
-            which = rng.integers(0, SERIES, chunk)
-            items: list[Item] = []
-            for s in which.tolist():
-                level[s] += rng.normal(0.0, 1.0)
-                items.append((f"series-{s}", f"{level[s]:.4f}", None))
-            producer.push_many(items)
-            ahead = t0 + PRODUCE_S * (start + chunk) / BACKGROUND - time.monotonic()
-            if ahead > 0 and stop.wait(ahead):
-                return
-    finally:
-        client.close()
-        done.set()
 
+    def one_round(_: int) -> list[Item]:
+        items: list[Item] = []
+        for s in rng.integers(0, SERIES, chunk).tolist():
+            level[s] += rng.normal(0.0, 1.0)
+            items.append((f"series-{s}", f"{level[s]:.4f}", None))
+        return items
+
+    return PacedProducer(producer, one_round, interval=PRODUCE_S * chunk / BACKGROUND,
+                         limit=BACKGROUND)
 
 
 def burst(producer: Producer, rng: np.random.Generator) -> int:
@@ -94,7 +87,7 @@ def burst(producer: Producer, rng: np.random.Generator) -> int:
     return BURST
 
 
-def holders(client: Any, workers: dict[int, procs.WorkerProc]) -> list[int]:
+def holders(client: Any, workers: dict[int, WorkerProcess]) -> list[int]:
     """Worker slots whose live process currently holds at least one shard lease."""
     owners = [client.get(keys.shard_keys(k, SHARDS).lease) for k in range(SHARDS)]
     names = {o.decode().split(":", 1)[1] for o in owners if o}
@@ -111,7 +104,7 @@ def leases_of(client: Any, consumer: str) -> list[int]:
     return out
 
 
-def zombie_episode(client: Any, proc: procs.WorkerProc) -> dict[str, Any]:
+def zombie_episode(client: Any, proc: WorkerProcess) -> dict[str, Any]:
     """SIGSTOP a shard holder until others hold all its shards and committed there; SIGCONT."""
     lost = leases_of(client, proc.consumer)
     before = client.xlen(keys.PREDICTIONS)
@@ -121,14 +114,14 @@ def zombie_episode(client: Any, proc: procs.WorkerProc) -> dict[str, Any]:
         def taken_over() -> bool:
             owners = [client.get(keys.shard_keys(k, SHARDS).lease) for k in lost]
             return all(o and not o.decode().endswith(":" + proc.consumer) for o in owners)
-        wait_for(taken_over, 30, 0.05, what="the paused worker's shards taken over")
-        wait_for(lambda: client.xlen(keys.PREDICTIONS) > before + 200, 30, 0.05,
+        wait_until(taken_over, 30, 0.05, what="the paused worker's shards taken over")
+        wait_until(lambda: client.xlen(keys.PREDICTIONS) > before + 200, 30, 0.05,
                  what="the new owners committing")
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     paused = time.monotonic() - t0
     # The resumed worker finds its leases gone (renewal or a fenced script) and drops them.
-    wait_for(lambda: "expired; dropping it" in proc.log() or "lost the lease" in proc.log(),
+    wait_until(lambda: "expired; dropping it" in proc.log() or "lost the lease" in proc.log(),
              30, 0.1, what="the zombie noticing it lost its shards")
     return {"shards": lost, "paused_s": round(paused, 2)}
 
@@ -167,7 +160,7 @@ def test_chaos_nothing_lost_nothing_duplicated(server: RedisServer) -> None:
     rng = random.Random(99)
     generation: Counter[int] = Counter()
 
-    def spawn(slot: int) -> procs.WorkerProc:
+    def spawn(slot: int) -> WorkerProcess:
         # Even generations restart under the same consumer name, odd ones under a new one.
         generation[slot] += 1
         name = f"chaos{slot}" + (f"-g{generation[slot]}" if generation[slot] % 2 else "")
@@ -175,8 +168,8 @@ def test_chaos_nothing_lost_nothing_duplicated(server: RedisServer) -> None:
 
     workers = {slot: spawn(slot) for slot in range(WORKERS)}
     started = [*workers.values()]
-    done, stop = threading.Event(), threading.Event()
-    producer = threading.Thread(target=produce, args=(url, done, stop), daemon=True)
+    stop = threading.Event()  # only ever waited on: random pauses that end early on failure
+    producer = background(url)
     kills = in_flight = bursts = 0
     zombie: dict[str, Any] = {}
     bursty = Producer(client, shards=SHARDS)
@@ -186,7 +179,7 @@ def test_chaos_nothing_lost_nothing_duplicated(server: RedisServer) -> None:
             procs.wait_serving(client, p.consumer, version, proc=p)
         producer.start()
         deadline = time.monotonic() + 150
-        while not done.is_set() or kills < MIN_KILLS or not zombie \
+        while producer.is_alive() or kills < MIN_KILLS or not zombie \
                 or BACKGROUND + bursts < VALUES:
             assert time.monotonic() < deadline, f"chaos phase too slow: {kills} kills"
             stop.wait(rng.uniform(1.0, 3.0))  # a random moment (not a synchronisation)
@@ -199,25 +192,26 @@ def test_chaos_nothing_lost_nothing_duplicated(server: RedisServer) -> None:
             if not zombie and kills >= MIN_KILLS // 2:
                 zombie = zombie_episode(client, workers[slot])
                 continue
-            procs.kill(workers[slot])
+            harness.kill_process(workers[slot])
             kills += 1
             in_flight += pending_of(client, workers[slot].consumer)
             workers[slot] = spawn(slot)
             started.append(workers[slot])
-        producer.join(30)
+        producer.stop()
         for p in workers.values():  # a just-restarted worker may not have its handlers yet
             procs.wait_serving(client, p.consumer, version, proc=p)
         def settled() -> bool:
             _, pending = final_state(client)
             warm = BACKGROUND + bursts - SERIES * (N_STEPS - 1)
             return pending == 0 and client.xlen(keys.PREDICTIONS) >= warm
-        with contextlib.suppress(AssertionError):  # the checks below say what is missing
-            wait_for(settled, 60, 0.2, what="all values processed")
-        exit_codes = [procs.stop(p) for p in workers.values()]
+        with contextlib.suppress(TimeoutError):  # the checks below say what is missing
+            wait_until(settled, 60, 0.2, what="all values processed")
+        exit_codes = [harness.stop_process(p) for p in workers.values()]
     finally:
         stop.set()
+        producer.stop()
         for p in started:
-            procs.stop(p, timeout=5)
+            harness.stop_process(p, grace=5)
     wall = time.monotonic() - t_start
 
     entries, pending = final_state(client)
@@ -258,7 +252,7 @@ def test_chaos_nothing_lost_nothing_duplicated(server: RedisServer) -> None:
         "wall_s": round(wall, 1),
     }
     print("chaos figures:", json.dumps(figures))
-    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
     assert kills >= MIN_KILLS and zombie and in_flight > 0
     assert len(reference) == len(entries) - SERIES * (N_STEPS - 1)

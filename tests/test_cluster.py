@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -17,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from forecast import keys, registry
-from forecast.client import Producer, run_tail
+from forecast import harness, keys, registry
+from forecast.client import Item, Producer, run_tail
+from forecast.harness import PacedProducer, WorkerProcess, wait_until
 from forecast.redis_conn import connect
 from forecast.settings import load_settings
 from forecast.status import collect, render
 from tests.cluster import LocalCluster, cluster_available
-from tests.helpers import wait_for
 from trainer.data import from_stream
 
 SHARDS = 8
@@ -51,35 +48,19 @@ def rc(cluster: LocalCluster) -> Iterator[Any]:
     client.close()
 
 
-def env(url: str, **extra: str) -> dict[str, str]:
-    """A worker/trainer environment: no inherited FORECAST_*, quiet single-threaded TF."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FORECAST_")}
-    return {**base, "FORECAST_REDIS_URL": url, "FORECAST_METRICS_PORT": "0",
-            "FORECAST_LEASE_TTL_MS": str(TTL_MS), "FORECAST_MODEL_POLL_S": "0.2",
-            "FORECAST_BLOCK_MS": "200", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
-            "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
-            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+def start_worker(url: str, name: str, logs: Path) -> WorkerProcess:
+    """`forecast worker --cluster --shards 8` as a subprocess, logging under `logs`."""
+    return harness.start_worker(url, name, "--cluster", "--shards", str(SHARDS), log_dir=logs,
+                                lease_ttl_ms=TTL_MS, **harness.QUICK)
 
 
-def start_worker(url: str, name: str, logs: Path) -> subprocess.Popen[bytes]:
-    """`forecast worker --cluster --shards 8` as a subprocess, logging to logs/<name>.log."""
-    with (logs / f"{name}.log").open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "forecast.cli", "worker", "--cluster", "--shards", str(SHARDS),
-             "--consumer", name], stdout=out, stderr=subprocess.STDOUT, env=env(url), cwd=logs)
-
-
-def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM every process still running (by PID), then SIGKILL the ones that hang."""
+def stop_all(procs: list[WorkerProcess]) -> None:
+    """Warm-stop every process still running (all signalled first, so they stop together)."""
     for p in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
+            p.terminate()
     for p in procs:
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+        harness.stop_process(p, grace=20)
 
 
 def owners(rc: Any) -> dict[int, str | None]:
@@ -112,41 +93,16 @@ def test_registry_works_on_a_cluster(rc: Any, cluster: LocalCluster,
     assert "v1" in listing and "v2" in listing
 
 
-class Feed:
-    """Pushes one value per series per round through the cluster Producer, in a thread."""
+def feed(url: str, series: int = 24) -> PacedProducer:
+    """One value per series per round through the cluster Producer, every 50 ms."""
+    producer = Producer(connect(load_settings(redis_url=url, cluster=True)), shards=SHARDS,
+                        cluster=True)
+    names = [f"meter-{i}" for i in range(series)]
 
-    def __init__(self, url: str, series: int = 24) -> None:
-        self.client = connect(load_settings(redis_url=url, cluster=True))
-        self.producer = Producer(self.client, shards=SHARDS, cluster=True)
-        self.series = [f"meter-{i}" for i in range(series)]
-        self.rounds = 0
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+    def one_round(n: int) -> list[Item]:
+        return [(s, math.sin(n / 5) + i, None) for i, s in enumerate(names)]
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self.producer.push_many((s, math.sin(self.rounds / 5) + i, None)
-                                        for i, s in enumerate(self.series))
-                self.rounds += 1
-                self._stop.wait(0.05)  # pacing, not synchronisation
-        except BaseException as exc:  # surfaced by stop()
-            self.error = exc
-
-    def wait_rounds(self, n: int, timeout: float = 30) -> None:
-        """Block until `n` more rounds were pushed."""
-        target = self.rounds + n
-        wait_for(lambda: self.rounds >= target or self.error, timeout=timeout, what="rounds")
-
-    def stop(self) -> None:
-        """Stop pushing; re-raise a producer failure."""
-        self._stop.set()
-        self._thread.join(10)
-        self.client.close()
-        if self.error is not None:
-            raise self.error
+    return PacedProducer(producer, one_round, interval=0.05)
 
 
 @pytest.mark.slow
@@ -155,33 +111,36 @@ def test_workers_on_a_cluster_survive_a_kill_exactly_once(
     t_start = time.monotonic()
     train = subprocess.run(
         [sys.executable, "-m", "forecast.cli", "train", "--example", "--cluster", "--redis-url",
-         cluster.url, "--epochs", "5", "--quiet", "--force", "--out", str(tmp_path / "models")],
-        capture_output=True, text=True, env=env(cluster.url), timeout=120, check=False)
+         cluster.url, "--epochs", "5", "--quiet", "--force", "--model-dir",
+         str(tmp_path / "models")],
+        capture_output=True, text=True, env=harness.worker_env(cluster.url), timeout=120,
+        check=False)
     assert train.returncode == 0, train.stdout + train.stderr
     assert registry.current_version(rc) == "v1" and registry.exists(rc, "v1")
 
-    procs: list[subprocess.Popen[bytes]] = []
-    feed: Feed | None = None
+    procs: list[WorkerProcess] = []
+    values: PacedProducer | None = None
     try:
         procs += [start_worker(cluster.url, f"w{i}", tmp_path) for i in (1, 2, 3)]
-        feed = Feed(cluster.url)
-        wait_for(lambda: set(owners(rc).values()) == {"w1", "w2", "w3"}, timeout=60,
+        values = feed(cluster.url)
+        values.start()
+        wait_until(lambda: set(owners(rc).values()) == {"w1", "w2", "w3"}, timeout=60,
                  what="3 workers sharing the 8 shards")
-        wait_for(lambda: sum(rc.xlen(s) for s in keys.output_streams(SHARDS, True)) > 200,
+        wait_until(lambda: sum(rc.xlen(s) for s in keys.output_streams(SHARDS, True)) > 200,
                  timeout=30, what="predictions flowing")
         procs[1].kill()  # SIGKILL w2: no release, no commit of the batch in hand
         procs[1].wait(10)
         killed_at = time.monotonic()
-        wait_for(lambda: "w2" not in owners(rc).values() and None not in owners(rc).values(),
+        wait_until(lambda: "w2" not in owners(rc).values() and None not in owners(rc).values(),
                  timeout=10 * TTL_MS / 1000, what="w2's shards taken over")
         takeover = time.monotonic() - killed_at
         procs.append(start_worker(cluster.url, "w4", tmp_path))
         # sorted live workers [w1, w3, w4]: shard k goes to the (k mod 3)-th
         want = {k: ("w1", "w3", "w4")[k % 3] for k in range(SHARDS)}
-        wait_for(lambda: owners(rc) == want, timeout=60, what=f"rebalanced to {want}")
-        feed.wait_rounds(10)
-        feed.stop()
-        feed = None
+        wait_until(lambda: owners(rc) == want, timeout=60, what=f"rebalanced to {want}")
+        values.wait_rounds(10)
+        values.stop()
+        values = None
         inputs: dict[bytes, list[bytes]] = defaultdict(list)
         for k in range(SHARDS):
             for eid, f in rc.xrange(keys.values_stream(k, SHARDS, cluster=True)):
@@ -191,13 +150,13 @@ def test_workers_on_a_cluster_survive_a_kill_exactly_once(
         def predictions() -> list[dict[bytes, bytes]]:
             return [f for s in keys.output_streams(SHARDS, True) for _, f in rc.xrange(s)]
 
-        wait_for(lambda: len(predictions()) >= expected, timeout=30,
+        wait_until(lambda: len(predictions()) >= expected, timeout=30,
                  what=f"{expected} predictions")
         status = collect(rc, load_settings(redis_url=cluster.url, cluster=True, shards=SHARDS,
                                       lease_ttl_ms=TTL_MS))
     finally:
-        if feed is not None:
-            feed.stop()
+        if values is not None:
+            values.stop()
         stop_all(procs)
     got: dict[bytes, list[bytes]] = defaultdict(list)
     for p in predictions():  # per shard stream: a series' predictions are in commit order

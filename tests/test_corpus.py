@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import redis
 
-from forecast import keys
+from forecast import harness, keys
+from forecast.harness import WorkerProcess, wait_until
 from tests import procs
-from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.tf]
 
@@ -95,7 +95,7 @@ ODD_SERIES: list[bytes] = [b"s" * 256, "s\u00e9rie-\u00fc\u4e2d".encode(), b" ",
 
 
 @pytest.fixture
-def worker(redis_url: str) -> Iterator[procs.WorkerProc]:
+def worker(redis_url: str) -> Iterator[WorkerProcess]:
     """One worker process serving the tiny model."""
     version = procs.publish_tiny_model(redis_url)
     proc = procs.start_worker(redis_url, "corpus")
@@ -105,7 +105,7 @@ def worker(redis_url: str) -> Iterator[procs.WorkerProc]:
         client.close()
         yield proc
     finally:
-        procs.stop(proc)
+        harness.stop_process(proc)
 
 
 def xadd(client: Any, fields: list[bytes]) -> bytes:
@@ -113,7 +113,7 @@ def xadd(client: Any, fields: list[bytes]) -> bytes:
     return client.execute_command("XADD", keys.VALUES, "*", *fields)
 
 
-def test_malformed_corpus_through_a_real_worker(r: redis.Redis, worker: procs.WorkerProc) -> None:
+def test_malformed_corpus_through_a_real_worker(r: redis.Redis, worker: WorkerProcess) -> None:
     """>= 40 bad messages each dead-lettered once with its reason; every good one predicted."""
     from forecast import modelio
 
@@ -141,7 +141,7 @@ def test_malformed_corpus_through_a_real_worker(r: redis.Redis, worker: procs.Wo
     good.append(xadd(client, [b"series", o, b"value", b"3", b"ts", b"2000"]))
     good.append(xadd(client, [b"series", o, b"value", b"4", b"ts", b"2001"]))
 
-    wait_for(lambda: r.xlen(keys.DEADLETTER) >= len(bad) and r.xlen(keys.PREDICTIONS) >= len(good)
+    wait_until(lambda: r.xlen(keys.DEADLETTER) >= len(bad) and r.xlen(keys.PREDICTIONS) >= len(good)
              and r.xpending(keys.VALUES, "forecast")["pending"] == 0, 60, 0.1,
              what="every message handled")
     dead = {f[b"source_id"]: f for _, f in client.xrange(keys.DEADLETTER)}
@@ -162,4 +162,4 @@ def test_malformed_corpus_through_a_real_worker(r: redis.Redis, worker: procs.Wo
         expected = reference[(f[b"series"], f[b"source_id"])]
         assert float(f[b"prediction"]) == pytest.approx(expected, rel=1e-5, abs=1e-5)
     assert worker.poll() is None, "the worker died on bad input"
-    assert procs.stop(worker) == 0
+    assert harness.stop_process(worker) == 0

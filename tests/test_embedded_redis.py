@@ -10,8 +10,9 @@ import pytest
 import redis
 
 from forecast import keys
+from forecast.harness import wait_until
 from forecast.redis_server import free_port
-from tests.helpers import LinearModel, wait_for, wait_for_len
+from tests.helpers import LinearModel, wait_for_len
 from tests.test_worker_loop import make_worker, predictions
 
 
@@ -40,15 +41,15 @@ def exercise(url: str) -> Any:
     r = redis.Redis.from_url(url, protocol=2)
     w, t = run_worker(url, model=LinearModel(has_interval=True))
     try:
-        wait_for(lambda: w.shards, what="shard acquired")
+        wait_until(lambda: w.shards, what="shard acquired")
         for v in (1, 2, 3, 4):
             r.xadd(keys.VALUES, {"series": "e", "value": str(v)})
         r.xadd(keys.VALUES, {"series": "e", "value": "oops"})
         preds = wait_for_len(lambda: predictions(r), 2, what="predictions")
         assert [(p[b"prediction"], p[b"lower"], p[b"upper"]) for p in preds] == [
             (b"4", b"3", b"5"), (b"5", b"4", b"6")]
-        wait_for(lambda: r.xlen(keys.DEADLETTER) == 1, what="dead letter")
-        wait_for(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 0, what="all acked")
+        wait_until(lambda: r.xlen(keys.DEADLETTER) == 1, what="dead letter")
+        wait_until(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 0, what="all acked")
         return w
     finally:
         w.stop()

@@ -21,28 +21,19 @@ import numpy as np
 import pytest
 import redis
 
-from forecast import keys, registry
-from forecast.client import Producer
+from forecast import harness, keys, registry
+from forecast.client import Item, Producer
+from forecast.harness import PacedProducer, wait_until
 from forecast.redis_server import RedisServer, redis_server_binary
-from forecast.settings import Settings
 from tests import procs
-from tests.helpers import LinearModel, StaticWatcher, WorkerThreads, wait_for
+from tests.helpers import LinearModel, WorkerThreads, make_worker
 from worker.batch import build_commit
 from worker.consumer import Fenced
-from worker.loop import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-def make_worker(url: str, consumer: str, **overrides: Any) -> Worker:
-    """An in-process Worker on `url` serving a LinearModel."""
-    settings = Settings(_env_file=None, redis_url=url, metrics_port=0, block_ms=50,  # type: ignore[call-arg]
-                        lease_ttl_ms=600, consumer=consumer, **overrides)
-    client = redis.Redis.from_url(url, protocol=2)
-    return Worker(client, settings, watcher=StaticWatcher(LinearModel()))  # type: ignore[arg-type]
-
 
 @pytest.fixture
 def threads() -> Iterator[Any]:
@@ -52,42 +43,20 @@ def threads() -> Iterator[Any]:
     runner.stop_all()
 
 
-class Paced(threading.Thread):
-    """A producer pushing `n` values over `series` series in paced chunks; pausable."""
+def paced(url: str, n: int, series: int, per_s: float, shards: int = 1) -> PacedProducer:
+    """`n` random-walk values over `series` series, in chunks of 100 at `per_s` values/s."""
+    producer = Producer(redis.Redis.from_url(url, protocol=2), shards=shards)
+    rng = np.random.default_rng(5)
+    level = rng.uniform(10, 50, series)
 
-    def __init__(self, url: str, n: int, series: int, per_s: float, shards: int = 1) -> None:
-        super().__init__(daemon=True)
-        self.client = redis.Redis.from_url(url, protocol=2)
-        self.producer = Producer(self.client, shards=shards)
-        self.n, self.series, self.per_s = n, series, per_s
-        self.go, self.idle, self.stop = threading.Event(), threading.Event(), threading.Event()
-        self.go.set()
-        self.sent = 0
+    def chunk(_: int) -> list[Item]:
+        items: list[Item] = []
+        for s in rng.integers(0, series, 100).tolist():
+            level[s] += rng.normal()
+            items.append((f"p{s}", f"{level[s]:.3f}", None))
+        return items
 
-    def run(self) -> None:
-        rng = np.random.default_rng(5)
-        level = rng.uniform(10, 50, self.series)
-        chunk = 100
-        while self.sent < self.n and not self.stop.is_set():
-            if not self.go.is_set():
-                self.idle.set()
-                self.go.wait(0.05)
-                continue
-            self.idle.clear()
-            items = []
-            for s in rng.integers(0, self.series, chunk).tolist():
-                level[s] += rng.normal()
-                items.append((f"p{s}", f"{level[s]:.3f}", None))
-            self.producer.push_many(items)
-            self.sent += chunk
-            self.stop.wait(chunk / self.per_s)  # pacing, not synchronisation
-        self.idle.set()
-
-    def pause(self) -> None:
-        """Stop pushing and wait until no push is under way."""
-        self.idle.clear()
-        self.go.clear()
-        wait_for(self.idle.is_set, 10, what="producer paused")
+    return PacedProducer(producer, chunk, interval=100 / per_s, limit=n)
 
 
 def check_exactly_once(client: Any, streams: list[str]) -> int:
@@ -133,11 +102,11 @@ def test_first_signal_is_warm_second_exits_at_once(redis_url: str, r: redis.Redi
     version = procs.publish_tiny_model(redis_url)
     first = procs.start_worker(redis_url, "warm", batch_size=200)
     second = None
-    producer = Paced(redis_url, 12_000, 50, 2000)
+    producer = paced(redis_url, 12_000, 50, 2000)
     try:
         procs.wait_serving(client, "warm", version)
         producer.start()
-        wait_for(lambda: client.xlen(keys.PREDICTIONS) > 1500, 30, what="the worker busy")
+        wait_until(lambda: client.xlen(keys.PREDICTIONS) > 1500, 30, what="the worker busy")
         t0 = time.monotonic()
         first.send_signal(signal.SIGTERM)
         assert first.wait(10) == 0
@@ -148,8 +117,8 @@ def test_first_signal_is_warm_second_exits_at_once(redis_url: str, r: redis.Redi
 
         second = procs.start_worker(redis_url, "cold", batch_size=200)
         producer.join(60)
-        assert producer.sent >= producer.n
-        wait_for(lambda: settled(client, [keys.VALUES], warm_count(client, [keys.VALUES])),
+        assert producer.limit is not None and producer.sent >= producer.limit
+        wait_until(lambda: settled(client, [keys.VALUES], warm_count(client, [keys.VALUES])),
                  60, 0.1, what="the second worker finishing")
         assert check_exactly_once(client, [keys.VALUES]) > 10_000
 
@@ -163,9 +132,9 @@ def test_first_signal_is_warm_second_exits_at_once(redis_url: str, r: redis.Redi
         assert time.monotonic() - t0 < 3
         assert re.search(r"second SIG(INT|TERM): exiting now", second.log())
     finally:
-        producer.stop.set()
-        procs.stop(first)
-        procs.stop(second)
+        producer.stop()
+        harness.stop_process(first)
+        harness.stop_process(second)
 
 
 # --- Redis outage --------------------------------------------------------------------------
@@ -183,9 +152,9 @@ def aof_server() -> Iterator[RedisServer]:
 def check_cmd(url: str, consumer: str) -> subprocess.CompletedProcess[str]:
     """`forecast worker --check` for one consumer."""
     return subprocess.run(
-        [procs.PYTHON, "-m", "forecast.cli", "worker", "--check", "--redis-url", url,
+        [harness.PYTHON, "-m", "forecast.cli", "worker", "--check", "--redis-url", url,
          "--consumer", consumer], capture_output=True, text=True, timeout=60,
-        env=procs.worker_env(), cwd=procs.LOG_DIR)
+        env=harness.worker_env(), cwd=procs.LOG_DIR)
 
 
 def fill_and_rewrite_aof(client: Any, n: int = 3000) -> None:
@@ -199,7 +168,7 @@ def fill_and_rewrite_aof(client: Any, n: int = 3000) -> None:
     def rewritten() -> bool:
         info = client.info("persistence")
         return not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]
-    wait_for(rewritten, 30, 0.05, what="the AOF rewrite")
+    wait_until(rewritten, 30, 0.05, what="the AOF rewrite")
 
 
 def answers_loading(port: int) -> bool:
@@ -222,18 +191,18 @@ def test_redis_killed_and_restarted_mid_run(aof_server: RedisServer) -> None:
     streams = [keys.shard_keys(k, 2).values for k in range(2)]
     version = procs.publish_tiny_model(url)
     worker = procs.start_worker(url, "outage", metrics=True, shards=2, batch_size=200)
-    producer = Paced(url, 10_000, 40, 2000, shards=2)
+    producer = paced(url, 10_000, 40, 2000, shards=2)
     try:
         procs.wait_serving(client, "outage", version)
-        wait_for(lambda: worker.readyz() == 200, 10, what="/readyz 200")
+        wait_until(lambda: worker.readyz() == 200, 10, what="/readyz 200")
         producer.start()
-        wait_for(lambda: client.xlen(keys.PREDICTIONS) > 2000, 30, what="the worker busy")
+        wait_until(lambda: client.xlen(keys.PREDICTIONS) > 2000, 30, what="the worker busy")
         producer.pause()
         fill_and_rewrite_aof(client)  # so that the restart spends seconds in LOADING
         client.close()
         aof_server.stop(kill=True)
 
-        wait_for(lambda: worker.readyz() == 503, 20, 0.1, what="/readyz 503 while Redis is down")
+        wait_until(lambda: worker.readyz() == 503, 20, 0.1, what="/readyz 503 while Redis is down")
         down = check_cmd(url, "outage")
         assert down.returncode == 1 and "unhealthy" in down.stdout
         assert worker.poll() is None, "the worker died of the outage"
@@ -243,42 +212,41 @@ def test_redis_killed_and_restarted_mid_run(aof_server: RedisServer) -> None:
                                  "--loading-process-events-interval-bytes", "1024"]
         starter = threading.Thread(target=aof_server.start, kwargs={"timeout": 60}, daemon=True)
         starter.start()
-        wait_for(lambda: answers_loading(aof_server.port), 20, 0.02, what="Redis LOADING")
+        wait_until(lambda: answers_loading(aof_server.port), 20, 0.02, what="Redis LOADING")
         assert worker.readyz() == 503 and worker.poll() is None  # not ready, alive, in LOADING
         starter.join(60)
         client = redis.Redis.from_url(url, protocol=2)
-        wait_for(lambda: worker.readyz() == 200, 30, 0.1, what="/readyz 200 after the restart")
+        wait_until(lambda: worker.readyz() == 200, 30, 0.1, what="/readyz 200 after the restart")
         assert check_cmd(url, "outage").returncode == 0
-        producer.client = redis.Redis.from_url(url, protocol=2)
-        producer.producer.client = producer.client
-        producer.go.set()
+        producer.producer.client = redis.Redis.from_url(url, protocol=2)
+        producer.resume()
 
         # A frozen server: replies stop, connections stay open (timeouts, not resets).
         seen = client.xlen(keys.PREDICTIONS)
-        wait_for(lambda: client.xlen(keys.PREDICTIONS) > seen + 1000, 30, what="busy again")
+        wait_until(lambda: client.xlen(keys.PREDICTIONS) > seen + 1000, 30, what="busy again")
         producer.pause()  # its own client would time out too
         assert aof_server.proc is not None
         os.kill(aof_server.proc.pid, signal.SIGSTOP)
         try:
-            wait_for(lambda: worker.readyz() == 503, 30, 0.1, what="/readyz 503 on timeouts")
+            wait_until(lambda: worker.readyz() == 503, 30, 0.1, what="/readyz 503 on timeouts")
             assert worker.poll() is None, "the worker died of a timeout"
         finally:
             os.kill(aof_server.proc.pid, signal.SIGCONT)
-        wait_for(lambda: worker.readyz() == 200, 30, 0.1, what="/readyz 200 after the freeze")
-        producer.go.set()
+        wait_until(lambda: worker.readyz() == 200, 30, 0.1, what="/readyz 200 after the freeze")
+        producer.resume()
         producer.join(60)
-        assert producer.sent >= producer.n
-        wait_for(lambda: settled(client, streams, warm_count(client, streams)), 60, 0.1,
+        assert producer.limit is not None and producer.sent >= producer.limit
+        wait_until(lambda: settled(client, streams, warm_count(client, streams)), 60, 0.1,
                  what="everything processed after the outage")
         assert check_exactly_once(client, streams) > 8000
         log = worker.log()
         assert "Redis unavailable (ConnectionError" in log
         assert "Redis unavailable (TimeoutError" in log
         assert "unexpected error" not in log, log[-3000:]
-        assert procs.stop(worker) == 0
+        assert harness.stop_process(worker) == 0
     finally:
-        producer.stop.set()
-        procs.stop(worker)
+        producer.stop()
+        harness.stop_process(worker)
         client.close()
 
 
@@ -294,7 +262,7 @@ def test_poison_entry_is_dead_lettered_with_its_delivery_count(
     client.xclaim(keys.VALUES, "forecast", "ghost", 0, [ids[1]], retrycount=9)
     client.xclaim(keys.VALUES, "forecast", "ghost", 0, [ids[2]], retrycount=4)
     threads(make_worker(redis_url, "w1", max_deliveries=5))
-    wait_for(lambda: client.xlen(keys.DEADLETTER) == 1 and client.xlen(keys.PREDICTIONS) == 1,
+    wait_until(lambda: client.xlen(keys.DEADLETTER) == 1 and client.xlen(keys.PREDICTIONS) == 1,
              what="one dead letter and one prediction")
     dead = dict(client.xrange(keys.DEADLETTER)[0][1])
     assert dead[b"reason"] == b"poison" and dead[b"deliveries"] == b"10"
@@ -302,7 +270,7 @@ def test_poison_entry_is_dead_lettered_with_its_delivery_count(
     pred = dict(client.xrange(keys.PREDICTIONS)[0][1])
     # ids[2] (5 deliveries = the limit) was processed; the window is [1, 3, 4].
     assert pred[b"source_id"] == ids[3] and float(pred[b"prediction"]) == 5.0
-    wait_for(lambda: client.xpending(keys.VALUES, "forecast")["pending"] == 0, what="all acked")
+    wait_until(lambda: client.xpending(keys.VALUES, "forecast")["pending"] == 0, what="all acked")
 
 
 def test_pending_entries_are_claimed_after_claim_min_idle_ms(
@@ -323,7 +291,7 @@ def test_pending_entries_are_claimed_after_claim_min_idle_ms(
     def step_until_done() -> bool:
         w.step()
         return client.xlen(keys.PREDICTIONS) == 3 and not w.shards[0].recovering
-    wait_for(step_until_done, 10, 0.01, what="the claim after min idle")
+    wait_until(step_until_done, 10, 0.01, what="the claim after min idle")
     assert time.monotonic() - read_at >= 0.7
     assert [f[b"source_id"] for _, f in client.xrange(keys.PREDICTIONS)] == ids[2:]
     assert client.xpending(keys.VALUES, "forecast")["pending"] == 0
@@ -378,11 +346,11 @@ def test_broken_models_are_rejected_and_the_old_one_keeps_serving(
         for publish_bad, reason in cases:  # one at a time: the watcher sees the current one
             version = publish_bad()
             pattern = rf"model {version} rejected, the previous model keeps serving: .*{reason}"
-            wait_for(lambda p=pattern: re.search(p, worker.log()), 30, 0.1,  # type: ignore[misc]
+            wait_until(lambda p=pattern: re.search(p, worker.log()), 30, 0.1,  # type: ignore[misc]
                      what=f"rejection of {version} ({reason})")
         assert "Lambda" in worker.log()
         ids = [client.xadd(keys.VALUES, {"series": "m", "value": str(v)}) for v in range(5)]
-        wait_for(lambda: client.xlen(keys.PREDICTIONS) == 3, 30, what="predictions")
+        wait_until(lambda: client.xlen(keys.PREDICTIONS) == 3, 30, what="predictions")
         preds = [f for _, f in client.xrange(keys.PREDICTIONS)]
         assert [p[b"source_id"] for p in preds] == ids[2:]
         assert {p[b"model_version"] for p in preds} == {good.encode()}
@@ -391,7 +359,7 @@ def test_broken_models_are_rejected_and_the_old_one_keeps_serving(
         newer = procs.publish_tiny_model(redis_url)  # a good one is still picked up
         procs.wait_serving(client, "models", newer)
     finally:
-        procs.stop(worker)
+        harness.stop_process(worker)
 
 
 def test_no_pickle_anywhere() -> None:
@@ -420,7 +388,7 @@ def test_lru_eviction_reloads_windows_from_the_checkpoint(
             client.xadd(keys.VALUES, {"series": f"s{s}", "value": str(s * 100 + t * t)})
     w = threads(make_worker(redis_url, "lru", max_series=4, batch_size=batch_size))
     expected = n_series * (n_values - 2)
-    wait_for(lambda: client.xlen(keys.PREDICTIONS) >= expected, 30, what="all predictions")
+    wait_until(lambda: client.xlen(keys.PREDICTIONS) >= expected, 30, what="all predictions")
     preds = [f for _, f in client.xrange(keys.PREDICTIONS)]
     assert len(preds) == expected
     step_of = {e: i // n_series for i, (e, _) in enumerate(client.xrange(keys.VALUES))}

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from forecast.errors import CliError
+from forecast.errors import UsageError
 from forecast.logs import SecretFilter, mask_secrets, setup_logging
 
 log = logging.getLogger("worker.test")
@@ -82,7 +82,7 @@ def test_setup_is_idempotent() -> None:
 
 
 def test_bad_level_is_a_cli_error() -> None:
-    with pytest.raises(CliError, match="unknown log level"):
+    with pytest.raises(UsageError, match="unknown log level"):
         setup_logging("LOUD")
 
 

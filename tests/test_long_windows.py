@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from forecast.grammar import Limits
 from tests.model_fixtures import plain_settings
 from trainer import artifact
 from trainer.data import Dataset
 from worker.batch import build_commit
-from worker.parse import Limits
 from worker.state import SeriesStore
 
 pytestmark = pytest.mark.tf

@@ -16,7 +16,7 @@ import unicodedata
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.parse import REASONS, Limits, parse_fields
+from forecast.grammar import REASONS, Limits, parse_fields
 
 LIMITS = Limits()
 DIGITS = b"0123456789"

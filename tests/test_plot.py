@@ -11,7 +11,7 @@ import pytest
 
 import forecast.plot as plot
 from forecast import keys
-from forecast.errors import CliError
+from forecast.errors import UsageError
 from forecast.settings import Settings
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -122,12 +122,12 @@ def test_sharded_input_stream(fake: fakeredis.FakeRedis, tmp_path: Path) -> None
 
 def test_unknown_series_is_a_one_line_error(fake: fakeredis.FakeRedis, tmp_path: Path) -> None:
     push(fake, "s1", 1.0)
-    with pytest.raises(CliError) as err:
+    with pytest.raises(UsageError) as err:
         plot.run(args(tmp_path, series="nope"), settings())
     assert "nope" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "out.png").exists()
 
 
 def test_last_must_be_positive(fake: fakeredis.FakeRedis, tmp_path: Path) -> None:
-    with pytest.raises(CliError):
+    with pytest.raises(UsageError):
         plot.run(args(tmp_path, last=0), settings())

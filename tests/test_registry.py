@@ -12,6 +12,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from forecast import keys, registry
+from forecast.errors import ModelRejected
 
 
 def blob_and_manifest(tag: str) -> tuple[bytes, dict[str, Any]]:
@@ -85,7 +86,7 @@ def test_publish_without_switch_and_unknown_versions(client: fakeredis.FakeRedis
 
 def test_publish_rejects_a_manifest_for_other_bytes(client: fakeredis.FakeRedis) -> None:
     _, manifest = blob_and_manifest("a")
-    with pytest.raises(ValueError, match="sha256"):
+    with pytest.raises(ModelRejected, match="sha256"):
         registry.publish(client, b"other bytes", manifest)
     assert registry.current_version(client) is None
 
@@ -131,8 +132,8 @@ def test_switch_is_one_transaction_on_real_redis(redis_url: str) -> None:
     assert commands[:4] == ["INCRBY forecast:model:seq", "SET forecast:model:v2:blob",
                             "SET forecast:model:v2:manifest", "ZADD forecast:model:versions"]
     assert commands[4:] == ["WATCH forecast:model:current", "GET forecast:model:current",
-                            "MULTI", "SET forecast:model:current", "LPUSH forecast:model:history",
-                            "LTRIM forecast:model:history", "XADD forecast:models", "EXEC"]
+                            "MULTI", "LPUSH forecast:model:history", "LTRIM forecast:model:history",
+                            "SET forecast:model:current", "XADD forecast:models", "EXEC"]
     assert registry.current_version(client) == "v2"
     assert client.lrange(keys.MODEL_HISTORY, 0, -1) == [b"v1"]
     assert registry.rollback(client) == "v1"

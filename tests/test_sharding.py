@@ -14,9 +14,10 @@ import redis
 from forecast import keys
 from forecast.cli import main
 from forecast.client import Producer
+from forecast.harness import PacedProducer, wait_until
 from forecast.settings import load_settings
 from forecast.status import collect, render
-from tests.helpers import LinearModel, StaticWatcher, wait_for
+from tests.helpers import LinearModel, StaticWatcher
 from worker.loop import Worker
 
 SHARDS = 4
@@ -95,47 +96,17 @@ def fleet(redis_url: str) -> Iterator[Fleet]:
     f.close()
 
 
-class Feed:
-    """A producer thread: one value per series per round, 0, 1, 2, ... (prediction = v + 1)."""
-
-    def __init__(self, url: str, series: int = 16, pause_s: float = 0.02) -> None:
-        self.client = redis.Redis.from_url(url, protocol=2)
-        self.producer = Producer(self.client, shards=SHARDS)
-        self.series = [f"sensor-{i}" for i in range(series)]
-        self.pause_s = pause_s
-        self.rounds = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Feed:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.producer.push_many((s, self.rounds, None) for s in self.series)
-            self.rounds += 1
-            self._stop.wait(self.pause_s)  # pacing, not synchronisation
-
-    def stop(self) -> None:
-        """Stop after the round in hand."""
-        self._stop.set()
-        self._thread.join(10)
-        self.client.close()
-
-    def wait_rounds(self, n: int) -> None:
-        """Block until `n` more rounds were pushed."""
-        target = self.rounds + n
-        wait_for(lambda: self.rounds >= target, timeout=20, what=f"{n} producer rounds")
+def feed(url: str, series: int = 16, pause_s: float = 0.02) -> PacedProducer:
+    """One value per series per round, 0, 1, 2, ... (prediction = v + 1), every `pause_s` s."""
+    producer = Producer(redis.Redis.from_url(url, protocol=2), shards=SHARDS)
+    names = [f"sensor-{i}" for i in range(series)]
+    return PacedProducer(producer, lambda n: [(s, n, None) for s in names], interval=pause_s)
 
 
 def balanced(fleet: Fleet, expected: dict[str, set[int]]) -> float:
     """Seconds until the running workers hold exactly `expected`."""
     t0 = time.monotonic()
-    wait_for(lambda: fleet.owned() == expected, timeout=15, interval=0.01,
+    wait_until(lambda: fleet.owned() == expected, timeout=15, interval=0.01,
              what=f"ownership {expected} (have {fleet.owned()})")
     return time.monotonic() - t0
 
@@ -184,21 +155,21 @@ def test_rebalance_handover_is_exactly_once_and_in_order(r: Any, fleet: Fleet,
                                                          redis_url: str) -> None:
     everything = set(range(SHARDS))
     times: dict[str, float] = {}
-    with Feed(redis_url) as feed:
+    with feed(redis_url) as values:
         fleet.start("w1")
         balanced(fleet, {"w1": everything})
-        feed.wait_rounds(5)
+        values.wait_rounds(5)
         fleet.start("w2")  # joins: w1 gives up half (assignment: k mod 2 over sorted names)
         times["join"] = balanced(fleet, {"w1": {0, 2}, "w2": {1, 3}})
-        feed.wait_rounds(5)
+        values.wait_rounds(5)
         fleet.stop("w1")  # leaves cleanly: releases its leases at once
         times["leave"] = balanced(fleet, {"w2": everything})
         fleet.start("w3")
         times["join2"] = balanced(fleet, {"w2": {0, 2}, "w3": {1, 3}})
-        feed.wait_rounds(5)
+        values.wait_rounds(5)
         fleet.crash("w3")  # no release: its leases expire and its pending entries are claimed
         times["crash"] = balanced(fleet, {"w2": everything})
-        feed.wait_rounds(5)
+        values.wait_rounds(5)
     # Joins and clean leaves settle within about one lease period; a crash within about two.
     assert times["join"] < 4 * TTL_MS / 1000 and times["leave"] < 4 * TTL_MS / 1000
     assert times["crash"] < 6 * TTL_MS / 1000
@@ -209,8 +180,8 @@ def test_rebalance_handover_is_exactly_once_and_in_order(r: Any, fleet: Fleet,
     def preds() -> list[dict[bytes, bytes]]:
         return [f for _, f in r.xrange(keys.PREDICTIONS)]
 
-    wait_for(lambda: len(preds()) >= expected, timeout=20, what=f"{expected} predictions")
-    wait_for(lambda: all(r.xpending(keys.values_stream(k, SHARDS), "forecast")["pending"] == 0
+    wait_until(lambda: len(preds()) >= expected, timeout=20, what=f"{expected} predictions")
+    wait_until(lambda: all(r.xpending(keys.values_stream(k, SHARDS), "forecast")["pending"] == 0
                          for k in range(SHARDS)), what="every entry acknowledged")
     got: dict[bytes, list[tuple[bytes, float]]] = defaultdict(list)
     for p in preds():
@@ -226,13 +197,13 @@ def test_rebalance_handover_is_exactly_once_and_in_order(r: Any, fleet: Fleet,
 
 def test_a_worker_without_a_model_takes_no_shards_until_it_has_one(r: Any, fleet: Fleet,
                                                                    redis_url: str) -> None:
-    with Feed(redis_url, series=8):
+    with feed(redis_url, series=8):
         fleet.start("w1")
         balanced(fleet, {"w1": set(range(SHARDS))})
         starting = fleet.start("w0", model=None)  # still loading: sorts first, would get 0, 2
-        joined = wait_for(lambda: r.zscore(keys.WORKERS, "w0"), what="w0's heartbeat")
+        joined = wait_until(lambda: r.zscore(keys.WORKERS, "w0"), what="w0's heartbeat")
         # w1 has since run its rebalancing several times with w0 in the live set
-        wait_for(lambda: (r.zscore(keys.WORKERS, "w1") or 0) > joined + 2 * TTL_MS,
+        wait_until(lambda: (r.zscore(keys.WORKERS, "w1") or 0) > joined + 2 * TTL_MS,
                  what="w1 heartbeats after w0 joined")
         assert fleet.owned() == {"w0": set(), "w1": set(range(SHARDS))}
         assert all(r.exists(keys.shard_keys(k, SHARDS).lease) for k in range(SHARDS))
@@ -249,13 +220,13 @@ def test_status_lists_shards_owners_lag_and_workers(r: Any, fleet: Fleet,
     fleet.start("w1")
     fleet.start("w2")
     balanced(fleet, {"w1": {0, 2}, "w2": {1, 3}})
-    wait_for(lambda: r.xlen(keys.PREDICTIONS) == len(series), what="predictions")
+    wait_until(lambda: r.xlen(keys.PREDICTIONS) == len(series), what="predictions")
     def fresh() -> dict[str, Any] | None:
         status = collect(r, settings)
         shown = {w["consumer"]: w["shards"] for w in status["workers"]}
         return status if shown == {"w1": [0, 2], "w2": [1, 3]} else None
 
-    status = wait_for(fresh, what="heartbeats showing the balanced shards")
+    status = wait_until(fresh, what="heartbeats showing the balanced shards")
     assert [s["shard"] for s in status["shards"]] == list(range(SHARDS))
     owner = {s["shard"]: s["owner"] for s in status["shards"]}
     assert owner == {0: "w1", 1: "w2", 2: "w1", 3: "w2"}

@@ -82,7 +82,7 @@ def test_train_on_csv_without_publishing(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("FORECAST_MODEL_HMAC_KEY", "k3y")
     csv = write_csv(tmp_path / "data.csv", np.random.default_rng(3))
     rc = main(["train", "--csv", str(csv), "--no-publish", "--quiet", "--epochs", "15",
-               "--n-steps", "8", "--horizon", "2", "--out", str(tmp_path / "models"),
+               "--n-steps", "8", "--horizon", "2", "--model-dir", str(tmp_path / "models"),
                "--report", str(tmp_path / "rep")])
     assert rc == 0
     out = capsys.readouterr().out
@@ -108,7 +108,7 @@ def test_train_from_stream_publishes(redis_url: str, tmp_path: Path,
         client.xadd(keys.VALUES, {"series": "b", "value": str(1000 + 10 * i)})
     client.xadd(keys.VALUES, {"series": "a", "value": "not a number"})
     rc = main(["train", "--from-stream", "--redis-url", redis_url, "--quiet", "--epochs", "30",
-               "--patience", "5", "--out", str(tmp_path / "models")])
+               "--patience", "5", "--model-dir", str(tmp_path / "models")])
     assert rc == 0, capsys.readouterr()
     assert "published v1 as current" in capsys.readouterr().out
     assert registry.current_version(client) == "v1"
@@ -126,7 +126,7 @@ def test_gate_refuses_a_worse_model_and_force_overrides(
         tutorial_model: Any, fake: fakeredis.FakeRedis, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     registry.publish(fake, tutorial_model.blob, tutorial_model.manifest)
-    args = ["train", "--example", "--quiet", "--epochs", "3", "--out", str(tmp_path / "m")]
+    args = ["train", "--example", "--quiet", "--epochs", "3", "--model-dir", str(tmp_path / "m")]
     assert main(args) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("forecast: gate: v2 stored but not current")

@@ -9,24 +9,10 @@ import pytest
 import redis
 
 from forecast import keys
-from forecast.settings import Settings
-from tests.helpers import LinearModel, StaticWatcher, WorkerThreads, wait_for
+from forecast.harness import wait_until
+from tests.helpers import LinearModel, WorkerThreads, make_worker
 from worker.consumer import Fenced, Shard
-from worker.loop import Worker
 from worker.state import SeriesStore
-
-
-def make_worker(url: str, model: Any = None, **overrides: Any) -> Worker:
-    settings = Settings(
-        redis_url=url,
-        metrics_port=0,
-        block_ms=50,
-        lease_ttl_ms=600,
-        consumer=overrides.pop("consumer", "w1"),
-        **overrides,
-    )
-    client = redis.Redis.from_url(url, protocol=2)
-    return Worker(client, settings, watcher=StaticWatcher(model or LinearModel()))  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -44,11 +30,11 @@ def predictions(r: redis.Redis, stream: str = keys.PREDICTIONS) -> list[dict[byt
 def test_one_prediction_per_input_once_window_full(r: redis.Redis, running: Any) -> None:
     ids = [r.xadd(keys.VALUES, {"series": "s1", "value": str(v)}) for v in range(10)]
     running()
-    preds = wait_for(lambda: len(predictions(r)) >= 8 and predictions(r), what="8 predictions")
+    preds = wait_until(lambda: len(predictions(r)) >= 8 and predictions(r), what="8 predictions")
     assert [p[b"source_id"] for p in preds] == ids[2:]
     assert [float(p[b"prediction"]) for p in preds] == [float(v + 1) for v in range(2, 10)]
     assert {p[b"model_version"] for p in preds} == {b"v1"}
-    wait_for(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 0, what="all acked")
+    wait_until(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 0, what="all acked")
 
 
 def test_bad_input_is_dead_lettered_and_good_input_predicted(r: redis.Redis, running: Any) -> None:
@@ -59,12 +45,12 @@ def test_bad_input_is_dead_lettered_and_good_input_predicted(r: redis.Redis, run
     r.xadd(keys.VALUES, {"value": "3"})
     r.xadd(keys.VALUES, {"series": "a", "value": "3", "ts": "1000"})
     old = r.xadd(keys.VALUES, {"series": "a", "value": "4", "ts": "999"})
-    wait_for(lambda: r.xlen(keys.DEADLETTER) == 3, what="3 dead letters")
+    wait_until(lambda: r.xlen(keys.DEADLETTER) == 3, what="3 dead letters")
     dead = [dict(f) for _, f in r.xrange(keys.DEADLETTER)]
     assert [d[b"reason"] for d in dead] == [b"bad_value", b"missing_series", b"ts_out_of_order"]
     assert dead[0][b"source_id"] == bad and dead[2][b"source_id"] == old
     assert dead[0][b"value"] == b"nan"
-    preds = wait_for(lambda: predictions(r), what="a prediction")
+    preds = wait_until(lambda: predictions(r), what="a prediction")
     assert len(preds) == 1 and float(preds[0][b"prediction"]) == 4.0
     assert preds[0][b"ts"] == b"1000"
 
@@ -73,12 +59,12 @@ def test_restart_resumes_from_checkpoint(r: redis.Redis, running: Any) -> None:
     for v in (1, 2):
         r.xadd(keys.VALUES, {"series": "s", "value": str(v)})
     w = running(consumer="first")
-    wait_for(lambda: r.hlen(keys.shard_keys(0, 1).state) == 1, what="checkpoint")
+    wait_until(lambda: r.hlen(keys.shard_keys(0, 1).state) == 1, what="checkpoint")
     w.stop()
-    wait_for(lambda: not r.exists(keys.shard_keys(0, 1).lease), what="lease released")
+    wait_until(lambda: not r.exists(keys.shard_keys(0, 1).lease), what="lease released")
     r.xadd(keys.VALUES, {"series": "s", "value": "4"})
     running(consumer="second")
-    preds = wait_for(lambda: predictions(r), what="prediction after restart")
+    preds = wait_until(lambda: predictions(r), what="prediction after restart")
     assert float(preds[0][b"prediction"]) == 6.0  # window [1, 2, 4] survived the restart
 
 
@@ -99,7 +85,7 @@ def test_horizon_and_interval_fields(r: redis.Redis, running: Any) -> None:
     running(model=LinearModel(horizon=3, has_interval=True))
     for v in (1, 2, 3):
         r.xadd(keys.VALUES, {"series": "h", "value": str(v)})
-    pred = wait_for(lambda: predictions(r), what="a prediction")[0]
+    pred = wait_until(lambda: predictions(r), what="a prediction")[0]
     assert pred[b"prediction"] == b"4"
     assert (pred[b"lower"], pred[b"upper"]) == (b"3", b"5")
     assert pred[b"path"] == b"4,5,6"
@@ -110,26 +96,27 @@ def test_online_accuracy_is_recorded_per_version(r: redis.Redis, running: Any) -
     w = running()
     for v in (1, 2, 3, 5):  # 3 predicts 4; the actual 5 is off by 1
         r.xadd(keys.VALUES, {"series": "acc", "value": str(v)})
-    wait_for(lambda: len(predictions(r)) == 2, what="2 predictions")
+    wait_until(lambda: len(predictions(r)) == 2, what="2 predictions")
     w.next_maintenance = 0.0
-    wait_for(lambda: r.hget(keys.ACCURACY, "v1:count") == b"1", what="accuracy flushed")
+    wait_until(lambda: r.hget(keys.ACCURACY, "v1:count") == b"1", what="accuracy flushed")
     assert float(r.hget(keys.ACCURACY, "v1:abs_err_sum")) == 1.0
 
 
 def test_evicted_series_reload_from_checkpoint(r: redis.Redis, running: Any) -> None:
     w = running(max_series=2, batch_size=1)
-    wait_for(lambda: w.shards, what="shard acquired")
+    wait_until(lambda: w.shards, what="shard acquired")
     for s in ("a", "b", "c", "a"):  # 'a' is evicted when 'c' arrives, then comes back
         for v in (1, 2):
             r.xadd(keys.VALUES, {"series": s, "value": str(v)})
-        wait_for(
+        wait_until(
             lambda: (
                 r.xpending(keys.VALUES, "forecast")["pending"] == 0
                 and r.xinfo_groups(keys.VALUES)[0]["lag"] == 0
             ),
             what="batch committed",
         )
-    preds = wait_for(lambda: len(predictions(r)) == 2 and predictions(r), what="predictions for a")
+    preds = wait_until(lambda: len(predictions(r)) == 2 and predictions(r),
+                       what="predictions for a")
     # windows [1, 2, 1] and [2, 1, 2]: the first two values of a survived the eviction
     assert [(p[b"series"], p[b"prediction"]) for p in preds] == [(b"a", b"0"), (b"a", b"3")]
     assert w.shards[0].store.evicted >= 1
@@ -137,12 +124,13 @@ def test_evicted_series_reload_from_checkpoint(r: redis.Redis, running: Any) -> 
 
 def test_deleted_input_stream_is_recreated_and_work_goes_on(r: redis.Redis, running: Any) -> None:
     w = running()
-    wait_for(lambda: w.shards, what="shard acquired")
+    wait_until(lambda: w.shards, what="shard acquired")
     r.delete(keys.VALUES)  # someone deletes the stream and its consumer group
-    wait_for(lambda: r.exists(keys.VALUES) and r.xinfo_groups(keys.VALUES), what="group re-created")
+    wait_until(lambda: r.exists(keys.VALUES) and r.xinfo_groups(keys.VALUES),
+               what="group re-created")
     for v in (1, 2, 3):
         r.xadd(keys.VALUES, {"series": "z", "value": str(v)})
-    preds = wait_for(lambda: predictions(r), what="prediction after re-creation")
+    preds = wait_until(lambda: predictions(r), what="prediction after re-creation")
     assert float(preds[0][b"prediction"]) == 4.0
     assert w.shards[0].token.startswith("1:")  # recovered in place, without losing the lease
 
@@ -152,15 +140,15 @@ def test_commit_refuses_before_writing_when_an_output_key_has_a_wrong_type(
 ) -> None:
     r.set(keys.DEADLETTER, "not a stream")  # an operator mistake
     w = running()
-    wait_for(lambda: w.shards, what="shard acquired")
+    wait_until(lambda: w.shards, what="shard acquired")
     for v in (1, 2, 3):
         r.xadd(keys.VALUES, {"series": "t", "value": str(v)})
     r.xadd(keys.VALUES, {"series": "t", "value": "bad"})
-    wait_for(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 4, what="batch read")
+    wait_until(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 4, what="batch read")
     assert not r.exists(keys.PREDICTIONS)  # nothing half-written, nothing acked
     r.delete(keys.DEADLETTER)
-    preds = wait_for(lambda: predictions(r), timeout=30, what="predictions after the fix")
-    wait_for(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 0, what="all acked")
+    preds = wait_until(lambda: predictions(r), timeout=30, what="predictions after the fix")
+    wait_until(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 0, what="all acked")
     assert len(predictions(r)) == len(preds) == 1 and r.xlen(keys.DEADLETTER) == 1
 
 

@@ -14,15 +14,16 @@ import pytest
 import redis
 
 from forecast import keys, registry
+from forecast.harness import WorkerProcess, stop_process, wait_until
 from forecast.redis_server import RedisServer
-from tests.helpers import wait_for, wait_for_len
-from tests.procs import WorkerProc, publish_tiny_model, start_worker, stop, tiny_model
+from tests.helpers import wait_for_len
+from tests.procs import publish_tiny_model, start_worker, tiny_model
 
 pytestmark = pytest.mark.tf
 
 
 @pytest.fixture(scope="module")
-def served(redis_server: RedisServer) -> Iterator[tuple[redis.Redis, WorkerProc]]:
+def served(redis_server: RedisServer) -> Iterator[tuple[redis.Redis, WorkerProcess]]:
     """One worker process serving the tiny model for the whole module."""
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
@@ -31,14 +32,14 @@ def served(redis_server: RedisServer) -> Iterator[tuple[redis.Redis, WorkerProc]
         redis_server.url, "proc-test", metrics=True, log_json="true", summary_interval_s="1"
     )
     try:
-        wait_for(
+        wait_until(
             lambda: b"acquired shard 0" in proc.log_path.read_bytes(),
             timeout=90,
             what=f"worker serving {version}",
         )
         yield client, proc
     finally:
-        stop(proc)
+        stop_process(proc)
         client.close()
 
 
@@ -59,7 +60,7 @@ def test_exactly_one_prediction_per_input_once_window_full(served: Any) -> None:
         )
         assert [p[b"source_id"] for p in preds] == sent[2:]  # once each, in input order
         assert all(b"prediction" in p and p[b"model_version"] == b"v1" for p in preds)
-    wait_for(lambda: client.xpending(keys.VALUES, "forecast")["pending"] == 0, what="all acked")
+    wait_until(lambda: client.xpending(keys.VALUES, "forecast")["pending"] == 0, what="all acked")
 
 
 def test_bad_messages_go_to_the_dead_letter_stream(served: Any) -> None:
@@ -85,7 +86,7 @@ def test_bad_messages_go_to_the_dead_letter_stream(served: Any) -> None:
         b"missing_series",
         b"bad_ts",
     ]
-    preds = wait_for(lambda: predictions_of(client, b"d1"), what="prediction of d1")
+    preds = wait_until(lambda: predictions_of(client, b"d1"), what="prediction of d1")
     assert [p[b"source_id"] for p in preds] == good[2:]
     assert proc.poll() is None  # bad input never stops the worker
 
@@ -93,10 +94,10 @@ def test_bad_messages_go_to_the_dead_letter_stream(served: Any) -> None:
 def test_hot_reload_mid_stream_loses_nothing(served: Any) -> None:
     client, _ = served
     sent = [client.xadd(keys.VALUES, {"series": "h1", "value": str(v)}) for v in range(10)]
-    wait_for(lambda: len(predictions_of(client, b"h1")) == 8, what="v1 predictions")
+    wait_until(lambda: len(predictions_of(client, b"h1")) == 8, what="v1 predictions")
     blob, manifest = tiny_model()
     v2 = registry.publish(client, blob, {**manifest, "note": "second"})
-    wait_for(
+    wait_until(
         lambda: (
             client.get(keys.heartbeat("proc-test"))
             and b'"model_version": "' + v2.encode() in client.get(keys.heartbeat("proc-test"))
@@ -110,7 +111,7 @@ def test_hot_reload_mid_stream_loses_nothing(served: Any) -> None:
     assert {p[b"model_version"] for p in preds[8:]} == {v2.encode()}
 
 
-def scrape(proc: WorkerProc) -> dict[str, float]:
+def scrape(proc: WorkerProcess) -> dict[str, float]:
     """The worker's /metrics as {sample name with labels: value}."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=5).read()
     samples = {}
@@ -127,7 +128,7 @@ def test_metrics_move_and_health_endpoints_answer(served: Any) -> None:
     for v in range(5):
         client.xadd(keys.VALUES, {"series": "m1", "value": str(v)})
     client.xadd(keys.VALUES, {"series": "m1", "value": "x"})
-    after = wait_for(
+    after = wait_until(
         lambda: (lambda m: m if m.get("forecast_values_read_total", 0) >= before + 6 else None)(
             scrape(proc)
         ),
@@ -163,7 +164,7 @@ def test_metrics_move_and_health_endpoints_answer(served: Any) -> None:
 
 def test_logs_are_json_lines_with_a_start_up_and_a_summary_line(served: Any) -> None:
     _, proc = served
-    lines = wait_for(
+    lines = wait_until(
         lambda: (lambda ls: ls if any(json.loads(x)["msg"] == "summary" for x in ls) else None)(
             [x for x in proc.log().splitlines() if x.strip()]
         ),

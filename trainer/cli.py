@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from forecast.errors import CliError, ModelRejected
+from forecast.errors import ModelRejected
 from forecast.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         trained = artifact.train_model(dataset, settings, train.progress_verbosity(args.quiet), ws)
     except ModelRejected as exc:
-        raise CliError(f"the trained model failed its own load checks: {exc}") from None
+        raise ModelRejected(f"the trained model failed its own load checks: {exc}") from None
     for line in _summary(trained):
         print(line)
     if args.no_publish or client is None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import logging
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,16 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from forecast import keys
-from forecast.errors import CliError
+from forecast import csvio, keys
+from forecast.errors import DataError
+from forecast.grammar import Limits, parse_fields
 from forecast.settings import Settings
-from worker.parse import Limits, parse_fields
 
 log = logging.getLogger(__name__)
 
 PAGE = 10_000  # XRANGE COUNT per round trip
-# Shipped with the package: four hourly series of very different scales (make_example_data).
-EXAMPLE_CSV = Path(__file__).resolve().parents[1] / "forecast" / "data" / "example.csv"
 
 
 @dataclass
@@ -53,63 +49,22 @@ def example() -> Dataset:
     return Dataset("example", {"example": np.arange(10, dtype=np.float64)})
 
 
-def _number(text: str, what: str, where: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise CliError(f"{where}: bad {what} {text!r} (expected a number)") from None
-    if not math.isfinite(value):
-        raise CliError(f"{where}: bad {what} {text!r} (expected a finite number)")
-    return value
-
-
 def read_csv(path: str | Path) -> Dataset:
-    """A long-format CSV with a header `series,timestamp,value` (timestamp optional).
-
-    Rows of a series are ordered by timestamp when the column exists, else kept in file order.
-    """
-    p = Path(path)
-    try:
-        handle = p.open(newline="", encoding="utf-8")
-    except OSError as exc:
-        raise CliError(f"cannot read {p}: {exc.strerror or exc}") from None
-    rows: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    with handle:
-        reader = csv.reader(handle)
-        try:
-            header = [h.strip().lower() for h in next(reader)]
-        except StopIteration:
-            raise CliError(f"{p}: empty file (expected a header series,timestamp,value)") from None
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise CliError(f"{p}: not a readable CSV: {exc}") from None
-        if "series" not in header or "value" not in header:
-            raise CliError(f"{p}: header must name the columns series,timestamp,value "
-                           f"(timestamp optional), got {','.join(header)!r}")
-        i_series, i_value = header.index("series"), header.index("value")
-        i_ts = header.index("timestamp") if "timestamp" in header else None
-        try:
-            for row in reader:
-                where = f"{p}:{reader.line_num}"
-                if not row or all(not c.strip() for c in row):
-                    continue
-                if len(row) != len(header):
-                    raise CliError(f"{where}: expected {len(header)} columns, got {len(row)}")
-                name = row[i_series].strip()
-                if not name:
-                    raise CliError(f"{where}: empty series id")
-                value = _number(row[i_value].strip(), "value", where)
-                ts = _number(row[i_ts].strip(), "timestamp", where) if i_ts is not None else 0.0
-                rows[name].append((ts, value))
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise CliError(f"{p}:{reader.line_num}: not a readable CSV row: {exc}") from None
+    """A long-format CSV (`forecast.csvio`): each series in timestamp order when every row of it
+    has one, else in file order."""
+    rows: dict[str, list[tuple[int | None, float]]] = defaultdict(list)
+    for row in csvio.read_rows(path):
+        rows[row.series].append((row.ts, float(row.value)))
     if not rows:
-        raise CliError(f"{p}: no data rows")
+        raise DataError(f"{Path(path)}: no data rows")
     series = {}
     for name, pairs in rows.items():
-        arr = np.asarray(pairs, dtype=np.float64)
-        order = np.argsort(arr[:, 0], kind="stable")
-        series[name] = arr[order, 1]
-    return Dataset(f"csv:{p.name}", series)
+        values = np.asarray([v for _, v in pairs], dtype=np.float64)
+        stamps = [t for t, _ in pairs]
+        if None not in stamps:
+            values = values[np.argsort(np.asarray(stamps, dtype=np.int64), kind="stable")]
+        series[name] = values
+    return Dataset(f"csv:{Path(path).name}", series)
 
 
 def from_stream(client: Any, settings: Settings, page: int = PAGE) -> Dataset:
@@ -136,7 +91,7 @@ def from_stream(client: Any, settings: Settings, page: int = PAGE) -> Dataset:
     if skipped:
         log.warning("skipped %d invalid stream entries", skipped)
     if not values:
-        raise CliError(f"no valid entries in {', '.join(streams[:3])}"
+        raise DataError(f"no valid entries in {', '.join(streams[:3])}"
                        f"{' ...' if len(streams) > 3 else ''}; push some history first")
     series = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
     return Dataset("stream", series, skipped=skipped, extra={"streams": len(streams)})
@@ -152,6 +107,6 @@ def load(args: Any, settings: Settings, client: Any = None) -> Dataset:
         return read_csv(args.csv)
     if getattr(args, "from_stream", False):
         if client is None:
-            raise CliError("--from-stream needs a Redis connection")
+            raise DataError("--from-stream needs a Redis connection")
         return from_stream(client, settings)
     return example()

@@ -1,7 +1,7 @@
 """Generate `data/example.csv`: a few hourly series of very different scales (run once).
 
-Usage: `python -m trainer.make_example_data [PATH ...]` (default: data/example.csv and
-forecast/data/example.csv). Deterministic: the same seed gives the same bytes.
+Usage: `python -m trainer.make_example_data [PATH ...]` (default: data/example.csv).
+Deterministic: the same seed gives the same bytes.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def write(path: Path, seed: int = 7) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the example CSV to each given path (or the two default places)."""
-    targets = argv if argv else ["data/example.csv", "forecast/data/example.csv"]
+    targets = argv if argv else ["data/example.csv"]
     for target in targets:
         print(f"wrote {write(Path(target))}")
     return 0

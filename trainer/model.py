@@ -7,7 +7,6 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
 
 import keras
 
@@ -76,8 +75,3 @@ def to_bytes(model: keras.Model) -> bytes:
         return Path(name).read_bytes()
     finally:
         os.unlink(name)
-
-
-def describe(core: keras.Model) -> dict[str, Any]:
-    """Parameter count of the core model."""
-    return {"params": int(core.count_params())}

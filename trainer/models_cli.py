@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from typing import Any
 
 from forecast import keys, registry
-from forecast.errors import CliError
+from forecast.errors import ModelRejected, RegistryError, UsageError
 from forecast.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,10 +82,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         elif action == "show":
             version = args.version or registry.current_version(client)
             if version is None:
-                raise CliError("no current model; publish one with `forecast train`")
+                raise UsageError("no current model; publish one with `forecast train`")
             print(json.dumps(registry.get_manifest(client, version), indent=2, sort_keys=True))
         elif action == "promote":
-            _check_blob(client, args.version)
             if registry.promote(client, args.version):
                 print(f"{args.version} is now current")
             else:
@@ -96,15 +94,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             version = registry.rollback(client)
             print(f"rolled back from {previous} to {version}")
         else:  # pragma: no cover - argparse restricts the choices
-            raise CliError(f"unknown models action {action!r}")
-    except registry.RegistryError as exc:
-        raise CliError(f"{exc}; see `forecast models list`") from None
+            raise UsageError(f"unknown models action {action!r}")
+    except (RegistryError, ModelRejected) as exc:
+        raise UsageError(f"{exc}; see `forecast models list`") from None
     return 0
 
-
-def _check_blob(client: Any, version: str) -> None:
-    """Refuse to promote a version whose bytes do not match its manifest's sha256."""
-    manifest = registry.get_manifest(client, version)
-    digest = hashlib.sha256(registry.get_blob(client, version)).hexdigest()
-    if digest != manifest.get("sha256"):
-        raise CliError(f"{version}: stored bytes do not match the manifest sha256; not promoted")

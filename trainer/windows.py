@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from forecast.errors import CliError
+from forecast.errors import DataError
 from trainer.data import Dataset
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class WindowSet:
 
 
 def build(dataset: Dataset, n_steps: int, horizon: int, val_fraction: float) -> WindowSet:
-    """Windows of every series, split in time; raises CliError when no window fits."""
+    """Windows of every series, split in time; raises DataError when no window fits."""
     names: list[str] = []
     series: list[np.ndarray] = []
     splits: list[int] = []
@@ -125,7 +125,7 @@ def build(dataset: Dataset, n_steps: int, horizon: int, val_fraction: float) -> 
         vp.append(pos)
     if not names:
         longest = max((len(v) for v in dataset.series.values()), default=0)
-        raise CliError(f"too little data: the longest series has {longest} values, but "
+        raise DataError(f"too little data: the longest series has {longest} values, but "
                        f"n_steps={n_steps} and horizon={horizon} need at least {n_steps + horizon}")
     ws = WindowSet(n_steps, horizon, names, series, splits,
                    np.concatenate(xt), np.concatenate(yt), np.concatenate(xv),
@@ -133,6 +133,6 @@ def build(dataset: Dataset, n_steps: int, horizon: int, val_fraction: float) -> 
                    np.concatenate(vp).astype(int), np.concatenate(ts).astype(int),
                    np.concatenate(tp).astype(int))
     if len(ws.x_train) == 0:
-        raise CliError("too little data: no training window before the validation split; "
+        raise DataError("too little data: no training window before the validation split; "
                        "lower --val-fraction or add data")
     return ws

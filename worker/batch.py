@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from worker.parse import Limits, parse_fields
+from forecast.grammar import Limits, parse_fields
 from worker.state import SeriesStore
 
 Entry = tuple[bytes, list[bytes] | None]  # (entry id, flat fields); None = deleted entry

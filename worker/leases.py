@@ -63,7 +63,7 @@ class Leases:
         pipe = self.client.pipeline(transaction=False)
         pipe.set(keys.heartbeat(self.consumer), body, ex=self.heartbeat_ttl_s)
         pipe.zadd(keys.WORKERS, {self.consumer: now})
-        pipe.zremrangebyscore(keys.WORKERS, "-inf", now - 60_000)
+        pipe.zremrangebyscore(keys.WORKERS, "-inf", now - keys.WORKER_FORGET_MS)
         pipe.zrangebyscore(keys.WORKERS, now - self.ttl_ms, "+inf")
         live = sorted(m.decode() for m in pipe.execute()[-1])
         # Only workers with a model get shards: one still loading its model takes none yet.

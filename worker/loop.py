@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from forecast import keys
+from forecast.grammar import Limits
 from forecast.settings import Settings
 from worker import metrics
 from worker.backoff import Backoff
@@ -26,7 +27,6 @@ from worker.batch import Commit, Entry, build_commit
 from worker.consumer import Fenced, Shard, ShardIO, ensure_group, split_poison
 from worker.leases import Leases, assign
 from worker.models import ModelWatcher
-from worker.parse import Limits
 from worker.scripts import Scripts
 from worker.state import SeriesStore
 

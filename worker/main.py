@@ -53,7 +53,7 @@ def check(client: Any, consumer: str | None) -> int:
     else:
         prefix = socket.gethostname() + "-"
         now = int(time.time() * 1000)
-        members = client.zrangebyscore(keys.WORKERS, now - 60_000, "+inf")
+        members = client.zrangebyscore(keys.WORKERS, now - keys.WORKER_FORGET_MS, "+inf")
         names = [m.decode() for m in members if m.decode().startswith(prefix)]
     for name in names:
         raw = client.get(keys.heartbeat(name))

@@ -7,9 +7,10 @@ them on `/metrics`. Names are part of the product contract (dashboards, alerts).
 from __future__ import annotations
 
 import logging
-import re
 
 from prometheus_client import Counter, Gauge, Histogram, Info
+
+from forecast.registry import version_number
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +66,6 @@ ONLINE_MAE = Gauge(
 )
 SHARDS_OWNED = Gauge("forecast_shards_owned", "Input shards this worker holds the lease of")
 READY = Gauge("forecast_ready", "1 when the worker has a model and owns its work, else 0")
-
-_VERSION_NUMBER = re.compile(r"(\d+)")
-
-
-def version_number(version: str) -> int:
-    """The numeric part of a model version, -1 when it has none.
-
-    >>> version_number("v12")
-    12
-    >>> version_number("v0003")
-    3
-    >>> version_number("latest")
-    -1
-    """
-    match = _VERSION_NUMBER.search(version)
-    return int(match.group(1)) if match else -1
-
 
 def set_model(version: str, arch: str, n_steps: int) -> None:
     """Record the served model in `forecast_model_info` and `forecast_model_version_number`."""

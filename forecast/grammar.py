@@ -1,4 +1,4 @@
-"""Validating input stream entries: `series`, `value` and optional `ts` fields.
+"""The input message grammar shared by producer, trainer and worker: `series`, `value`, `ts`.
 
 A good entry becomes `(series, value, ts)` (ts is -1 when absent); a bad one becomes a
 short reason string that goes to the dead-letter stream. Returning the reason instead of
@@ -117,15 +117,3 @@ def _scan(fields: list[bytes]) -> tuple[bytes | None, bytes | None, bytes | None
                 return _DUPLICATE, None, None
             ts = fields[i + 1]
     return series, value, ts
-
-
-def fields_to_dict(fields: list[bytes]) -> dict[bytes, bytes]:
-    """The entry's fields as a dict (the first of duplicated names wins).
-
-    >>> fields_to_dict([b"a", b"1", b"a", b"2", b"b", b"3"])
-    {b'a': b'1', b'b': b'3'}
-    """
-    out: dict[bytes, bytes] = {}
-    for i in range(0, len(fields) - 1, 2):
-        out.setdefault(fields[i], fields[i + 1])
-    return out

@@ -1,4 +1,4 @@
-"""`forecast bench` / `make bench`: run the scenarios, print a table, write bench/results.json.
+"""`forecast bench` / `make bench`: run the scenarios, print a table, write the results JSON.
 
 Every scenario runs on its own private redis-server(s). Every figure is the median of
 `repeats` runs, and every comparison (x tutorial, share of the Redis limit, 1M vs 1,000
@@ -18,13 +18,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from forecast.bench_scenarios import FULL, QUICK, SCENARIOS, Bench, Outcome, Plan
-from forecast.bench_util import machine_info, median
-from forecast.errors import CliError
+from bench.scenarios import FULL, QUICK, SCENARIOS, Bench, Outcome, Plan
+from bench.util import machine_info, median
+from forecast.errors import UsageError
 from forecast.redis_server import private_redis, redis_server_binary
 from forecast.settings import Settings
 
 log = logging.getLogger(__name__)
+
+RESULTS = "bench/results/results.json"
 
 
 @dataclass
@@ -219,11 +221,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = [n for n in names if n not in SCENARIOS]
         if unknown:
-            raise CliError(f"unknown scenario(s) {', '.join(unknown)}; "
+            raise UsageError(f"unknown scenario(s) {', '.join(unknown)}; "
                            f"choose from {', '.join(SCENARIOS)}")
     if redis_server_binary() is None:
-        raise CliError("forecast bench starts its own redis-server: none is on PATH")
+        raise UsageError("forecast bench starts its own redis-server: none is on PATH")
     plan = QUICK if getattr(args, "quick", False) else FULL
-    data = run_bench(plan, names, Path(getattr(args, "bench_out", "bench/results.json")),
+    data = run_bench(plan, names, Path(getattr(args, "bench_out", None) or RESULTS),
                      quick=bool(getattr(args, "quick", False)))
     return 1 if data["errors"] else 0

@@ -24,10 +24,8 @@ from typing import Any, cast
 import numpy as np
 import redis
 
-from forecast import keys, registry
-from forecast.bench_util import (
+from bench.util import (
     Series,
-    WorkerProc,
     acked,
     cpu_seconds,
     load_average,
@@ -38,8 +36,9 @@ from forecast.bench_util import (
     series_by_shard,
     start_producer,
     start_worker,
-    wait_until,
 )
+from forecast import keys, registry
+from forecast.harness import WorkerProcess, wait_until
 from forecast.redis_server import RedisServer
 from worker.batch import entry_ms
 from worker.consumer import ensure_group
@@ -146,7 +145,7 @@ def train_tiny(arch: str, n_steps: int) -> Any:
     return train_model(Dataset("bench", data), settings)
 
 
-def publish(client: Any, trained: Any) -> str:
+def make_current(client: Any, trained: Any) -> str:
     """Publish a trained model as the current version."""
     return registry.publish(client, trained.blob, dict(trained.manifest))
 
@@ -167,7 +166,7 @@ class Fleet:
         ttl = LEASE_TTL_ONE_MS if n == 1 else LEASE_TTL_MANY_MS
         self.settings = {"shards": shards, "lease_ttl_ms": ttl, "model_poll_s": 0.2, **settings}
         self.streams = [keys.values_stream(k, shards) for k in range(shards)]
-        self.workers: list[WorkerProc] = []
+        self.workers: list[WorkerProcess] = []
 
     def __enter__(self) -> Fleet:
         for s in self.streams:
@@ -196,11 +195,12 @@ class Fleet:
             for w in self.workers:
                 w.check_alive()
             return cond()
-        return wait_until(check, timeout, interval, what)
+        wait_until(check, timeout, interval, what)
+        return time.perf_counter()
 
     def serve(self, trained: Any) -> None:
         """Publish the model; wait until every shard's lease is held by its assigned worker."""
-        publish(self.client, trained)
+        make_current(self.client, trained)
         leases = [keys.shard_keys(k, self.shards).lease for k in range(self.shards)]
         names = sorted(w.consumer for w in self.workers)
         wanted = [names[k % len(names)].encode() for k in range(self.shards)]  # as leases.assign
@@ -420,20 +420,21 @@ def cold_start(bench: Bench) -> Outcome:
     out = Outcome()
     for _ in range(bench.plan.repeats):
         with bench.redis() as (server, client):
-            publish(client, trained)
+            make_current(client, trained)
             preload(client, keys.VALUES, 3 * bench.plan.series, Series(bench.plan.series))
             load = load_average()
             t0 = time.perf_counter()
             worker = start_worker(server.url, "bench-cold", bench.workdir)
             try:
-                t1 = wait_until(_first_prediction(client, worker), 180, 0.01, "a prediction")
+                wait_until(_first_prediction(client, worker), 180, 0.01, "a prediction")
+                t1 = time.perf_counter()
             finally:
                 worker.stop()
             out.runs.append({"seconds": round(t1 - t0, 3), "load_avg_1m": load})
     return out.summarise("seconds")
 
 
-def _first_prediction(client: Any, worker: WorkerProc) -> Callable[[], bool]:
+def _first_prediction(client: Any, worker: WorkerProcess) -> Callable[[], bool]:
     def check() -> bool:
         worker.check_alive()
         return bool(client.xlen(keys.PREDICTIONS))

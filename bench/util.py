@@ -1,7 +1,8 @@
-"""Benchmark plumbing: server-side preloading, group progress, worker processes, statistics.
+"""Benchmark plumbing: server-side preloading, group progress, statistics, the machine.
 
-Nothing here imports TensorFlow. The latency producer (`python -m forecast.bench_util
-produce ...`) runs in its own process so that it never competes for the reader's GIL.
+Nothing here imports TensorFlow. Worker processes come from `forecast.harness`. The latency
+producer (`python -m bench.util produce ...`) runs in its own process so that it never
+competes for the reader's GIL.
 """
 
 from __future__ import annotations
@@ -9,13 +10,11 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,9 @@ from typing import Any
 import numpy as np
 import redis
 
-from forecast import keys
+from forecast import harness, keys
+from forecast.harness import WorkerProcess
+from forecast.redis_conn import group_info
 from worker.state import blob_dtype
 
 # Values generated inside Redis: ~1M XADD/s instead of ~100k/s through a Python pipeline.
@@ -104,29 +105,12 @@ def seed_state(client: Any, state_key: str, series: Series, width: int) -> None:
 
 def acked(client: Any, streams: Sequence[str], group: str = "forecast") -> int:
     """Entries the group has acknowledged over `streams` (entries-read minus pending)."""
-    pipe = client.pipeline(transaction=False)
-    for s in streams:
-        pipe.xinfo_groups(s)
     total = 0
-    for groups in pipe.execute():
-        for g in groups:
-            info = {(k.decode() if isinstance(k, bytes) else k): v for k, v in g.items()}
-            name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
-            if name == group:
-                total += int(info.get("entries-read") or 0) - int(info["pending"])
+    for s in streams:
+        info = group_info(client, s, group)
+        if info:
+            total += int(info.get("entries-read") or 0) - int(info["pending"])
     return total
-
-
-def wait_until(cond: Callable[[], Any], timeout: float, interval: float = 0.005,
-               what: str = "condition") -> float:
-    """Poll `cond` until truthy and return perf_counter() then; TimeoutError after `timeout`."""
-    deadline = time.perf_counter() + timeout
-    while True:
-        if cond():
-            return time.perf_counter()
-        if time.perf_counter() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def median(values: Sequence[float]) -> float:
@@ -150,78 +134,10 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-# --- worker processes -------------------------------------------------------------------
-
-
-def worker_env(url: str, **settings: Any) -> dict[str, str]:
-    """A clean environment for a worker: no inherited FORECAST_* variables, metrics off."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FORECAST_")}
-    env.update({"FORECAST_REDIS_URL": url, "FORECAST_METRICS_PORT": "0",
-                "FORECAST_LOG_LEVEL": "WARNING", "TF_CPP_MIN_LOG_LEVEL": "2"})
-    env.update({f"FORECAST_{k.upper()}": str(v) for k, v in settings.items()})
-    return env
-
-
-@dataclass
-class WorkerProc:
-    """A `forecast worker` subprocess, stopped by its own PID."""
-
-    consumer: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    paused: bool = False
-
-    @property
-    def pid(self) -> int:
-        """Process id."""
-        return self.proc.pid
-
-    def pause(self) -> None:
-        """SIGSTOP: the worker keeps its leases (their TTL must outlast the pause)."""
-        os.kill(self.pid, signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        """SIGCONT."""
-        os.kill(self.pid, signal.SIGCONT)
-        self.paused = False
-
-    def rss(self) -> int:
-        """Resident set size in bytes (VmRSS)."""
-        text = Path(f"/proc/{self.pid}/status").read_text()
-        match = re.search(r"VmRSS:\s+(\d+) kB", text)
-        if match is None:
-            raise RuntimeError(f"no VmRSS for pid {self.pid}")
-        return int(match.group(1)) * 1024
-
-    def check_alive(self) -> None:
-        """Raise with the worker's log tail if it exited."""
-        if self.proc.poll() is not None:
-            tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"worker {self.consumer} exited with {self.proc.returncode}:"
-                               f"\n{tail}")
-
-    def stop(self) -> None:
-        """Warm stop (SIGTERM), then SIGKILL if it does not leave within 20 s."""
-        if self.proc.poll() is None:
-            if self.paused:
-                self.resume()
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-def start_worker(url: str, consumer: str, log_dir: Path, **settings: Any) -> WorkerProc:
-    """Start `python -m forecast.cli worker` (cwd is `log_dir`, so no `.env` is read)."""
-    log_path = log_dir / f"{consumer}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "forecast.cli", "worker", "--consumer", consumer],
-            env=worker_env(url, **settings), cwd=log_dir, stdout=log, stderr=subprocess.STDOUT)
-    return WorkerProc(consumer, proc, log_path)
+def start_worker(url: str, consumer: str, log_dir: Path, **settings: Any) -> WorkerProcess:
+    """A bench worker: TensorFlow's own thread pools, metrics off, warnings only."""
+    return harness.start_worker(url, consumer, log_dir=log_dir, threads=None,
+                                log_level="WARNING", **settings)
 
 
 # --- machine ----------------------------------------------------------------------------
@@ -293,7 +209,7 @@ class Pacer:
 
 
 def produce_main(argv: Sequence[str]) -> int:
-    """`python -m forecast.bench_util produce URL RATE SECONDS SERIES OUT`: write sends as JSON."""
+    """`python -m bench.util produce URL RATE SECONDS SERIES OUT`: write sends as JSON."""
     url, rate, seconds, series, out = argv
     client = redis.Redis.from_url(url, protocol=2)
     pacer = Pacer(int(rate), float(seconds), int(series))
@@ -310,7 +226,7 @@ def start_producer(url: str, rate: int, seconds: float, series: int,
     """Start the latency producer process; returns it and the path of its JSON output."""
     fd, name = tempfile.mkstemp(prefix="sends-", suffix=".json", dir=out_dir)
     os.close(fd)
-    proc = subprocess.Popen([sys.executable, "-m", "forecast.bench_util", "produce", url,
+    proc = subprocess.Popen([sys.executable, "-m", "bench.util", "produce", url,
                              str(rate), str(seconds), str(series), name])
     return proc, Path(name)
 
@@ -318,4 +234,4 @@ def start_producer(url: str, rate: int, seconds: float, series: int,
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "produce":
         sys.exit(produce_main(sys.argv[2:]))
-    sys.exit("usage: python -m forecast.bench_util produce URL RATE SECONDS SERIES OUT")
+    sys.exit("usage: python -m bench.util produce URL RATE SECONDS SERIES OUT")
