@@ -23,12 +23,12 @@ import redis
 
 from forecast import harness, keys, registry
 from forecast.client import Item, Producer
+from forecast.errors import Fenced
 from forecast.harness import PacedProducer, wait_until
 from forecast.redis_server import RedisServer, redis_server_binary
 from tests import procs
 from tests.helpers import LinearModel, WorkerThreads, make_worker
 from worker.batch import build_commit
-from worker.consumer import Fenced
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,9 +9,10 @@ import pytest
 import redis
 
 from forecast import keys
+from forecast.errors import Fenced
 from forecast.harness import wait_until
 from tests.helpers import LinearModel, WorkerThreads, make_worker
-from worker.consumer import Fenced, Shard
+from worker.consumer import Shard
 from worker.state import SeriesStore
 
 

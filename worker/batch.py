@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from forecast.grammar import Limits, parse_fields
 from worker.state import SeriesStore
@@ -45,7 +44,7 @@ class Commit:
     deadletters: list[list[bytes | str]] = field(default_factory=list)  # flat field/value pairs
     state: list[bytes] = field(default_factory=list)  # flat series/blob pairs
     reasons: dict[str, int] = field(default_factory=dict)
-    values: int = 0
+    n_values: int = 0  # valid values in the batch
     entries: int = 0  # entries read for this commit
     sent_at: float = 0.0  # perf_counter() when the commit was sent
     abs_err_sum: float = 0.0
@@ -84,17 +83,30 @@ def _fmt(values: Sequence[float]) -> list[str]:
     return [f"{v:.7g}" for v in values]
 
 
-def build_commit(
-    entries: Sequence[Entry],
-    store: SeriesStore,
-    model: Predictor,
-    limits: Limits,
-    load: Callable[[list[bytes]], list[bytes | None]],
-    commit: Commit | None = None,
-) -> Commit:
-    """Process one batch of one shard's entries (in stream order) into a `Commit`."""
-    commit = commit if commit is not None else Commit()
-    commit.version = model.version
+@dataclass
+class Batch:
+    """The valid values of one read, in stream order: one row per value."""
+
+    ids: list[bytes]
+    series: list[bytes]
+    values: np.ndarray  # float32, what the windows hold
+    stamps: np.ndarray  # int64 epoch ms, -1 without ts
+    slots: np.ndarray  # int64 store rows (set by `SeriesStore.place`)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def where(self, keep: np.ndarray) -> Batch:
+        """The values where `keep` is True (all of them: this batch itself)."""
+        if keep.all():
+            return self
+        idx = np.flatnonzero(keep).tolist()
+        return Batch([self.ids[i] for i in idx], [self.series[i] for i in idx],
+                     self.values[keep], self.stamps[keep], self.slots[keep])
+
+
+def parse_batch(entries: Sequence[Entry], limits: Limits, commit: Commit) -> Batch:
+    """Parse every entry: good ones into a Batch, bad ones into the commit's dead letters."""
     ids: list[bytes] = []
     series: list[bytes] = []
     values: list[float] = []
@@ -111,115 +123,62 @@ def build_commit(
         series.append(parsed[0])
         values.append(parsed[1])
         stamps.append(parsed[2])
-    commit.values = len(values)
-    if not values:
-        return commit
+    return Batch(ids, series, np.asarray(values, dtype=np.float32),
+                 np.asarray(stamps, dtype=np.int64), np.zeros(len(ids), dtype=np.int64))
 
-    store.tick += 1
-    index = store.index
-    unknown = list({s for s in series if s not in index})
-    if unknown:
-        # Series of this batch must not be evicted to make room for the new ones.
-        known = [index[s] for s in set(series) if s in index]
-        store.last_used[np.asarray(known, dtype=np.int64)] = store.tick
-        store.add_many(unknown, load(unknown))
-    slots = [index[s] for s in series]
-    _check_timestamps(commit, entries, ids, series, values, stamps, slots, store)
-    if not ids:
+
+def build_commit(
+    entries: Sequence[Entry],
+    store: SeriesStore,
+    model: Predictor,
+    limits: Limits,
+    load: Callable[[list[bytes]], list[bytes | None]],
+    commit: Commit | None = None,
+) -> Commit:
+    """Process one batch of one shard's entries (in stream order) into a `Commit`."""
+    commit = commit if commit is not None else Commit()
+    commit.version = model.version
+    batch = parse_batch(entries, limits, commit)
+    commit.n_values = len(batch)
+    if not batch:
         return commit
-    _predict(commit, store, model, ids, series, values, stamps, slots)
+    batch.slots = store.place(batch.series, load)
+    in_order = store.accept_in_order(batch.slots, batch.stamps)
+    if not in_order.all():
+        fields_of = dict(entries)
+        for i in np.flatnonzero(~in_order).tolist():
+            dead_letter(commit, batch.ids[i], fields_of[batch.ids[i]] or [], "ts_out_of_order")
+        batch = batch.where(in_order)
+        commit.n_values = len(batch)
+    if batch:
+        _predict(commit, store, model, batch)
     return commit
 
 
-def _check_timestamps(
-    commit: Commit, entries: Sequence[Entry], ids: list[bytes], series: list[bytes],
-    values: list[float], stamps: list[int], slots: list[int], store: SeriesStore,
-) -> None:
-    """Dead-letter values whose ts is older than their series' newest ts (in place)."""
-    if max(stamps) < 0:
-        return
-    fields_of = {eid: f for eid, f in entries}
-    keep = []
-    last_ts = store.last_ts
-    for i, ts in enumerate(stamps):
-        if ts >= 0:
-            slot = slots[i]
-            if ts < last_ts[slot]:
-                dead_letter(commit, ids[i], fields_of[ids[i]] or [], "ts_out_of_order")
-                continue
-            last_ts[slot] = ts
-        keep.append(i)
-    if len(keep) < len(ids):
-        ids[:] = [ids[i] for i in keep]
-        series[:] = [series[i] for i in keep]
-        values[:] = [values[i] for i in keep]
-        stamps[:] = [stamps[i] for i in keep]
-        slots[:] = [slots[i] for i in keep]
-        commit.values = len(ids)
-
-
-def _predict(
-    commit: Commit, store: SeriesStore, model: Predictor, ids: list[bytes], series: list[bytes],
-    values: list[float], stamps: list[int], slots: list[int],
-) -> None:
+def _predict(commit: Commit, store: SeriesStore, model: Predictor, batch: Batch) -> None:
     """Advance every window, predict all full ones in one call, fill the commit."""
-    m = len(ids)
-    width = store.width
-    slot_arr = np.asarray(slots, dtype=np.int64)
-    val_arr = np.asarray(values, dtype=np.float32)
-    store.last_used[slot_arr] = store.tick
-
-    # Group by series, keeping stream order inside each group.
-    order = np.argsort(slot_arr, kind="stable")
-    s_sorted = slot_arr[order]
-    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
-    group_of = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, m]))
-    g_slots = s_sorted[starts]
-    pos = np.arange(m) - starts[group_of]  # position inside the group
-
-    # Flat layout per group: its old window (width values) then its new values.
-    flat = np.empty(len(starts) * width + m, dtype=np.float32)
-    old_idx = (starts + np.arange(len(starts)) * width)[:, None] + np.arange(width)
-    flat[old_idx] = store.vals[g_slots]
-    flat[group_of * width + width + np.arange(m)] = val_arr[order]
-    windows = sliding_window_view(flat, width)[group_of * width + np.arange(m) + 1]
-
-    filled = np.minimum(store.count[g_slots][group_of] + pos + 1, width)
-    ends = np.r_[starts[1:], m] - 1
-    store.vals[g_slots] = windows[ends]
-    store.count[g_slots] = filled[ends]
-
-    ready = filled >= model.n_steps
-    pred_sorted = np.full(m, np.nan, dtype=np.float32)
+    adv = store.advance(batch.slots, batch.values)
+    ready = adv.filled >= model.n_steps
+    pred_sorted = np.full(len(batch), np.nan, dtype=np.float32)
     out = None
     if ready.any():
-        x = np.ascontiguousarray(windows[ready][:, width - model.n_steps:])
+        x = np.ascontiguousarray(adv.windows[ready][:, store.width - model.n_steps:])
         t0 = time.perf_counter()
         out = model.predict(x)
         commit.model_seconds = time.perf_counter() - t0
         pred_sorted[ready] = out[:, 0]
-
-    # Online accuracy: each value against the previous step-1 prediction of its series.
-    prev = np.empty(m, dtype=np.float32)
-    prev[1:] = pred_sorted[:-1]
-    prev[starts] = store.last_pred[g_slots]
-    err = np.abs(val_arr[order] - prev)
-    known = ~np.isnan(err)
-    commit.abs_err_n = int(known.sum())
-    commit.abs_err_sum = float(err[known].sum(dtype=np.float64))
-    store.last_pred[g_slots] = pred_sorted[ends]
-
-    pairs = zip(store.keys_of(g_slots), store.encode(g_slots), strict=True)
+    commit.abs_err_sum, commit.abs_err_n = store.remember(adv, batch.values[adv.order],
+                                                          pred_sorted)
+    pairs = zip(store.keys_of(adv.rows), store.encode(adv.rows), strict=True)
     commit.state = [b for pair in pairs for b in pair]
     if out is not None:
-        _predictions(commit, model, out, order[ready], ids, series, stamps)
+        _predictions(commit, model, out, adv.order[ready], batch)
 
 
-def _predictions(
-    commit: Commit, model: Predictor, out: np.ndarray, where: np.ndarray,
-    ids: list[bytes], series: list[bytes], stamps: list[int],
-) -> None:
+def _predictions(commit: Commit, model: Predictor, out: np.ndarray, where: np.ndarray,
+                 batch: Batch) -> None:
     """Prediction arg groups in stream order: series, prediction, source_id, ts, extras."""
+    ids, series, stamps = batch.ids, batch.series, batch.stamps
     back = np.argsort(where, kind="stable")
     rows = out[back]
     pos = where[back].tolist()
@@ -244,10 +203,11 @@ def _predictions(
         ser, src = series, ids
     else:
         ser, src = [series[i] for i in pos], [ids[i] for i in pos]
-    if max(stamps) < 0:
+    if stamps.max() < 0:
         tss = [""] * len(pos)
     else:
-        tss = [str(stamps[i]) if stamps[i] >= 0 else "" for i in pos]
+        stamp_list = stamps.tolist()
+        tss = [str(stamp_list[i]) if stamp_list[i] >= 0 else "" for i in pos]
     # The flat script args, (series, prediction, source_id, ts, extras...) per prediction,
     # filled column by column with slice assignments (no per-prediction Python work).
     columns: list[Sequence[bytes | str]] = [ser, cols[0], src, tss, *cols[1:]]

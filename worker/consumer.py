@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
+from forecast.errors import Fenced, error_code
 from forecast.keys import ShardKeys
 from worker.batch import Commit, Entry, dead_letter
 from worker.scripts import GUARD, Scripts, commit_args
@@ -17,13 +19,9 @@ from worker.state import SeriesStore
 log = logging.getLogger(__name__)
 
 
-class Fenced(Exception):
-    """The shard's lease is no longer held by this worker."""
-
-
 def is_fenced(exc: redis.ResponseError) -> bool:
     """Whether a script error is the lease check failing."""
-    return str(exc).startswith("FENCED")
+    return error_code(exc) == "FENCED"
 
 
 def ensure_group(client: Any, stream: str, group: str, start: bytes | str = "0") -> None:
@@ -32,7 +30,7 @@ def ensure_group(client: Any, stream: str, group: str, start: bytes | str = "0")
         client.xgroup_create(stream, group, id=start, mkstream=True)
         log.info("created consumer group %s on %s", group, stream)
     except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
+        if error_code(exc) != "BUSYGROUP":
             raise
 
 
@@ -227,7 +225,7 @@ class ShardIO:
             if isinstance(reply, redis.ResponseError):
                 if is_fenced(reply):
                     raise Fenced(str(reply))
-                if str(reply).startswith("NOSCRIPT"):
+                if isinstance(reply, NoScriptError):
                     self.scripts.load()
                 raise reply
         if guard == 0:

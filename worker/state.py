@@ -3,14 +3,20 @@
 One `SeriesStore` per owned shard. Row `slot` holds a series' last `width` values
 right-aligned (newest last); `count` says how many of them are real. Rows are encoded as
 fixed-size checkpoint blobs written by the per-batch commit and read back on demand.
+Every write to the arrays goes through a method here: `place` (rows for a batch's series),
+`accept_in_order` (the ts rule), `advance` (append a batch's values), `remember` (the
+predictions the next values are scored against), `set_window` (tests, tools).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +33,7 @@ def decode_blob(blob: bytes) -> tuple[int, int, np.ndarray]:
     """`(count, last_ts, values)` from a checkpoint blob (values hold the real ones only).
 
     >>> store = SeriesStore(width=3)
-    >>> slot = store.add(b"s")
-    >>> store.count[slot] = 2; store.vals[slot] = [0, 7, 8]; store.last_ts[slot] = 5
+    >>> slot = store.set_window(b"s", [7, 8], last_ts=5)
     >>> decode_blob(store.encode([slot])[0])
     (2, 5, array([7., 8.], dtype=float32))
     """
@@ -37,6 +42,23 @@ def decode_blob(blob: bytes) -> tuple[int, int, np.ndarray]:
     count = int(row["count"])
     values = np.array(row["v"][width - count :], dtype=np.float32)
     return count, int(row["last_ts"]), values
+
+
+@dataclass
+class Advance:
+    """A batch's values appended to their windows, grouped by series (stream order inside).
+
+    `order` sorts the batch by row; in that sorted order, `windows[j]` is the window right
+    after value j and `filled[j]` how many of its values are real. Groups (one per series)
+    start at `starts` and end at `ends`; `rows` are their store rows.
+    """
+
+    order: np.ndarray
+    windows: np.ndarray
+    filled: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    rows: np.ndarray
 
 
 class SeriesStore:
@@ -134,6 +156,86 @@ class SeriesStore:
         """Give `series` a row (empty, or restored from a checkpoint blob) and return it."""
         self.add_many([series], [blob])
         return self.index[series]
+
+    def place(self, series: list[bytes], load: Callable[[list[bytes]], list[bytes | None]]
+              ) -> np.ndarray:
+        """The rows of a batch's series (one per value), loading unknown ones from checkpoints.
+
+        Starts a new LRU tick: rows of this batch are never evicted to make room for it.
+        """
+        self.tick += 1
+        index = self.index
+        unknown = list({s for s in series if s not in index})
+        if unknown:
+            known = [index[s] for s in set(series) if s in index]
+            self.last_used[np.asarray(known, dtype=np.int64)] = self.tick
+            self.add_many(unknown, load(unknown))
+        return np.asarray([index[s] for s in series], dtype=np.int64)
+
+    def accept_in_order(self, slots: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+        """Which values keep their series' ts order (no ts: always); records the accepted ts."""
+        ok = np.ones(len(slots), dtype=bool)
+        if len(stamps) == 0 or stamps.max() < 0:
+            return ok
+        last_ts = self.last_ts
+        for i in np.flatnonzero(stamps >= 0).tolist():
+            slot, ts = int(slots[i]), int(stamps[i])
+            if ts < last_ts[slot]:
+                ok[i] = False
+            else:
+                last_ts[slot] = ts
+        return ok
+
+    def advance(self, slots: np.ndarray, values: np.ndarray) -> Advance:
+        """Append each value to its series' window, for a whole batch at once."""
+        m, width = len(slots), self.width
+        self.last_used[slots] = self.tick
+        order = np.argsort(slots, kind="stable")
+        s_sorted = slots[order]
+        starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+        group_of = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, m]))
+        rows = s_sorted[starts]
+        pos = np.arange(m) - starts[group_of]  # position inside the group
+
+        # Flat layout per group: its old window (width values) then its new values.
+        flat = np.empty(len(starts) * width + m, dtype=np.float32)
+        old_idx = (starts + np.arange(len(starts)) * width)[:, None] + np.arange(width)
+        flat[old_idx] = self.vals[rows]
+        flat[group_of * width + width + np.arange(m)] = values[order]
+        windows = sliding_window_view(flat, width)[group_of * width + np.arange(m) + 1]
+
+        filled = np.minimum(self.count[rows][group_of] + pos + 1, width)
+        ends = np.r_[starts[1:], m] - 1
+        self.vals[rows] = windows[ends]
+        self.count[rows] = filled[ends]
+        return Advance(order, windows, filled, starts, ends, rows)
+
+    def remember(self, adv: Advance, values: np.ndarray, predicted: np.ndarray
+                 ) -> tuple[float, int]:
+        """Score each value against its series' previous step-1 prediction; keep the newest.
+
+        `values` and `predicted` are in the sorted order of `adv` (NaN: no prediction).
+        Returns the sum of absolute errors and how many values had a prediction.
+        """
+        prev = np.empty(len(values), dtype=np.float32)
+        prev[1:] = predicted[:-1]
+        prev[adv.starts] = self.last_pred[adv.rows]
+        err = np.abs(values - prev)
+        known = ~np.isnan(err)
+        self.last_pred[adv.rows] = predicted[adv.ends]
+        return float(err[known].sum(dtype=np.float64)), int(known.sum())
+
+    def set_window(self, series: bytes, values: list[float] | np.ndarray,
+                   last_ts: int = -1) -> int:
+        """Give `series` exactly these last values (at most `width`); its row."""
+        slot = self.index[series] if series in self.index else self.add(series)
+        kept = np.asarray(values, dtype=np.float32)[-self.width:]
+        self.vals[slot] = 0.0
+        if len(kept):
+            self.vals[slot, self.width - len(kept):] = kept
+        self.count[slot] = len(kept)
+        self.last_ts[slot] = last_ts
+        return slot
 
     def keys_of(self, slots: np.ndarray) -> list[bytes]:
         """Series ids of the given rows."""

@@ -1,0 +1,97 @@
+"""Which shards this worker holds: heartbeat, lease renewal, rebalancing, acquire and drop.
+
+Runs every third of a lease period (`Worker.maintain`). A shard is held through its lease;
+one that expired or that the assignment gives to another worker is dropped (after settling
+the commit in flight), and its in-memory state goes with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+
+from forecast import keys
+from forecast.errors import Fenced
+from forecast.settings import Settings
+from worker.consumer import Shard, ensure_group
+from worker.leases import Leases, assign
+from worker.scripts import Scripts
+from worker.state import SeriesStore
+
+log = logging.getLogger(__name__)
+
+
+class Ownership:
+    """The shards this worker holds the leases of, by shard number."""
+
+    def __init__(self, client: Any, scripts: Scripts, settings: Settings, consumer: str) -> None:
+        self.client = client
+        self.settings = settings
+        self.consumer = consumer
+        self.leases = Leases(client, scripts, consumer, settings.shards, settings.cluster,
+                             settings.lease_ttl_ms, settings.heartbeat_ttl_s)
+        self.shards: dict[int, Shard] = {}
+
+    def renew_and_rebalance(self, status: dict[str, Any], n_steps: int | None) -> None:
+        """Heartbeat, renew every lease, then (with a model) take or give shards to balance."""
+        live = self.leases.heartbeat(status)
+        for k, shard in list(self.shards.items()):
+            if not self.leases.renew(k, shard.token):
+                log.warning("lease of shard %d expired; dropping it", k)
+                self.drop(k)
+        if n_steps is None:
+            return
+        wanted = assign(self.settings.shards, live, self.consumer)
+        for k in set(self.shards) - wanted:
+            token = self.shards[k].token
+            self.drop(k)  # settles the commit in flight; forgotten before another can take it
+            self.leases.release(k, token)
+            log.info("released shard %d (rebalance)", k)
+        for k in sorted(wanted - set(self.shards)):
+            self._acquire(k, n_steps)
+
+    def _acquire(self, k: int, n_steps: int) -> None:
+        token = self.leases.acquire(k)
+        if token is None:
+            return
+        s = self.settings
+        shard_keys = keys.shard_keys(k, s.shards, s.cluster)
+        try:
+            ensure_group(self.client, shard_keys.values, s.group)
+        except BaseException:
+            self.leases.release(k, token)  # nobody else knows this token: give the shard back
+            raise
+        store = SeriesStore(n_steps, s.max_series)
+        self.shards[k] = Shard(keys=shard_keys, token=token, store=store)
+        log.info("acquired shard %d (%s) token=%s", k, shard_keys.values, token.split(":", 1)[0])
+
+    def drop(self, k: int) -> None:
+        """Forget shard `k` (its lease is not released: see `release_all` and rebalancing)."""
+        shard = self.shards.pop(k, None)
+        if shard is not None:
+            shard.settle_quietly()
+            shard.close()
+
+    def resize(self, n_steps: int) -> None:
+        """Windows of a model with another n_steps (the newest values are kept)."""
+        for shard in self.shards.values():
+            shard.store.resize(n_steps)
+
+    def reset_all(self) -> None:
+        """Drop every shard's in-memory state (it is rebuilt from the checkpoint)."""
+        for shard in self.shards.values():
+            shard.reset()
+
+    def release_all(self, settle: Any) -> None:
+        """Commit what is in flight (`settle(shard)`), release every lease, close connections."""
+        for k, shard in list(self.shards.items()):
+            try:
+                if shard.inflight is not None:
+                    settle(shard)  # the batch in hand is committed before leaving
+                self.leases.release(k, shard.token)
+            except (Fenced, redis.RedisError) as exc:
+                log.warning("shard %d not released cleanly: %s", k, exc)
+            finally:
+                shard.close()
