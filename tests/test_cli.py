@@ -66,3 +66,29 @@ def test_push_values_and_csv_then_tail(r: redis.Redis, redis_url: str, tmp_path:
     out = io.StringIO()
     assert run_tail(args, Settings(redis_url=redis_url), out=out) == 0
     assert out.getvalue() == "s1  prediction=3.5  model=v1  source=1-0\n"
+
+
+def test_setting_flags_come_from_the_settings_fields() -> None:
+    from forecast.cli import setting_flags
+    from forecast.settings import Settings, cli_commands
+
+    for name in Settings.model_fields:
+        for command in cli_commands(name):
+            assert any(spec["dest"] == name for spec in setting_flags(command).values()), name
+    parser = build_parser()
+    train = parser.parse_args(["train", "--example", "--train-batch-size", "8", "--arch", "gru"])
+    worker = parser.parse_args(["worker", "--batch-size", "7", "--max-deliveries", "3"])
+    assert (train.train_batch_size, train.arch) == (8, "gru")
+    assert (worker.batch_size, worker.max_deliveries) == (7, 3)
+    assert not hasattr(worker, "train_batch_size")
+    assert "model_hmac_key" not in vars(worker)  # a secret is never a flag
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--example", "--arch", "transformer"])  # choices from Literal
+
+
+def test_old_train_flags_still_work_with_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["train", "--example", "--batch-size", "16", "--out", "m"])
+    assert (args.train_batch_size, args.model_dir) == (16, "m")
+    err = capsys.readouterr().err
+    assert "--batch-size is deprecated here; use --train-batch-size" in err
+    assert "--out is deprecated here; use --model-dir" in err

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         current = publish.score_current(client, trained, settings.model_hmac_key)
         gate = publish.decide(trained, current, args.force)
-        version = publish.publish(client, trained, gate)
+        version = publish.publish_trained(client, trained, gate)
     out = publish.write_local(settings.model_dir, version, trained.blob, trained.manifest)
     if args.report:
         paths = report.write(args.report, trained.manifest, trained.ws, trained.holdout_pred)

@@ -97,7 +97,7 @@ def write_local(model_dir: str | Path, version: str, blob: bytes, manifest: dict
     return out
 
 
-def publish(client: Any, trained: Trained, gate: dict[str, Any]) -> str:
+def publish_trained(client: Any, trained: Trained, gate: dict[str, Any]) -> str:
     """Store the artifact as a new version, current when the gate says promote."""
     manifest = {**trained.manifest, "gate": gate}
     version = registry.publish(client, trained.blob, manifest,
