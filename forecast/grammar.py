@@ -20,9 +20,12 @@ _CONTROL = re.compile(rb"[\x00-\x1f\x7f]|\xc2[\x80-\x9f]")
 # Every reason a message can be dead-lettered for (also the metrics label values).
 REASONS = (
     "missing_series", "empty_series", "series_too_long", "bad_series",
-    "missing_value", "value_too_long", "bad_value", "value_not_finite",
-    "bad_ts", "ts_out_of_order", "duplicate_field", "poison",
+    "missing_value", "value_too_long", "bad_value", "value_not_finite", "value_out_of_range",
+    "bad_ts", "ts_out_of_order", "duplicate_field", "poison", "prediction_not_finite",
 )
+# The largest magnitude served: models run in float32 (max ~3.4e38), and a window's scaling
+# (sums and deviations of up to 512 values) must stay finite there.
+MAX_ABS_VALUE = 1e30
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ def parse_fields(fields: list[bytes], limits: Limits = Limits()) -> Parsed | str
     'bad_value'
     >>> parse_fields([b"series", b"s1", b"value", b"1e999"])
     'value_not_finite'
+    >>> parse_fields([b"series", b"s1", b"value", b"1e300"])
+    'value_out_of_range'
     >>> parse_fields([b"series", b"", b"value", b"1"])
     'empty_series'
     >>> parse_fields([b"series", b"s", b"value", b"1", b"ts", b"-5"])
@@ -86,8 +91,8 @@ def parse_fields(fields: list[bytes], limits: Limits = Limits()) -> Parsed | str
         number = float(value)
     except ValueError:
         return "bad_value"
-    if not math.isfinite(number):
-        return "value_not_finite"
+    if not -MAX_ABS_VALUE <= number <= MAX_ABS_VALUE:
+        return "value_out_of_range" if math.isfinite(number) else "value_not_finite"
     if ts is None:
         return series, number, -1
     if len(ts) > limits.max_value_bytes or not _TS.fullmatch(ts):

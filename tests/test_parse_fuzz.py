@@ -79,6 +79,8 @@ def oracle(fields: list[bytes], limits: Limits = LIMITS) -> tuple[bytes, float, 
     number = float(value.decode("ascii"))
     if not math.isfinite(number):
         return "value_not_finite"
+    if abs(number) > 1e30:  # README: at most 1e30 in absolute value
+        return "value_out_of_range"
     if ts is None:
         return series, number, -1
     if not (1 <= len(ts) <= min(15, limits.max_value_bytes) and all(b in DIGITS for b in ts)):
@@ -94,7 +96,8 @@ TRICKY = st.sampled_from([
     b"nan", b"NaN", b"inf", b"-inf", b"Infinity", b"1e999", b"-1e999", b"1e-999", b"0x10",
     b"1_000", b" 1", b"1 ", b"\t1", b"1\n", b"1,5", b"", b".", b"+", b"-", b"e5", b"1e", b"1e+",
     b"--1", b"+-1", b"1.2.3", b"\x00", b"\xff", "\u0661\u0662".encode(), "\u22121".encode(),
-    b"1" * 65, b"0" * 64, b"9" * 64, b"1e308", b"2e308", b"-0", b"00", b"0.", b".0",
+    b"1" * 65, b"0" * 64, b"9" * 64, b"1e308", b"2e308", b"1e30", b"-1e30", b"1.0000001e30",
+    b"3e38", b"3.5e38", b"-0", b"00", b"0.", b".0",
 ])
 VALUE = st.one_of(NUMBER, TRICKY, st.binary(max_size=70),
                   st.text(alphabet="0123456789+-.eE ,_xinfa", max_size=12).map(str.encode))
@@ -159,10 +162,10 @@ def test_valid_entries_round_trip(value: bytes, series: str, ts: int | None) -> 
     if ts is not None:
         fields += [b"ts", str(ts).encode()]
     result = parse_fields(fields)
-    if len(value) <= 64 and math.isfinite(float(value)):
+    if len(value) <= 64 and abs(float(value)) <= 1e30:
         assert result == (series.encode(), float(value), -1 if ts is None else ts)
     else:
-        assert result in ("value_too_long", "value_not_finite")
+        assert result in ("value_too_long", "value_not_finite", "value_out_of_range")
 
 
 @FUZZ

@@ -167,3 +167,33 @@ def test_a_zombie_reads_nothing_once_another_worker_holds_the_lease(
     assert r.xpending(keys.VALUES, "forecast")["pending"] == 0  # nothing was delivered
     assert r.get(shard.keys.lease) == b"99:other"  # the new owner's lease is untouched
     shard.close()
+
+
+class OverflowingModel(LinearModel):
+    """A model whose forecast overflows for windows with a large last value."""
+
+    def predict(self, windows: Any) -> Any:
+        out = super().predict(windows)
+        out[windows[:, -1] > 1e6] = float("inf")
+        return out
+
+
+def test_values_the_model_cannot_carry_and_non_finite_forecasts_are_dead_lettered(
+        r: redis.Redis, running: Any) -> None:
+    from worker import metrics
+
+    before = metrics.DEADLETTERED.labels(reason="prediction_not_finite")._value.get()
+    running(model=OverflowingModel())
+    for v in ("1e300", "1e300", "1e300", "3e38", "3.3e38", "3.4e38"):  # float32 overflows
+        r.xadd(keys.VALUES, {"series": "huge", "value": v})
+    ids = [r.xadd(keys.VALUES, {"series": "x", "value": v}) for v in ("1", "2", "5e6", "3")]
+    wait_until(lambda: r.xlen(keys.DEADLETTER) == 7 and len(predictions(r)) == 1,
+               what="7 dead letters and 1 prediction")
+    reasons = [f[b"reason"] for _, f in r.xrange(keys.DEADLETTER)]
+    assert reasons == [b"value_out_of_range"] * 6 + [b"prediction_not_finite"]
+    assert r.xrange(keys.DEADLETTER)[-1][1][b"source_id"] == ids[2]
+    (pred,) = predictions(r)
+    assert pred[b"source_id"] == ids[3] and float(pred[b"prediction"]) == 3 + (3 - 5e6)
+    wait_until(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 0, what="all acked")
+    after = metrics.DEADLETTERED.labels(reason="prediction_not_finite")._value.get()
+    assert after - before == 1

@@ -88,6 +88,7 @@ class Batch:
     """The valid values of one read, in stream order: one row per value."""
 
     ids: list[bytes]
+    fields: list[list[bytes]]  # the raw entries (for dead letters)
     series: list[bytes]
     values: np.ndarray  # float32, what the windows hold
     stamps: np.ndarray  # int64 epoch ms, -1 without ts
@@ -101,13 +102,15 @@ class Batch:
         if keep.all():
             return self
         idx = np.flatnonzero(keep).tolist()
-        return Batch([self.ids[i] for i in idx], [self.series[i] for i in idx],
-                     self.values[keep], self.stamps[keep], self.slots[keep])
+        return Batch([self.ids[i] for i in idx], [self.fields[i] for i in idx],
+                     [self.series[i] for i in idx], self.values[keep], self.stamps[keep],
+                     self.slots[keep])
 
 
 def parse_batch(entries: Sequence[Entry], limits: Limits, commit: Commit) -> Batch:
     """Parse every entry: good ones into a Batch, bad ones into the commit's dead letters."""
     ids: list[bytes] = []
+    kept: list[list[bytes]] = []
     series: list[bytes] = []
     values: list[float] = []
     stamps: list[int] = []
@@ -120,10 +123,11 @@ def parse_batch(entries: Sequence[Entry], limits: Limits, commit: Commit) -> Bat
             dead_letter(commit, eid, fields, parsed)
             continue
         ids.append(eid)
+        kept.append(fields)
         series.append(parsed[0])
         values.append(parsed[1])
         stamps.append(parsed[2])
-    return Batch(ids, series, np.asarray(values, dtype=np.float32),
+    return Batch(ids, kept, series, np.asarray(values, dtype=np.float32),
                  np.asarray(stamps, dtype=np.int64), np.zeros(len(ids), dtype=np.int64))
 
 
@@ -145,9 +149,8 @@ def build_commit(
     batch.slots = store.place(batch.series, load)
     in_order = store.accept_in_order(batch.slots, batch.stamps)
     if not in_order.all():
-        fields_of = dict(entries)
         for i in np.flatnonzero(~in_order).tolist():
-            dead_letter(commit, batch.ids[i], fields_of[batch.ids[i]] or [], "ts_out_of_order")
+            dead_letter(commit, batch.ids[i], batch.fields[i], "ts_out_of_order")
         batch = batch.where(in_order)
         commit.n_values = len(batch)
     if batch:
@@ -166,13 +169,27 @@ def _predict(commit: Commit, store: SeriesStore, model: Predictor, batch: Batch)
         t0 = time.perf_counter()
         out = model.predict(x)
         commit.model_seconds = time.perf_counter() - t0
+        out = _drop_non_finite(commit, batch, adv.order, ready, out)
         pred_sorted[ready] = out[:, 0]
     commit.abs_err_sum, commit.abs_err_n = store.remember(adv, batch.values[adv.order],
                                                           pred_sorted)
     pairs = zip(store.keys_of(adv.rows), store.encode(adv.rows), strict=True)
     commit.state = [b for pair in pairs for b in pair]
-    if out is not None:
+    if out is not None and len(out):
         _predictions(commit, model, out, adv.order[ready], batch)
+
+
+def _drop_non_finite(commit: Commit, batch: Batch, order: np.ndarray, ready: np.ndarray,
+                     out: np.ndarray) -> np.ndarray:
+    """Dead-letter the inputs whose forecast is not finite; `ready` and `out` lose them."""
+    finite = np.isfinite(out).all(axis=1)
+    if finite.all():
+        return out
+    rows = np.flatnonzero(ready)
+    for pos in order[rows[~finite]].tolist():
+        dead_letter(commit, batch.ids[pos], batch.fields[pos], "prediction_not_finite")
+    ready[rows[~finite]] = False
+    return out[finite]
 
 
 def _predictions(commit: Commit, model: Predictor, out: np.ndarray, where: np.ndarray,
