@@ -25,7 +25,7 @@ import redis
 from forecast import harness, keys
 from forecast.harness import WorkerProcess
 from forecast.redis_conn import group_info
-from worker.state import blob_dtype
+from worker.state import SeriesStore
 
 # Values generated inside Redis: ~1M XADD/s instead of ~100k/s through a Python pipeline.
 # KEYS: stream. ARGV: first index, count, n_series, prefix, [explicit series names...].
@@ -89,11 +89,8 @@ def preload(client: Any, stream: str, count: int, series: Series, first: int = 0
 
 def seed_state(client: Any, state_key: str, series: Series, width: int) -> None:
     """Checkpoint a full window (width values) for every series, as if each had history."""
-    rows = np.zeros(1, dtype=blob_dtype(width))
-    rows["count"] = width
-    rows["last_ts"] = -1
-    rows["v"] = np.linspace(1.0, 2.0, width, dtype=np.float32)
-    blob = rows.tobytes()
+    store = SeriesStore(width)
+    blob = store.encode([store.set_window(b"seed", np.linspace(1.0, 2.0, width))])[0]
     if series.names:
         client.hset(state_key, mapping={name: blob for name in series.names})
         return

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from worker.state import SeriesStore, decode_blob
+from worker.checkpoint import FLAG, blob_dtype, decode_blob
+from worker.scoring import Forecasts, score
+from worker.state import SeriesStore
 
 
 def test_add_many_restores_checkpoints_of_any_width() -> None:
@@ -32,8 +34,8 @@ def test_bulk_restore_evicts_only_rows_of_earlier_batches() -> None:
 def test_encode_decode_round_trip_and_resize() -> None:
     store = SeriesStore(width=4)
     s = store.set_window(b"s", [1.5, 2.5, 3.5], last_ts=99)
-    count, last_ts, values = decode_blob(store.encode([s])[0])
-    assert (count, last_ts) == (3, 99) and np.allclose(values, [1.5, 2.5, 3.5])
+    c = decode_blob(store.encode([s])[0])
+    assert (c.count, c.last_ts) == (3, 99) and np.allclose(c.values, [1.5, 2.5, 3.5])
     store.resize(2)
     assert store.vals[s].tolist() == [2.5, 3.5] and store.count[s] == 2
 
@@ -46,9 +48,12 @@ def test_advance_groups_by_series_and_keeps_stream_order() -> None:
     windows = {int(j): adv.windows[k].tolist() for k, j in enumerate(adv.order)}
     assert windows == {0: [1, 2, 3], 2: [2, 3, 4], 1: [0, 0, 10]}
     assert adv.filled.tolist() == [3, 3, 1]  # sorted by row: a, a, b
-    errs = store.remember(adv, np.asarray([3, 4, 10], np.float32),
-                          np.asarray([4, 5, np.nan], np.float32))
-    assert errs == (0.0, 1)  # only a's second value had a prediction (4) before it
+    nan = np.nan
+    fc = Forecasts(np.array([[4, nan, nan], [5, nan, nan], [nan, nan, nan]]),
+                   np.full((3, 3), nan), np.full((3, 3), nan))
+    scores, _ = score(store, adv, np.asarray([3, 4, 10], np.float32), fc, 0.05, 0.1)
+    # only a's second value had a forecast (4) one value before it
+    assert scores.forecast_n.tolist() == [1, 0, 0] and scores.abs_err[0] == 0.0
 
 
 def test_accept_in_order_drops_older_timestamps_only() -> None:
@@ -56,3 +61,30 @@ def test_accept_in_order_drops_older_timestamps_only() -> None:
     slots = store.place([b"a", b"a", b"a", b"b"], lambda s: [None] * len(s))
     ok = store.accept_in_order(slots, np.asarray([5, 4, 5, -1]))
     assert ok.tolist() == [True, False, True, True]
+
+
+def test_version_1_checkpoints_still_load() -> None:
+    old = np.zeros(1, dtype=blob_dtype(3, version=1))
+    old["count"], old["last_ts"], old["v"] = 2, 42, [0, 7, 8]
+    store = SeriesStore(width=3)
+    slot = store.add(b"s", old.tobytes())
+    assert store.vals[slot].tolist() == [0, 7, 8] and store.count[slot] == 2
+    assert store.last_ts[slot] == 42 and store.aci[slot] == 0.0
+    new = store.encode([slot])[0]
+    assert int.from_bytes(new[:4], "little") & FLAG and decode_blob(new).count == 2
+
+
+def test_adaptive_intervals_widen_after_misses_and_survive_a_checkpoint() -> None:
+    """Every value outside a too-narrow interval widens it; the factor is checkpointed."""
+    store = SeriesStore(width=3)
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        slots = store.place([b"s"], lambda s: [None] * len(s))
+        adv = store.advance(slots, rng.normal(0, 1, 1).astype(np.float32))
+        fc = Forecasts(np.array([[0.0, np.nan, np.nan]]), np.array([[-0.1, np.nan, np.nan]]),
+                       np.array([[0.1, np.nan, np.nan]]))
+        _, factor = score(store, adv, store.vals[slots, -1:].ravel(), fc, 0.05, 0.1)
+    assert factor[0] > 2.0  # widened from +-0.1 towards the N(0,1) spread
+    restored = SeriesStore(width=3)
+    slot = restored.add(b"s", store.encode([store.index[b"s"]])[0])
+    assert restored.aci[slot] == store.aci[store.index[b"s"]]

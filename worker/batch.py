@@ -14,7 +14,8 @@ from typing import Protocol
 import numpy as np
 
 from forecast.grammar import Limits, parse_fields
-from worker.state import SeriesStore
+from worker.scoring import Forecasts, Scores, score
+from worker.state import COLUMNS, SeriesStore
 
 Entry = tuple[bytes, list[bytes] | None]  # (entry id, flat fields); None = deleted entry
 DEADLETTER_FIELD_MAX = 1024  # bytes kept of each field of a dead letter (the input keeps all)
@@ -30,6 +31,30 @@ class Predictor(Protocol):
     has_interval: bool
 
     def predict(self, windows: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class Served:
+    """The models a batch runs: the current one (its forecasts are written), then shadows.
+
+    Shadows see the same windows (one more model call each) and are only scored. `gamma`
+    is the adaptive-interval step (0: the model's intervals as they are).
+    """
+
+    current: Predictor
+    shadows: list[Predictor] = field(default_factory=list)
+    gamma: float = 0.05
+
+    @property
+    def models(self) -> list[Predictor]:
+        """Current first, then the shadows that fit in the store's columns."""
+        return [self.current, *self.shadows][:COLUMNS]
+
+    @property
+    def alpha(self) -> float:
+        """The current model's nominal miscoverage."""
+        manifest = getattr(self.current, "manifest", {}) or {}
+        return 1.0 - float(manifest.get("coverage") or 0.9)
 
 
 @dataclass
@@ -51,6 +76,8 @@ class Commit:
     abs_err_n: int = 0
     model_seconds: float = 0.0
     lags_ms: list[int] = field(default_factory=list)
+    scores: Scores | None = None  # the live evidence of this batch (worker.scoring)
+    versions: tuple[str, ...] = ()  # the versions of the score columns
 
 
 def entry_ms(entry_id: bytes) -> int:
@@ -134,14 +161,16 @@ def parse_batch(entries: Sequence[Entry], limits: Limits, commit: Commit) -> Bat
 def build_commit(
     entries: Sequence[Entry],
     store: SeriesStore,
-    model: Predictor,
+    model: Predictor | Served,
     limits: Limits,
     load: Callable[[list[bytes]], list[bytes | None]],
     commit: Commit | None = None,
 ) -> Commit:
     """Process one batch of one shard's entries (in stream order) into a `Commit`."""
+    served = model if isinstance(model, Served) else Served(model)
     commit = commit if commit is not None else Commit()
-    commit.version = model.version
+    commit.version = served.current.version
+    commit.versions = tuple(m.version for m in served.models)
     batch = parse_batch(entries, limits, commit)
     commit.n_values = len(batch)
     if not batch:
@@ -154,29 +183,52 @@ def build_commit(
         batch = batch.where(in_order)
         commit.n_values = len(batch)
     if batch:
-        _predict(commit, store, model, batch)
+        _predict(commit, store, served, batch)
     return commit
 
 
-def _predict(commit: Commit, store: SeriesStore, model: Predictor, batch: Batch) -> None:
-    """Advance every window, predict all full ones in one call, fill the commit."""
+def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch) -> None:
+    """Advance every window, one model call per served version, score, fill the commit."""
     adv = store.advance(batch.slots, batch.values)
-    ready = adv.filled >= model.n_steps
-    pred_sorted = np.full(len(batch), np.nan, dtype=np.float32)
+    m = len(batch)
+    fc = Forecasts(*(np.full((m, len(served.models)), np.nan) for _ in range(3)))
+    ready = np.zeros(m, dtype=bool)
     out = None
-    if ready.any():
-        x = np.ascontiguousarray(adv.windows[ready][:, store.width - model.n_steps:])
+    for c, model in enumerate(served.models):
+        ok = adv.filled >= model.n_steps
+        if not ok.any():
+            continue
+        x = np.ascontiguousarray(adv.windows[ok][:, store.width - model.n_steps:])
         t0 = time.perf_counter()
-        out = model.predict(x)
-        commit.model_seconds = time.perf_counter() - t0
-        out = _drop_non_finite(commit, batch, adv.order, ready, out)
-        pred_sorted[ready] = out[:, 0]
-    commit.abs_err_sum, commit.abs_err_n = store.remember(adv, batch.values[adv.order],
-                                                          pred_sorted)
+        rows = model.predict(x)
+        if c == 0:
+            commit.model_seconds = time.perf_counter() - t0
+            rows = _drop_non_finite(commit, batch, adv.order, ok, rows)
+            ready, out = ok, rows
+        else:  # a shadow's non-finite forecast is simply not scored
+            bad = ~np.isfinite(rows).all(axis=1)
+            rows = np.where(bad[:, None], np.nan, rows)
+        fc.point[ok, c] = rows[:, 0]
+        if model.has_interval:
+            fc.lo[ok, c], fc.hi[ok, c] = rows[:, model.horizon], rows[:, 2 * model.horizon]
+    scores, factor = score(store, adv, batch.values[adv.order], fc, served.gamma, served.alpha)
+    commit.scores = scores
+    commit.abs_err_sum, commit.abs_err_n = float(scores.abs_err[0]), int(scores.forecast_n[0])
     pairs = zip(store.keys_of(adv.rows), store.encode(adv.rows), strict=True)
     commit.state = [b for pair in pairs for b in pair]
     if out is not None and len(out):
-        _predictions(commit, model, out, adv.order[ready], batch)
+        if served.current.has_interval:
+            out = _widen(out, served.current.horizon, factor[ready])
+        _predictions(commit, served.current, out, adv.order[ready], batch)
+
+
+def _widen(out: np.ndarray, h: int, factor: np.ndarray) -> np.ndarray:
+    """Intervals of every step widened (or narrowed) by each row's adaptive factor."""
+    out = out.astype(np.float64)
+    point, f = out[:, :h], factor[:, None]
+    out[:, h:2 * h] = point - (point - out[:, h:2 * h]) * f
+    out[:, 2 * h:] = point + (out[:, 2 * h:] - point) * f
+    return out
 
 
 def _drop_non_finite(commit: Commit, batch: Batch, order: np.ndarray, ready: np.ndarray,

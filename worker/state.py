@@ -1,16 +1,18 @@
 """Per-series rolling windows as preallocated numpy arrays, with an LRU cap.
 
 One `SeriesStore` per owned shard. Row `slot` holds a series' last `width` values
-right-aligned (newest last); `count` says how many of them are real. Rows are encoded as
-fixed-size checkpoint blobs written by the per-batch commit and read back on demand.
+right-aligned (newest last); `count` says how many of them are real. Beside the window, a
+row keeps, per served model version (column 0 the current one, then the shadows), the
+last forecast and interval that the series' next value is scored against, and the current
+version's adaptive-interval factor (`aci`). Rows are encoded as checkpoint blobs
+(`worker.checkpoint`) written by the per-batch commit and read back on demand.
 Every write to the arrays goes through a method here: `place` (rows for a batch's series),
-`accept_in_order` (the ts rule), `advance` (append a batch's values), `remember` (the
-predictions the next values are scored against), `set_window` (tests, tools).
+`accept_in_order` (the ts rule), `advance` (append a batch's values), `set_window` (tests,
+tools); `worker.scoring` updates the forecast columns through `Advance.rows`.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,30 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from worker.checkpoint import blob_dtype, decode_blob, decode_same, encode_rows
+
 log = logging.getLogger(__name__)
 
-_HEADER = np.dtype([("count", "<i4"), ("last_ts", "<i8")])
-
-
-@functools.lru_cache(maxsize=64)
-def blob_dtype(width: int) -> np.dtype:
-    """The packed dtype of one checkpoint row: count, last_ts, `width` float32 values."""
-    return np.dtype([("count", "<i4"), ("last_ts", "<i8"), ("v", "<f4", (width,))])
-
-
-def decode_blob(blob: bytes) -> tuple[int, int, np.ndarray]:
-    """`(count, last_ts, values)` from a checkpoint blob (values hold the real ones only).
-
-    >>> store = SeriesStore(width=3)
-    >>> slot = store.set_window(b"s", [7, 8], last_ts=5)
-    >>> decode_blob(store.encode([slot])[0])
-    (2, 5, array([7., 8.], dtype=float32))
-    """
-    width = (len(blob) - _HEADER.itemsize) // 4
-    row = np.frombuffer(blob, dtype=blob_dtype(width), count=1)[0]
-    count = int(row["count"])
-    values = np.array(row["v"][width - count :], dtype=np.float32)
-    return count, int(row["last_ts"]), values
+COLUMNS = 3  # model versions scored per series: the current one and up to two shadows
 
 
 @dataclass
@@ -59,10 +42,42 @@ class Advance:
     starts: np.ndarray
     ends: np.ndarray
     rows: np.ndarray
+    group_of: np.ndarray  # each value's group (sorted order)
+
+
+# Row arrays besides the window: name -> (dtype, per-row shape, value of an empty row).
+_FIELDS: dict[str, tuple[type, tuple[int, ...], float]] = {
+    "count": (np.int32, (), 0),
+    "last_ts": (np.int64, (), -1),
+    "last_used": (np.uint32, (), 0),
+    "aci": (np.float32, (), 0.0),  # log width factor of the current version's interval
+    "pred": (np.float32, (COLUMNS,), np.nan),  # last step-1 forecast per version column
+    "lo": (np.float32, (COLUMNS,), np.nan),  # its interval, as the model gave it
+    "hi": (np.float32, (COLUMNS,), np.nan),
+    # evidence and drift only (not checkpointed): see worker.scoring
+    "nscale": (np.float32, (), np.nan),  # EWMA of |y_t - y_t-1|
+    "ph_n": (np.float32, (), 0.0),
+    "ph_mean": (np.float32, (), 0.0),
+    "ph_cum": (np.float32, (), 0.0),
+    "ph_min": (np.float32, (), 0.0),
+}
 
 
 class SeriesStore:
     """Rolling windows of many series in one shard, bounded to `max_series` rows."""
+
+    count: np.ndarray
+    last_ts: np.ndarray
+    last_used: np.ndarray
+    aci: np.ndarray
+    pred: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    nscale: np.ndarray
+    ph_n: np.ndarray
+    ph_mean: np.ndarray
+    ph_cum: np.ndarray
+    ph_min: np.ndarray
 
     def __init__(self, width: int, max_series: int = 1_000_000, initial: int = 1024) -> None:
         self.width = width
@@ -71,10 +86,8 @@ class SeriesStore:
         self.index: dict[bytes, int] = {}
         self.keys: list[bytes | None] = [None] * cap
         self.vals = np.zeros((cap, width), dtype=np.float32)
-        self.count = np.zeros(cap, dtype=np.int32)
-        self.last_ts = np.full(cap, -1, dtype=np.int64)
-        self.last_pred = np.full(cap, np.nan, dtype=np.float32)  # for online accuracy
-        self.last_used = np.zeros(cap, dtype=np.uint32)
+        for name, (dtype, shape, empty) in _FIELDS.items():
+            setattr(self, name, np.full((cap, *shape), empty, dtype=dtype))
         self.free: list[int] = list(range(cap - 1, -1, -1))
         self.tick = 1
         self.evicted = 0
@@ -89,10 +102,9 @@ class SeriesStore:
             return
         self.keys.extend([None] * (new - old))
         self.vals = np.concatenate([self.vals, np.zeros((new - old, self.width), np.float32)])
-        self.count = np.concatenate([self.count, np.zeros(new - old, np.int32)])
-        self.last_ts = np.concatenate([self.last_ts, np.full(new - old, -1, np.int64)])
-        self.last_pred = np.concatenate([self.last_pred, np.full(new - old, np.nan, np.float32)])
-        self.last_used = np.concatenate([self.last_used, np.zeros(new - old, np.uint32)])
+        for name, (dtype, shape, empty) in _FIELDS.items():
+            more: np.ndarray = np.full((new - old, *shape), empty, dtype=dtype)
+            setattr(self, name, np.concatenate([getattr(self, name), more]))
         self.free.extend(range(new - 1, old - 1, -1))
 
     def _evict(self) -> None:
@@ -114,7 +126,7 @@ class SeriesStore:
         log.debug("evicted %d series (LRU), %d held", n, len(self.index))
 
     def add_many(self, series: list[bytes], blobs: list[bytes | None]) -> None:
-        """`add` for many series at once, restoring same-width checkpoints in one numpy pass."""
+        """Rows for many series at once, restoring same-width checkpoints in one numpy pass."""
         slots = []
         for s in series:
             if not self.free:
@@ -128,29 +140,30 @@ class SeriesStore:
             slots.append(slot)
         idx = np.asarray(slots, dtype=np.int64)
         self.vals[idx] = 0.0
-        self.count[idx] = 0
-        self.last_ts[idx] = -1
-        self.last_pred[idx] = np.nan
+        for name, (_, _, empty) in _FIELDS.items():
+            getattr(self, name)[idx] = empty
         self.last_used[idx] = self.tick
         size = blob_dtype(self.width).itemsize
         same = [i for i, b in enumerate(blobs) if b is not None and len(b) == size]
         if same:
-            rows = np.frombuffer(b"".join(blobs[i] for i in same), dtype=blob_dtype(self.width))  # type: ignore[misc]
+            rows = decode_same([blobs[i] for i in same], self.width)  # type: ignore[misc]
             at = idx[same]
-            self.vals[at] = rows["v"]
-            self.count[at] = rows["count"]
-            self.last_ts[at] = rows["last_ts"]
-        for i, blob in enumerate(blobs):  # checkpoints of another width (a model change)
+            self.vals[at], self.count[at], self.last_ts[at] = rows["v"], rows["count"], \
+                rows["last_ts"]
+            self.aci[at], self.pred[at, 0] = rows["aci"], rows["pred"]
+            self.lo[at, 0], self.hi[at, 0] = rows["lo"], rows["hi"]
+        for i, blob in enumerate(blobs):  # other widths (a model change) or version 1
             if blob is not None and len(blob) != size:
                 self._restore(slots[i], blob)
 
     def _restore(self, slot: int, blob: bytes) -> None:
-        count, last_ts, values = decode_blob(blob)
-        keep = min(count, self.width)
+        c = decode_blob(blob)
+        keep = min(c.count, self.width)
         if keep:
-            self.vals[slot, self.width - keep :] = values[count - keep :]
-        self.count[slot] = keep
-        self.last_ts[slot] = last_ts
+            self.vals[slot, self.width - keep:] = c.values[c.count - keep:]
+        self.count[slot], self.last_ts[slot] = keep, c.last_ts
+        self.aci[slot], self.pred[slot, 0], self.lo[slot, 0], self.hi[slot, 0] = \
+            c.aci, c.pred, c.lo, c.hi
 
     def add(self, series: bytes, blob: bytes | None = None) -> int:
         """Give `series` a row (empty, or restored from a checkpoint blob) and return it."""
@@ -208,22 +221,7 @@ class SeriesStore:
         ends = np.r_[starts[1:], m] - 1
         self.vals[rows] = windows[ends]
         self.count[rows] = filled[ends]
-        return Advance(order, windows, filled, starts, ends, rows)
-
-    def remember(self, adv: Advance, values: np.ndarray, predicted: np.ndarray
-                 ) -> tuple[float, int]:
-        """Score each value against its series' previous step-1 prediction; keep the newest.
-
-        `values` and `predicted` are in the sorted order of `adv` (NaN: no prediction).
-        Returns the sum of absolute errors and how many values had a prediction.
-        """
-        prev = np.empty(len(values), dtype=np.float32)
-        prev[1:] = predicted[:-1]
-        prev[adv.starts] = self.last_pred[adv.rows]
-        err = np.abs(values - prev)
-        known = ~np.isnan(err)
-        self.last_pred[adv.rows] = predicted[adv.ends]
-        return float(err[known].sum(dtype=np.float64)), int(known.sum())
+        return Advance(order, windows, filled, starts, ends, rows, group_of)
 
     def set_window(self, series: bytes, values: list[float] | np.ndarray,
                    last_ts: int = -1) -> int:
@@ -248,18 +246,23 @@ class SeriesStore:
             return
         keep = min(width, self.width)
         vals = np.zeros((len(self.keys), width), dtype=np.float32)
-        vals[:, width - keep :] = self.vals[:, self.width - keep :]
+        vals[:, width - keep:] = self.vals[:, self.width - keep:]
         self.vals = vals
         np.minimum(self.count, width, out=self.count)
         self.width = width
 
+    def remap(self, columns: list[int | None]) -> None:
+        """New version columns: column c takes old column `columns[c]` (None: starts empty)."""
+        for name in ("pred", "lo", "hi"):
+            old = getattr(self, name)
+            new = np.full_like(old, np.nan)
+            for c, was in enumerate(columns[:COLUMNS]):
+                if was is not None:
+                    new[:, c] = old[:, was]
+            setattr(self, name, new)
+
     def encode(self, slots: list[int] | np.ndarray) -> list[bytes]:
         """Checkpoint blobs of the given rows (one bytes object each)."""
         idx = np.asarray(slots, dtype=np.int64)
-        rows = np.empty(len(idx), dtype=blob_dtype(self.width))
-        rows["count"] = self.count[idx]
-        rows["last_ts"] = self.last_ts[idx]
-        rows["v"] = self.vals[idx]
-        raw = rows.tobytes()
-        size = rows.dtype.itemsize
-        return [raw[i : i + size] for i in range(0, len(raw), size)]
+        return encode_rows(self.count[idx], self.last_ts[idx], self.aci[idx], self.pred[idx, 0],
+                           self.lo[idx, 0], self.hi[idx, 0], self.vals[idx])

@@ -1,0 +1,214 @@
+"""Joining forecasts with the actuals that arrive later: live errors, intervals, drift.
+
+For every value of a batch and every served version (column 0 the current one, then the
+shadows), the forecast that version made one value earlier is scored against the value:
+absolute error, error scaled by the series' naive-error scale (an EWMA of |y_t - y_t-1|),
+the naive forecast's scaled error on the same value, and whether the interval covered it.
+
+The current version's interval adapts per series (adaptive conformal inference, Gibbs &
+Candès 2021, on a log width factor `a`): after each value, `a += gamma * (miss - alpha)`,
+and the interval written with the next forecast is the model's, widened by `exp(a)` around
+the point forecast. The recurrence runs value by value in stream order, so it does not
+depend on batch boundaries: a restarted worker (`a` is checkpointed) writes exactly what an
+uninterrupted one would. Drift: a Page-Hinkley test per series on the current version's
+scaled errors (checked once per batch and series).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from worker.state import Advance, SeriesStore
+
+NAIVE_EWMA = 0.05  # weight of a new |y_t - y_t-1| in a series' naive-error scale
+PH_DELTA = 0.005  # Page-Hinkley: tolerated rise of the mean scaled error
+PH_THRESHOLD = 50.0  # Page-Hinkley: alarm level of the cumulative deviation
+PH_MIN_VALUES = 30.0  # no alarm before this many values since the last reset
+
+
+@dataclass
+class Forecasts:
+    """What each served version forecast at each value of a batch (sorted order of `adv`).
+
+    (m, columns) arrays; NaN where a version made no forecast or has no interval.
+    """
+
+    point: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+@dataclass
+class Scores:
+    """One batch's evidence: sums per version column, per series, and drift alarms."""
+
+    forecast_n: np.ndarray  # per column: values with a forecast one value earlier
+    abs_err: np.ndarray  # their absolute errors, summed
+    n: np.ndarray  # per column: values with a forecast, a naive forecast and a scale
+    scaled_err: np.ndarray
+    scaled_naive: np.ndarray
+    with_interval: np.ndarray
+    covered: np.ndarray
+    scaled_width: np.ndarray
+    pair_n: np.ndarray  # column c against column 0: values both forecast
+    pair_d: np.ndarray  # sum of scaled_err[c] - scaled_err[0]
+    pair_d2: np.ndarray
+    series: list[bytes] = field(default_factory=list)  # the batch's series (groups)
+    per_series: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 3)))  # n, err, naive
+    drifted: list[tuple[bytes, float]] = field(default_factory=list)  # (series, statistic)
+
+
+def aci_factors(rho: np.ndarray, starts: np.ndarray, a0: np.ndarray, gamma: float,
+                alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ACI factor in force when each value is scored, and after it (per value).
+
+    `rho[j]` is the log distance of value j from the previous forecast, in units of that
+    forecast's interval half-width (NaN: nothing to score). Value j is a miss when
+    `rho[j] > a`; then `a += gamma * (miss - alpha)`.
+
+    >>> before, after = aci_factors(np.log([2.0, 0.5]), np.array([0]), np.zeros(1), 0.1, 0.1)
+    >>> before.round(2).tolist(), after.round(2).tolist()
+    ([0.0, 0.09], [0.09, 0.08])
+    """
+    m = len(rho)
+    bounds = np.r_[starts, m]
+    lengths = np.diff(bounds)
+    before = np.empty(m)
+    after = np.empty(m)
+    a = np.asarray(a0, dtype=np.float64).copy()
+    if m and lengths.max() * 64 < m:  # many short groups: vectorise across groups
+        for k in range(int(lengths.max())):
+            g = np.flatnonzero(lengths > k)
+            at = starts[g] + k
+            before[at] = a[g]
+            r = rho[at]
+            step = np.where(np.isnan(r), 0.0, gamma * ((r > a[g]) - alpha))
+            a[g] += step
+            after[at] = a[g]
+        return before, after
+    rho_l, b = rho.tolist(), bounds.tolist()
+    for grp in range(len(starts)):  # few long groups: a plain loop is faster
+        x = float(a[grp])
+        for j in range(b[grp], b[grp + 1]):
+            before[j] = x
+            rj = rho_l[j]
+            if rj == rj:  # not NaN
+                x += gamma * ((1.0 if rj > x else 0.0) - alpha)
+            after[j] = x
+        a[grp] = x
+    return before, after
+
+
+def _previous(stored: np.ndarray, adv: Advance, current: np.ndarray) -> np.ndarray:
+    """For each value (sorted order), what its series had one value earlier."""
+    prev = np.empty(current.shape, dtype=np.float64)
+    prev[1:] = current[:-1]
+    prev[adv.starts] = stored[adv.rows]
+    return prev
+
+
+def _per_group(x: np.ndarray, adv: Advance) -> np.ndarray:
+    """Sums of `x` (sorted order; (m,) or (m, c), zeros where nothing counts) per group."""
+    n = len(adv.starts)
+    if x.ndim == 1:
+        return np.bincount(adv.group_of, weights=x, minlength=n)
+    return np.stack([np.bincount(adv.group_of, weights=x[:, c], minlength=n)
+                     for c in range(x.shape[1])], axis=1)
+
+
+def score(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
+          gamma: float, alpha: float) -> tuple[Scores, np.ndarray]:
+    """Score the batch, adapt the current version's intervals, keep the new forecasts.
+
+    `fc` has one column per served version. Returns the scores and, per value, the factor
+    the current forecast's interval made at that value is widened by (sorted order).
+    """
+    cols = fc.point.shape[1]
+    y = values.astype(np.float64)[:, None]
+    prev_pt = _previous(store.pred[:, :cols], adv, fc.point)
+    prev_lo = _previous(store.lo[:, :cols], adv, fc.lo)
+    prev_hi = _previous(store.hi[:, :cols], adv, fc.hi)
+    naive_err = np.abs(y[:, 0] - np.where(adv.filled >= 2, adv.windows[:, -2], np.nan))
+    scale = _scales(store, adv, naive_err)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        err = np.abs(y - prev_pt)
+        scaled = err / scale[:, None]
+        scaled_naive = naive_err / scale
+        below = y < prev_pt
+        dist = np.where(below, prev_pt - y, y - prev_pt) / np.where(below, prev_pt - prev_lo,
+                                                                    prev_hi - prev_pt)
+        rho = np.log(dist)
+    a_before, a_after = aci_factors(rho[:, 0], adv.starts, store.aci[adv.rows], gamma, alpha)
+    joined = ~np.isnan(scaled) & (~np.isnan(scaled_naive) & (scale > 0))[:, None]
+    has_iv = ~np.isnan(rho)
+    threshold = np.zeros_like(rho)
+    threshold[:, 0] = a_before  # the current version's interval was the adaptive one
+    with np.errstate(invalid="ignore", divide="ignore"):
+        covered = has_iv & (rho <= threshold)
+        scaled_width = (prev_hi - prev_lo) * np.exp(threshold) / scale[:, None]
+    z = np.where(joined, scaled, 0.0)
+    zn = np.where(joined, scaled_naive[:, None], 0.0)
+    scores = _sums(err, z, zn, joined, has_iv, covered, scaled_width)
+    scores.series = store.keys_of(adv.rows)
+    scores.per_series = np.stack([_per_group(joined * 1.0, adv), _per_group(z, adv),
+                                  _per_group(zn, adv)], axis=-1)
+    scores.drifted = _page_hinkley(store, adv, z[:, 0], joined[:, 0])
+    # the newest raw forecasts (and the factor) for the next values of each series
+    store.pred[adv.rows, :cols] = fc.point[adv.ends]
+    store.lo[adv.rows, :cols] = fc.lo[adv.ends]
+    store.hi[adv.rows, :cols] = fc.hi[adv.ends]
+    store.aci[adv.rows] = a_after[adv.ends]
+    return scores, np.exp(a_after)
+
+
+def _scales(store: SeriesStore, adv: Advance, naive_err: np.ndarray) -> np.ndarray:
+    """Each value's naive-error scale: its series' EWMA at the batch start (then updated)."""
+    before = store.nscale[adv.rows][adv.group_of].astype(np.float64)
+    ok = ~np.isnan(naive_err)
+    n = _per_group(ok * 1.0, adv)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = _per_group(np.where(ok, naive_err, 0.0), adv) / n
+    old = store.nscale[adv.rows]
+    kept = (1.0 - NAIVE_EWMA) ** n
+    new = np.where(np.isnan(old), mean, kept * old + (1.0 - kept) * np.nan_to_num(mean))
+    store.nscale[adv.rows] = np.where(n > 0, new, old)
+    return before
+
+
+def _sums(err: np.ndarray, z: np.ndarray, zn: np.ndarray, joined: np.ndarray,
+          has_iv: np.ndarray, covered: np.ndarray, width: np.ndarray) -> Scores:
+    known = ~np.isnan(err)
+    both = joined & joined[:, :1]
+    d = np.where(both, z - z[:, :1], 0.0)
+    return Scores(
+        forecast_n=known.sum(axis=0), abs_err=np.where(known, err, 0.0).sum(axis=0),
+        n=joined.sum(axis=0), scaled_err=z.sum(axis=0), scaled_naive=zn.sum(axis=0),
+        with_interval=has_iv.sum(axis=0), covered=covered.sum(axis=0),
+        scaled_width=np.where(has_iv & joined, width, 0.0).sum(axis=0),
+        pair_n=both.sum(axis=0), pair_d=d.sum(axis=0), pair_d2=(d * d).sum(axis=0))
+
+
+def _page_hinkley(store: SeriesStore, adv: Advance, x: np.ndarray, ok: np.ndarray
+                  ) -> list[tuple[bytes, float]]:
+    """Update each series' Page-Hinkley state with its scaled errors; the series that alarm."""
+    cnt = _per_group(ok * 1.0, adv)
+    total = _per_group(x, adv)
+    rows = adv.rows
+    n0 = store.ph_n[rows].astype(np.float64)
+    n1 = n0 + cnt
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean1 = np.where(n1 > 0, (store.ph_mean[rows] * n0 + total) / n1, 0.0)
+    # the cumulative deviation, the batch's values measured against the new mean
+    cum1 = store.ph_cum[rows] + total - cnt * (mean1 + PH_DELTA)
+    low1 = np.minimum(store.ph_min[rows], cum1)
+    stat = cum1 - low1
+    alarm = (n1 >= PH_MIN_VALUES) & (stat > PH_THRESHOLD)
+    keep = ~alarm
+    store.ph_n[rows], store.ph_mean[rows] = n1 * keep, mean1 * keep
+    store.ph_cum[rows], store.ph_min[rows] = cum1 * keep, low1 * keep
+    if not alarm.any():
+        return []
+    hit = np.flatnonzero(alarm)
+    return list(zip(store.keys_of(rows[hit]), stat[hit].tolist(), strict=True))
