@@ -21,6 +21,8 @@ MODEL_CURRENT = "forecast:model:current"  # string: the version workers serve
 MODEL_VERSIONS = "forecast:model:versions"  # sorted set: version -> created_at (ms)
 MODEL_SEQ = "forecast:model:seq"  # counter for new version numbers
 MODEL_HISTORY = "forecast:model:history"  # list: earlier current versions, newest first (rollback)
+MODEL_STATES = "forecast:model:states"  # hash: version -> candidate, previous, rejected, retired
+EVENTS = "forecast:events"  # stream: drift events (event=drift, series, detector, statistic)
 
 # Workers.
 WORKERS = "forecast:workers"  # sorted set: consumer -> last heartbeat (ms)
@@ -36,6 +38,26 @@ def model_blob(version: str) -> str:
 def model_manifest(version: str) -> str:
     """Key of a version's JSON manifest."""
     return f"forecast:model:{version}:manifest"
+
+
+def live(version: str) -> str:
+    """Hash of a version's live evidence: sums over the actuals joined with its forecasts."""
+    return f"forecast:live:{version}"
+
+
+def live_pair(version: str, against: str) -> str:
+    """Hash of paired evidence: `version` against `against` on the actuals both forecast."""
+    return f"forecast:live:{version}:vs:{against}"
+
+
+def live_series(version: str) -> str:
+    """Hash of a version's live evidence per series (`<series>:n`, `:err`, `:naive`)."""
+    return f"forecast:live:{version}:series"
+
+
+def replay(version: str) -> str:
+    """The default output stream of `forecast replay --version V`."""
+    return f"forecast:replay:{version}"
 
 
 def heartbeat(consumer: str) -> str:

@@ -112,8 +112,13 @@ def list_versions(client: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _announce(event: str, version: str, sha256: str) -> Write:
-    fields = {"event": event, "version": version, "sha256": sha256}
+def _announce(event: str, version: str, sha256: str, reason: str = "",
+              evidence: dict[str, Any] | None = None) -> Write:
+    fields: dict[str, Any] = {"event": event, "version": version, "sha256": sha256}
+    if reason:
+        fields["reason"] = reason
+    for k, v in (evidence or {}).items():
+        fields[k] = v if isinstance(v, str) else json.dumps(v)
     return lambda c: c.xadd(keys.MODELS_STREAM, fields, maxlen=ANNOUNCE_MAXLEN, approximate=True)
 
 
@@ -135,24 +140,66 @@ def _apply(client: Any, watched: tuple[str, ...], plan: Plan) -> Any:
     return client.transaction(txn, *watched, value_from_callable=True)
 
 
-def _switch(client: Any, version: str, event: str, sha256: str) -> str | None:
-    """Make `version` current, remembering the previous one; returns the previous version."""
+def _switch(client: Any, version: str, event: str, sha256: str, reason: str = "",
+            evidence: dict[str, Any] | None = None, expect: str | None = None) -> bool:
+    """Make `version` current; the previous one becomes `previous` (shadowed for rollback).
 
-    def plan(reader: Any) -> tuple[list[Write], str | None]:
+    With `expect`, only if the current version is still `expect` (False otherwise).
+    """
+
+    def plan(reader: Any) -> tuple[list[Write], bool]:
         prev = current_version(reader)
-        writes: list[Write] = []
+        if expect is not None and prev != expect:
+            return [], False
+        states = _states(reader)
+        writes: list[Write] = [lambda c: c.hdel(keys.MODEL_STATES, version)]
+        stale = [v for v, state in states.items() if state == "previous" and v != version]
+        if stale:
+            writes.append(lambda c: c.hdel(keys.MODEL_STATES, *stale))
         if prev is not None and prev != version:
             writes += [lambda c: c.lpush(keys.MODEL_HISTORY, prev),
-                       lambda c: c.ltrim(keys.MODEL_HISTORY, 0, HISTORY_LEN - 1)]
-        writes += [lambda c: c.set(keys.MODEL_CURRENT, version), _announce(event, version, sha256)]
-        return writes, prev
+                       lambda c: c.ltrim(keys.MODEL_HISTORY, 0, HISTORY_LEN - 1),
+                       lambda c: c.hset(keys.MODEL_STATES, prev, "previous")]
+        writes += [lambda c: c.set(keys.MODEL_CURRENT, version),
+                   _announce(event, version, sha256, reason, evidence)]
+        return writes, True
 
-    previous: str | None = _apply(client, (keys.MODEL_CURRENT,), plan)
-    return previous
+    done: bool = _apply(client, (keys.MODEL_CURRENT, keys.MODEL_STATES), plan)
+    return done
 
 
-def publish(client: Any, blob: bytes, manifest: dict[str, Any], make_current: bool = True) -> str:
-    """Store a new version ("v1", "v2", ...) and, when `make_current`, switch workers to it."""
+def _states(reader: Any) -> dict[str, str]:
+    return {_text(k) or "": _text(v) or "" for k, v in reader.hgetall(keys.MODEL_STATES).items()}
+
+
+def states(client: Any) -> dict[str, str]:
+    """Version -> state for the versions that have one (candidate, previous, rejected, retired)."""
+    return _states(client)
+
+
+def shadowed(client: Any, limit: int = 2) -> list[str]:
+    """The versions workers run in shadow: candidates (newest first), then the previous one."""
+    st = _states(client)
+    current = current_version(client)
+    cands = sorted((v for v, s in st.items() if s == "candidate" and v != current),
+                   key=version_number, reverse=True)
+    prev = [v for v, s in st.items() if s == "previous" and v != current]
+    return [*cands, *prev][:limit]
+
+
+def shadow(client: Any, version: str, reason: str = "manual") -> None:
+    """Run a stored version in shadow as a candidate (scored live, never written)."""
+    manifest = get_manifest(client, version)
+    verify_sha256(get_blob(client, version), manifest)
+    if current_version(client) == version:
+        raise RegistryError(f"{version} is the current version")
+    client.hset(keys.MODEL_STATES, version, "candidate")
+    _announce("candidate", version, str(manifest.get("sha256", "")), reason)(client)
+
+
+def publish(client: Any, blob: bytes, manifest: dict[str, Any], make_current: bool = True,
+            candidate: bool = False) -> str:
+    """Store a new version ("v1", "v2", ...): current, a candidate in shadow, or stored only."""
     sha = hashlib.sha256(blob).hexdigest()
     if "sha256" in manifest:
         verify_sha256(blob, manifest)
@@ -163,25 +210,33 @@ def publish(client: Any, blob: bytes, manifest: dict[str, Any], make_current: bo
     client.zadd(keys.MODEL_VERSIONS, {version: int(time.time() * 1000)})
     if make_current:
         _switch(client, version, "published", sha)
-    log.info("published %s (%d bytes, current=%s)", version, len(blob), make_current)
+    elif candidate:
+        client.hset(keys.MODEL_STATES, version, "candidate")
+        _announce("candidate", version, sha, "trained")(client)
+    log.info("published %s (%d bytes, current=%s, candidate=%s)", version, len(blob),
+             make_current, candidate and not make_current)
     return version
 
 
-def promote(client: Any, version: str) -> bool:
-    """Make a stored version current (its bytes checked first); False when it already is."""
+def promote(client: Any, version: str, reason: str = "manual",
+            evidence: dict[str, Any] | None = None, expect: str | None = None) -> bool:
+    """Make a stored version current (its bytes checked first); False when it already is,
+    or when `expect` is given and another version is current by now."""
     manifest = get_manifest(client, version)
     sha = verify_sha256(get_blob(client, version), manifest)
     if current_version(client) == version:
         return False
-    _switch(client, version, "promoted", sha)
-    return True
+    return _switch(client, version, "promoted", sha, reason, evidence, expect)
 
 
-def rollback(client: Any) -> str:
-    """Make the previous current version current again (dropping it from the history)."""
+def rollback(client: Any, reason: str = "manual", evidence: dict[str, Any] | None = None,
+             expect: str | None = None) -> str:
+    """Make the previous current version current again; the one rolled back is `rejected`."""
 
     def plan(reader: Any) -> tuple[list[Write], str]:
         current = current_version(reader)
+        if expect is not None and current != expect:
+            return [], ""
         history = [_text(v) or "" for v in reader.lrange(keys.MODEL_HISTORY, 0, -1)]
         found = [i for i, v in enumerate(history) if v != current and exists(reader, v)]
         if not found:
@@ -189,9 +244,36 @@ def rollback(client: Any) -> str:
                 "nothing to roll back to: no earlier current version in the history")
         i, target = found[0], history[found[0]]
         sha = str(get_manifest(reader, target).get("sha256", ""))
-        return [lambda c: c.set(keys.MODEL_CURRENT, target),
-                lambda c: c.ltrim(keys.MODEL_HISTORY, i + 1, -1),
-                _announce("rolled_back", target, sha)], target
+        writes: list[Write] = [lambda c: c.set(keys.MODEL_CURRENT, target),
+                               lambda c: c.ltrim(keys.MODEL_HISTORY, i + 1, -1),
+                               lambda c: c.hdel(keys.MODEL_STATES, target)]
+        if current is not None:
+            writes.append(lambda c: c.hset(keys.MODEL_STATES, current, "rejected"))
+        return [*writes, _announce("rolled_back", target, sha, reason, evidence)], target
 
-    chosen: str = _apply(client, (keys.MODEL_CURRENT, keys.MODEL_HISTORY), plan)
+    chosen: str = _apply(client, (keys.MODEL_CURRENT, keys.MODEL_HISTORY, keys.MODEL_STATES),
+                         plan)
     return chosen
+
+
+def retire(client: Any, keep: int) -> list[str]:
+    """Remove the blobs of all but the newest `keep` versions; the current one, candidates,
+    the previous one and the rollback target always stay. Manifests stay; returns the retired."""
+    versions = sorted((_text(v) or "" for v in client.zrange(keys.MODEL_VERSIONS, 0, -1)),
+                      key=version_number)
+    st = _states(client)
+    current = current_version(client)
+    history = [_text(v) or "" for v in client.lrange(keys.MODEL_HISTORY, 0, -1)]
+    target = next((v for v in history if v != current and st.get(v) != "retired"), None)
+    protected = {current, target, *(v for v, s in st.items() if s in ("candidate", "previous"))}
+    gone = []
+    for v in versions[:max(0, len(versions) - keep)]:
+        if v in protected or st.get(v) == "retired":
+            continue
+        client.delete(keys.model_blob(v))
+        client.hset(keys.MODEL_STATES, v, "retired")
+        _announce("retired", v, "", "keep_versions")(client)
+        gone.append(v)
+    if gone:
+        log.info("retired %s (blobs removed, manifests kept)", ", ".join(gone))
+    return gone

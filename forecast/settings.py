@@ -100,6 +100,17 @@ class Settings(BaseSettings):
     summary_interval_s: float = setting(
         30.0, "Seconds between periodic summary log lines", cli=WORKER, gt=0
     )
+    interval_gamma: float = setting(
+        0.05, "Step of the adaptive intervals per series (ACI on a log width factor; 0: off)",
+        cli=WORKER, ge=0.0, le=1.0,
+    )
+    promote: Literal["auto", "manual"] = setting(
+        "auto", "auto: workers promote a candidate (or roll back) on live evidence; manual: never",
+        cli=WORKER,
+    )
+    promote_min_n: int = setting(
+        500, "Joined actuals a promotion or rollback needs at least", cli=WORKER, ge=2
+    )
     # A secret: environment or .env only, never a flag (it would show in `ps`).
     model_hmac_key: str = setting(
         "", "Optional HMAC-SHA256 key; when set, models must carry a valid signature"
@@ -136,6 +147,14 @@ class Settings(BaseSettings):
     )
     model_dir: str = setting(
         "models", "Local directory the trainer writes artifacts to", cli=TRAINER
+    )
+    retrain_every_s: float = setting(
+        3600.0, "train --watch: seconds between retrainings (drift retrains sooner)",
+        cli=TRAINER, flag="--every", gt=0,
+    )
+    keep_versions: int = setting(
+        10, "Versions whose blobs the registry keeps (current, candidates, rollback always)",
+        cli=(*TRAINER, "models"), ge=1,
     )
 
     @field_validator("redis_url")

@@ -132,7 +132,9 @@ def test_switch_is_one_transaction_on_real_redis(redis_url: str) -> None:
     assert commands[:4] == ["INCRBY forecast:model:seq", "SET forecast:model:v2:blob",
                             "SET forecast:model:v2:manifest", "ZADD forecast:model:versions"]
     assert commands[4:] == ["WATCH forecast:model:current", "GET forecast:model:current",
-                            "MULTI", "LPUSH forecast:model:history", "LTRIM forecast:model:history",
+                            "HGETALL forecast:model:states", "MULTI",
+                            "HDEL forecast:model:states", "LPUSH forecast:model:history",
+                            "LTRIM forecast:model:history", "HSET forecast:model:states",
                             "SET forecast:model:current", "XADD forecast:models", "EXEC"]
     assert registry.current_version(client) == "v2"
     assert client.lrange(keys.MODEL_HISTORY, 0, -1) == [b"v1"]

@@ -23,12 +23,16 @@ from forecast.errors import Fenced, error_code
 from forecast.settings import Settings
 from worker import metrics
 from worker.backoff import Backoff
+from worker.batch import Commit, Served
 from worker.consumer import Shard, ShardIO, ensure_group
+from worker.live import LiveBuffer
 from worker.ownership import Ownership
 from worker.pipeline import BatchPath
+from worker.promoter import Promoter
 from worker.scripts import Scripts
+from worker.state import COLUMNS
 from worker.telemetry import Telemetry
-from worker.watcher import ModelWatcher
+from worker.watcher import Lineup, ModelWatcher
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +63,12 @@ class Worker:
             client, settings.model_poll_s, settings.model_hmac_key
         )
         self.telemetry = Telemetry(settings.summary_interval_s)
-        self.path = BatchPath(self.client, self.io, settings, self.telemetry.account)
+        self.live = LiveBuffer()
+        self.promoter = Promoter(self.client, settings.promote == "auto", settings.promote_min_n)
+        self.path = BatchPath(self.client, self.io, settings, self._account)
         self.ownership = Ownership(self.client, self.scripts, settings, self.consumer)
-        self.model: Any = None
+        self.model: Any = None  # the current version: its forecasts are written
+        self.shadows: list[Any] = []  # scored on the same inputs, never written
         self.connected = False
         self.scripts_loaded = False
         self.stopping = threading.Event()
@@ -141,10 +148,15 @@ class Worker:
         if done == 0 and not self.stopping.is_set():
             self.path.wait_for_data(list(self.shards.values()), self.stopping.wait)
 
+    def _account(self, commit: Commit, n_entries: int) -> None:
+        self.telemetry.account(commit, n_entries)
+        self.live.add(commit)
+
     def _process(self, shard: Shard) -> int:
         """One batch of a shard; a lost lease drops it, any other failure resets it."""
+        served = Served(self.model, self.shadows, self.settings.interval_gamma)
         try:
-            return self.path.process(shard, self.model)
+            return self.path.process(shard, served)
         except Fenced:
             log.warning("lost the lease of shard %d; dropping it", shard.index)
             shard.settle_quietly()
@@ -161,23 +173,41 @@ class Worker:
             self.scripts.load()
             self.scripts.probe()
             self.scripts_loaded = True
-        n_steps = self.model.n_steps if self.model is not None else None
-        self.ownership.renew_and_rebalance(self.status(), n_steps)
+        self.ownership.renew_and_rebalance(self.status(), self._width())
         metrics.SHARDS_OWNED.set(len(self.shards))
         metrics.READY.set(1 if self.model is not None and self.connected else 0)
         streams = [shard.keys.values for shard in self.shards.values()]
         self.telemetry.group_gauges(self.client, streams, self.settings.group)
         self.telemetry.flush_accuracy(self.client, getattr(self.model, "version", None))
+        self.live.flush(self.client)
+        if self.model is not None:
+            self.promoter.tick(self.model.version, [m.version for m in self.shadows])
 
-    def _swap_model(self, model: Any) -> None:
-        """Serve a new model from the next batch on; windows are kept (resized if needed)."""
+    def _width(self) -> int | None:
+        """Window width the served models need (at least 2: the naive forecast's value)."""
+        if self.model is None:
+            return None
+        return max(2, self.model.n_steps, *(m.n_steps for m in self.shadows))
+
+    def _swap_model(self, new: Any) -> None:
+        """Serve a new lineup from the next batch on; windows are kept (resized if needed)."""
+        lineup = new if isinstance(new, Lineup) else Lineup(new)
         old = self.model
-        self.model = model
-        self.telemetry.new_model()
+        before = [m.version for m in ([old, *self.shadows] if old is not None else [])]
+        self.model, self.shadows = lineup.current, lineup.shadows[:COLUMNS - 1]
+        after = [m.version for m in [self.model, *self.shadows]]
+        if old is None or old.version != self.model.version:
+            self.telemetry.new_model()
         self.next_maintenance = 0.0  # acquire shards right away
-        self.ownership.resize(model.n_steps)
+        self.ownership.resize(self._width() or 2)
+        self.ownership.remap([before.index(v) if v in before else None for v in after])
+        for gone in set(before) - set(after):
+            metrics.drop_version(gone)
+        metrics.SHADOWS.set(len(self.shadows))
+        model = self.model
         metrics.set_model(model.version, str(model.manifest.get("arch", "")), model.n_steps)
-        log.info("serving model %s (was %s)", model.version, getattr(old, "version", None))
+        log.info("serving model %s (was %s), shadows %s", model.version,
+                 getattr(old, "version", None), after[1:] or "none")
 
     def _recreate_groups(self) -> None:
         log.warning("consumer group missing (stream deleted?); re-creating it")

@@ -6,6 +6,7 @@ them on `/metrics`. Names are part of the product contract (dashboards, alerts).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from prometheus_client import Counter, Gauge, Histogram, Info
@@ -71,3 +72,22 @@ def set_model(version: str, arch: str, n_steps: int) -> None:
     """Record the served model in `forecast_model_info` and `forecast_model_version_number`."""
     MODEL_INFO.info({"version": version, "arch": arch, "n_steps": str(n_steps)})
     MODEL_VERSION.set(version_number(version))
+
+DRIFT = Counter("forecast_drift_events_total", "Drift alarms on the live error stream", ["scope"])
+LIVE_MASE = Gauge("forecast_live_mase",
+                  "Live MASE of a served version (scaled error over naive's, all workers)",
+                  ["version"])
+LIVE_COVERAGE = Gauge("forecast_live_coverage",
+                      "Share of actuals inside the version's live interval", ["version"])
+LIVE_WIDTH = Gauge("forecast_live_interval_width",
+                   "Mean live interval width of a version, in naive-error units", ["version"])
+MODEL_EVENTS = Counter("forecast_model_events_total",
+                       "Promotions and rollbacks decided by this worker", ["event"])
+SHADOWS = Gauge("forecast_shadow_models", "Model versions this worker runs in shadow")
+
+
+def drop_version(version: str) -> None:
+    """Forget the per-version series of a version no longer served (bounded label sets)."""
+    for gauge in (LIVE_MASE, LIVE_COVERAGE, LIVE_WIDTH, ONLINE_MAE):
+        with contextlib.suppress(KeyError):  # never set for this version
+            gauge.remove(version)

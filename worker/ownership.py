@@ -34,14 +34,14 @@ class Ownership:
                              settings.lease_ttl_ms, settings.heartbeat_ttl_s)
         self.shards: dict[int, Shard] = {}
 
-    def renew_and_rebalance(self, status: dict[str, Any], n_steps: int | None) -> None:
+    def renew_and_rebalance(self, status: dict[str, Any], width: int | None) -> None:
         """Heartbeat, renew every lease, then (with a model) take or give shards to balance."""
         live = self.leases.heartbeat(status)
         for k, shard in list(self.shards.items()):
             if not self.leases.renew(k, shard.token):
                 log.warning("lease of shard %d expired; dropping it", k)
                 self.drop(k)
-        if n_steps is None:
+        if width is None:
             return
         wanted = assign(self.settings.shards, live, self.consumer)
         for k in set(self.shards) - wanted:
@@ -50,9 +50,9 @@ class Ownership:
             self.leases.release(k, token)
             log.info("released shard %d (rebalance)", k)
         for k in sorted(wanted - set(self.shards)):
-            self._acquire(k, n_steps)
+            self._acquire(k, width)
 
-    def _acquire(self, k: int, n_steps: int) -> None:
+    def _acquire(self, k: int, width: int) -> None:
         token = self.leases.acquire(k)
         if token is None:
             return
@@ -63,7 +63,7 @@ class Ownership:
         except BaseException:
             self.leases.release(k, token)  # nobody else knows this token: give the shard back
             raise
-        store = SeriesStore(n_steps, s.max_series)
+        store = SeriesStore(width, s.max_series)
         self.shards[k] = Shard(keys=shard_keys, token=token, store=store)
         log.info("acquired shard %d (%s) token=%s", k, shard_keys.values, token.split(":", 1)[0])
 
@@ -74,10 +74,15 @@ class Ownership:
             shard.settle_quietly()
             shard.close()
 
-    def resize(self, n_steps: int) -> None:
-        """Windows of a model with another n_steps (the newest values are kept)."""
+    def resize(self, width: int) -> None:
+        """Windows of another width (models with another n_steps; the newest values are kept)."""
         for shard in self.shards.values():
-            shard.store.resize(n_steps)
+            shard.store.resize(width)
+
+    def remap(self, columns: list[int | None]) -> None:
+        """New served versions: see `SeriesStore.remap`."""
+        for shard in self.shards.values():
+            shard.store.remap(columns)
 
     def reset_all(self) -> None:
         """Drop every shard's in-memory state (it is rebuilt from the checkpoint)."""

@@ -17,7 +17,7 @@ from forecast.grammar import Limits
 from forecast.redis_conn import group_info
 from forecast.settings import Settings
 from worker import metrics
-from worker.batch import Commit, Entry, build_commit
+from worker.batch import Commit, Entry, Served, build_commit
 from worker.consumer import Shard, ShardIO, split_poison
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class BatchPath:
         self.batch_size = min(settings.batch_size, settings.max_series)
         self.block_ms = max(1, min(settings.block_ms, settings.lease_ttl_ms // 4))
 
-    def process(self, shard: Shard, model: Any) -> int:
+    def process(self, shard: Shard, model: Served) -> int:
         """Handle one batch of a shard; the number of entries handled."""
         if shard.recovering:
             return self._recover(shard, model)

@@ -55,6 +55,10 @@ class Scores:
     pair_n: np.ndarray  # column c against column 0: values both forecast
     pair_d: np.ndarray  # sum of scaled_err[c] - scaled_err[0]
     pair_d2: np.ndarray
+    pair_a: np.ndarray  # sum of column c's scaled errors on those values
+    pair_b: np.ndarray  # sum of column 0's
+    naive_d: np.ndarray  # per column: sum of scaled_err - scaled naive error
+    naive_d2: np.ndarray
     series: list[bytes] = field(default_factory=list)  # the batch's series (groups)
     per_series: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 3)))  # n, err, naive
     drifted: list[tuple[bytes, float]] = field(default_factory=list)  # (series, statistic)
@@ -182,12 +186,15 @@ def _sums(err: np.ndarray, z: np.ndarray, zn: np.ndarray, joined: np.ndarray,
     known = ~np.isnan(err)
     both = joined & joined[:, :1]
     d = np.where(both, z - z[:, :1], 0.0)
+    dn = z - zn  # both zero where not joined
     return Scores(
         forecast_n=known.sum(axis=0), abs_err=np.where(known, err, 0.0).sum(axis=0),
         n=joined.sum(axis=0), scaled_err=z.sum(axis=0), scaled_naive=zn.sum(axis=0),
         with_interval=has_iv.sum(axis=0), covered=covered.sum(axis=0),
         scaled_width=np.where(has_iv & joined, width, 0.0).sum(axis=0),
-        pair_n=both.sum(axis=0), pair_d=d.sum(axis=0), pair_d2=(d * d).sum(axis=0))
+        pair_n=both.sum(axis=0), pair_d=d.sum(axis=0), pair_d2=(d * d).sum(axis=0),
+        pair_a=np.where(both, z, 0.0).sum(axis=0), pair_b=np.where(both, z[:, :1], 0.0).sum(axis=0),
+        naive_d=dn.sum(axis=0), naive_d2=(dn * dn).sum(axis=0))
 
 
 def _page_hinkley(store: SeriesStore, adv: Advance, x: np.ndarray, ok: np.ndarray

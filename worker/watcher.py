@@ -1,21 +1,35 @@
-"""Hot reload: a background thread that loads and checks new current models off the hot path."""
+"""Hot reload: a background thread that loads and checks new models off the hot path.
+
+It follows the current version and the versions the registry shadows (candidates, and the
+previous current kept for rollback evidence) and hands the worker a `Lineup` whenever that
+set changes. A version that fails its checks is never retried; the others keep serving.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from forecast import keys
+from forecast import keys, registry
 from forecast.errors import ModelRejected
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Lineup:
+    """The models to serve: the current one, and the shadows (scored, never written)."""
+
+    current: Any
+    shadows: list[Any] = field(default_factory=list)
+
+
 class ModelWatcher:
-    """Polls `forecast:model:current`; a new version is loaded, checked, then handed over."""
+    """Polls the current and shadowed versions; new ones are loaded, checked, handed over."""
 
     def __init__(self, client: Any, poll_s: float, hmac_key: str = "") -> None:
         self.client = client
@@ -30,6 +44,9 @@ class ModelWatcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._waiting_logged = False
+        self.models: dict[str, Any] = {}  # loaded versions (current and shadows)
+        self.served: tuple[str, ...] = ()  # current then shadows, as last handed over
+        self.rejected: set[str] = set()
 
     def start(self) -> None:
         """Run the poll loop in a daemon thread."""
@@ -40,11 +57,11 @@ class ModelWatcher:
         """Stop polling."""
         self._stop.set()
 
-    def take(self) -> Any:
-        """The newly loaded model, once (None if there is none)."""
+    def take(self) -> Lineup | None:
+        """The newly loaded lineup, once (None if nothing changed)."""
         with self._lock:
-            model, self._ready = self._ready, None
-        return model
+            lineup, self._ready = self._ready, None
+        return lineup
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -55,16 +72,36 @@ class ModelWatcher:
             self._stop.wait(self.poll_s)
 
     def poll_once(self) -> bool:
-        """Check the current version once; True if a new model was loaded."""
+        """Check the served versions once; True if a new lineup was handed over."""
         raw = self.client.get(keys.MODEL_CURRENT)
         if raw is None:
             if not self._waiting_logged:
                 log.info("no model published yet; waiting (values stay in the stream)")
                 self._waiting_logged = True
             return False
-        version = raw.decode()
-        if version in (self.loaded, self.failed):
+        current = raw.decode()
+        shadows = [v for v in registry.shadowed(self.client) if v not in self.rejected]
+        if current in self.rejected and self.loaded is not None:
+            current = self.loaded  # a rejected current: the previous model keeps serving
+        wanted = (current, *shadows)
+        if wanted == self.served:
             return False
+        for version in wanted:
+            loaded = version in self.models or self._load(version)
+            if not loaded and version == current:
+                return False
+        served = tuple(v for v in wanted if v in self.models)
+        if served == self.served or served[0] != current:
+            return False
+        self.models = {v: self.models[v] for v in served}
+        with self._lock:
+            self._ready = Lineup(self.models[current], [self.models[v] for v in served[1:]])
+        self.served = served
+        self.loaded = current
+        return True
+
+    def _load(self, version: str) -> bool:
+        """Load and check one version; False (and remembered, unless an outage) on failure."""
         from forecast.modelio import load_version  # TensorFlow is imported here, off the hot path
         from worker import metrics
 
@@ -74,19 +111,14 @@ class ModelWatcher:
             log.warning("could not fetch model %s (%s); will retry", version, exc)
             return False
         except Exception as exc:  # ModelRejected, or anything Keras raises on a bad artifact
+            self.rejected.add(version)
             self.failed = version
             self.failures += 1
             metrics.RELOAD_FAILURES.inc()
             why = str(exc) if isinstance(exc, ModelRejected) else f"{type(exc).__name__}: {exc}"
-            log.error(
-                "model %s rejected, the previous model keeps serving: %s",
-                version,
-                why,
-            )
+            log.error("model %s rejected, the previous model keeps serving: %s", version, why)
             return False
-        with self._lock:
-            self._ready = model
-        self.loaded = version
+        self.models[version] = model
         self.reloads += 1
         metrics.RELOADS.inc()
         log.info("model %s loaded (n_steps=%d, horizon=%d)", version, model.n_steps, model.horizon)

@@ -1,0 +1,117 @@
+"""The live evidence a worker gathers, added to Redis at each maintenance (forecast.evidence).
+
+Per batch, `add` folds a commit's scores into per-version and per-pair sums, per-series
+sums (bounded: at most `SERIES_CAP` series wait for a flush; more are counted, not kept)
+and drift alarms. `flush` adds them to `forecast:live:*` with HINCRBYFLOAT, writes drift
+events to `forecast:events` (at most `EVENTS_PER_FLUSH` per-series ones each time) and feeds
+an overall Page-Hinkley detector (River) with each batch's mean scaled error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+from river import drift
+
+from forecast import keys
+from forecast.evidence import LIVE_FIELDS, PAIR_FIELDS
+from worker import metrics
+from worker.batch import Commit
+
+log = logging.getLogger(__name__)
+
+SERIES_CAP = 50_000
+EVENTS_PER_FLUSH = 20
+EVENTS_MAXLEN = 100_000
+
+
+class LiveBuffer:
+    """Evidence not yet added to Redis."""
+
+    def __init__(self) -> None:
+        self.versions: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(LIVE_FIELDS)))
+        self.pairs: dict[tuple[str, str], np.ndarray] = defaultdict(
+            lambda: np.zeros(len(PAIR_FIELDS)))
+        self.series: dict[tuple[str, bytes], np.ndarray] = {}
+        self.series_dropped = 0
+        self.drifted: list[tuple[bytes, float]] = []
+        self.overall = drift.PageHinkley(min_instances=30, delta=0.005, threshold=50.0)
+        self.overall_alarms: list[float] = []
+
+    def add(self, commit: Commit) -> None:
+        """Fold one committed batch's scores in."""
+        sc = commit.scores
+        if sc is None or not commit.versions:
+            return
+        cols = len(commit.versions)
+        sums = np.stack([getattr(sc, f)[:cols] for f in LIVE_FIELDS], axis=1)
+        for c, v in enumerate(commit.versions):
+            self.versions[v] += sums[c]
+            if c:
+                self.pairs[(v, commit.versions[0])] += (
+                    sc.pair_n[c], sc.pair_d[c], sc.pair_d2[c], sc.pair_a[c], sc.pair_b[c])
+        for i, series in enumerate(sc.series):
+            for c, v in enumerate(commit.versions):
+                row = sc.per_series[i, c]
+                if not row[0]:
+                    continue
+                key = (v, series)
+                if key in self.series:
+                    self.series[key] += row
+                elif len(self.series) < SERIES_CAP:
+                    self.series[key] = row.copy()
+                else:
+                    self.series_dropped += 1
+        self.drifted += sc.drifted
+        if sc.n[0]:
+            self.overall.update(float(sc.scaled_err[0] / sc.n[0]))
+            if self.overall.drift_detected:
+                self.overall_alarms.append(float(sc.scaled_err[0] / sc.n[0]))
+
+    def flush(self, client: Any) -> None:
+        """Add everything to Redis; write drift events; clear."""
+        if not (self.versions or self.series or self.drifted or self.overall_alarms):
+            return
+        pipe = client.pipeline(transaction=False)
+        for v, sums in self.versions.items():
+            for name, value in zip(LIVE_FIELDS, sums.tolist(), strict=True):
+                if value:
+                    pipe.hincrbyfloat(keys.live(v), name, value)
+        for (v, against), sums in self.pairs.items():
+            for name, value in zip(PAIR_FIELDS, sums.tolist(), strict=True):
+                if value:
+                    pipe.hincrbyfloat(keys.live_pair(v, against), name, value)
+        for (v, series), (n, err, naive) in self.series.items():
+            name = series.decode("utf-8", "replace")
+            pipe.hincrbyfloat(keys.live_series(v), f"{name}:n", float(n))
+            pipe.hincrbyfloat(keys.live_series(v), f"{name}:err", float(err))
+            pipe.hincrbyfloat(keys.live_series(v), f"{name}:naive", float(naive))
+        self._drift_events(pipe)
+        pipe.execute()
+        self.versions.clear()
+        self.pairs.clear()
+        self.series.clear()
+
+    def _drift_events(self, pipe: Any) -> None:
+        now = str(int(time.time() * 1000))
+        for series, stat in self.drifted[:EVENTS_PER_FLUSH]:
+            pipe.xadd(keys.EVENTS, {"event": "drift", "series": series, "detector": "page_hinkley",
+                                    "statistic": f"{stat:.4g}", "ts": now},
+                      maxlen=EVENTS_MAXLEN, approximate=True)
+        for stat in self.overall_alarms[:1]:
+            pipe.xadd(keys.EVENTS, {"event": "drift", "series": "*", "detector": "page_hinkley",
+                                    "statistic": f"{stat:.4g}", "ts": now},
+                      maxlen=EVENTS_MAXLEN, approximate=True)
+        if self.drifted:
+            metrics.DRIFT.labels(scope="series").inc(len(self.drifted))
+            log.info("drift detected in %d series", len(self.drifted),
+                     extra={"series": [s.decode("utf-8", "replace") for s, _ in self.drifted[:5]]})
+        if self.overall_alarms:
+            metrics.DRIFT.labels(scope="overall").inc(len(self.overall_alarms))
+            log.info("drift detected in the overall error stream")
+        self.drifted.clear()
+        self.overall_alarms.clear()
