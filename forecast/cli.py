@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-publish", action="store_true", help="write the artifact locally only")
     p.add_argument("--force", action="store_true", help="publish even if the gate says no")
+    p.add_argument("--watch", action="store_true",
+                   help="keep running: retrain on a schedule and on drift, publish candidates")
     p.add_argument(
         "--report", metavar="DIR", help="write the evaluation report (JSON, Markdown, PNG) here"
     )
@@ -111,8 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     mp = msub.add_parser("promote", help="make VERSION current")
     mp.add_argument("version")
     mr = msub.add_parser("rollback", help="make the previous current version current again")
+    msh = msub.add_parser("shadow", help="make VERSION a candidate, scored live in shadow")
+    msh.add_argument("version")
     _add(p, "models")
-    for action in (ml, ms, mp, mr):
+    for action in (ml, ms, mp, mr, msh):
         _add(action, "models", nested=True)
     p.set_defaults(run="trainer.models_cli:run")
 

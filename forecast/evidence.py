@@ -97,7 +97,9 @@ def t_stat(n: float, total: float, squares: float) -> float:
         return 0.0
     mean = total / n
     var = max(squares / n - mean * mean, 0.0) * n / (n - 1)
-    return mean / math.sqrt(var / n) if var > 0 else (0.0 if mean == 0 else math.copysign(1e9, mean))
+    if var > 0:
+        return mean / math.sqrt(var / n)
+    return 0.0 if mean == 0 else math.copysign(1e9, mean)
 
 
 def _floats(raw: dict[Any, Any], names: tuple[str, ...]) -> dict[str, float]:

@@ -210,7 +210,10 @@ def publish(client: Any, blob: bytes, manifest: dict[str, Any], make_current: bo
     client.zadd(keys.MODEL_VERSIONS, {version: int(time.time() * 1000)})
     if make_current:
         _switch(client, version, "published", sha)
-    elif candidate:
+    elif candidate:  # a newer candidate replaces the ones still waiting
+        older = [v for v, state in _states(client).items() if state == "candidate"]
+        if older:
+            client.hdel(keys.MODEL_STATES, *older)
         client.hset(keys.MODEL_STATES, version, "candidate")
         _announce("candidate", version, sha, "trained")(client)
     log.info("published %s (%d bytes, current=%s, candidate=%s)", version, len(blob),

@@ -152,6 +152,14 @@ class Settings(BaseSettings):
         3600.0, "train --watch: seconds between retrainings (drift retrains sooner)",
         cli=TRAINER, flag="--every", gt=0,
     )
+    retrain_min_gap_s: float = setting(
+        60.0, "train --watch: least seconds between two retrainings triggered by drift",
+        cli=TRAINER, ge=0,
+    )
+    retrain_history: int = setting(
+        2000, "train --watch: most recent values per series trained on (0: all kept)",
+        cli=TRAINER, ge=0,
+    )
     keep_versions: int = setting(
         10, "Versions whose blobs the registry keeps (current, candidates, rollback always)",
         cli=(*TRAINER, "models"), ge=1,

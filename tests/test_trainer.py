@@ -151,7 +151,7 @@ def test_models_commands(tutorial_model: Any, fake: fakeredis.FakeRedis,
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:2] == ["VERSION", "ARCH"]
     assert lines[1].split()[0] == "*" and lines[1].split()[1] == "v1"
-    assert lines[1].split()[-2:] == ["0.25", "12"] and lines[2].split()[0] == "v2"
+    assert lines[1].split()[8:11] == ["0.25", "12", "current"] and lines[2].split()[0] == "v2"
     assert main(["models", "show"]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == "v1"
     assert main(["models", "promote", "v2"]) == 0

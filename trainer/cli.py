@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from forecast.errors import ModelRejected
+from forecast.errors import ModelRejected, UsageError
 from forecast.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.from_stream or not args.no_publish:
         client = connect(settings)
         client.ping()  # fail fast, before training, when Redis is unreachable
+    if getattr(args, "watch", False):
+        from trainer import train, watch
+
+        if not args.from_stream or client is None:
+            raise UsageError("--watch retrains on the input streams: use it with --from-stream")
+        return watch.run(client, settings, train.progress_verbosity(args.quiet))
     dataset = data.load(args, settings, client)
     # Data errors (too little data) surface here, before any training.
     ws = windows.build(dataset, settings.n_steps, settings.horizon, settings.val_fraction)

@@ -97,10 +97,14 @@ def write_local(model_dir: str | Path, version: str, blob: bytes, manifest: dict
     return out
 
 
-def publish_trained(client: Any, trained: Trained, gate: dict[str, Any]) -> str:
-    """Store the artifact as a new version, current when the gate says promote."""
+def publish_trained(client: Any, trained: Trained, gate: dict[str, Any],
+                    as_candidate: bool = False) -> str:
+    """Store the artifact as a new version: current (or, `as_candidate`, a candidate scored in
+    shadow) when the gate says promote, else stored only."""
     manifest = {**trained.manifest, "gate": gate}
+    passed = gate["decision"] == "promote"
     version = registry.publish(client, trained.blob, manifest,
-                               make_current=gate["decision"] == "promote")
+                               make_current=passed and not as_candidate,
+                               candidate=passed and as_candidate)
     trained.manifest = {**manifest, "version": version}
     return version
