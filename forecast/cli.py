@@ -158,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "plot")
     p.set_defaults(run="forecast.plot:run")
 
+    p = sub.add_parser("replay", help="run a version over a range of the input history")
+    p.add_argument("--version", required=True, help="the model version to replay, e.g. v3")
+    p.add_argument("--from", dest="start", default="-", help="first entry id (default: oldest)")
+    p.add_argument("--to", dest="end", default="+", help="last entry id (default: newest)")
+    p.add_argument("--into", help="output stream (default forecast:replay:<VERSION>)")
+    _add(p, "replay")
+    p.set_defaults(run="worker.replay:run")
+
     p = sub.add_parser("demo", help="the tutorial end to end on a private Redis")
     p.add_argument(
         "--redis-url", dest="redis_url", default=None, help="use this Redis instead of starting one"
@@ -189,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         parser.exit(2, f"forecast: error: setting {field}: {err['msg']}\n")
-    if args.command in ("train", "demo", "bench"):
+    if args.command in ("train", "demo", "bench", "replay"):
         from forecast.tf import import_tensorflow
 
         import_tensorflow()

@@ -34,6 +34,20 @@ class LinearModel:
         return np.concatenate([mean, mean - 1, mean + 1], axis=1).astype(np.float32)
 
 
+class NaiveModel(LinearModel):
+    """Next = last, with an interval of +-`half` (a version to shadow or compare)."""
+
+    def __init__(self, version: str = "v2", half: float = 1.0, **kw: Any) -> None:
+        super().__init__(version, has_interval=True, **kw)
+        self.half = half
+        self.manifest["coverage"] = 0.9
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        last = windows[:, -1:].astype(np.float32)
+        return np.concatenate([last, last - self.half, last + self.half], axis=1)
+
+
 class StaticWatcher:
     """Hands an in-process worker one model (and later ones on demand), like ModelWatcher."""
 

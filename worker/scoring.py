@@ -175,6 +175,8 @@ def _scales(store: SeriesStore, adv: Advance, naive_err: np.ndarray) -> np.ndarr
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = _per_group(np.where(ok, naive_err, 0.0), adv) / n
     old = store.nscale[adv.rows]
+    # a series seen for the first time takes this batch's mean as its scale
+    before = np.where(np.isnan(before), mean[adv.group_of], before)
     kept = (1.0 - NAIVE_EWMA) ** n
     new = np.where(np.isnan(old), mean, kept * old + (1.0 - kept) * np.nan_to_num(mean))
     store.nscale[adv.rows] = np.where(n > 0, new, old)
