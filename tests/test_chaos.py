@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import redis
 
-from forecast import harness, keys
+from forecast import evidence, harness, keys, registry
 from forecast.client import Item, Producer
 from forecast.harness import PacedProducer, WorkerProcess, wait_until
 from forecast.redis_server import RedisServer, redis_server_binary
@@ -156,6 +156,8 @@ def test_chaos_nothing_lost_nothing_duplicated(server: RedisServer) -> None:
     client: Any = redis.Redis.from_url(url, protocol=2)
     version = procs.publish_tiny_model(url)
     model = modelio.load_version(client, version)
+    blob, manifest = procs.tiny_model()  # the same model again, as a candidate in shadow
+    shadow = registry.publish(client, blob, manifest, make_current=False, candidate=True)
     assert model.n_steps == N_STEPS
     rng = random.Random(99)
     generation: Counter[int] = Counter()
@@ -261,6 +263,10 @@ def test_chaos_nothing_lost_nothing_duplicated(server: RedisServer) -> None:
     assert not unexpected and mismatched == 0 and order_violations == 0
     assert dead == 0 and pending == 0
     assert exit_codes == [0] * WORKERS
+    # the candidate ran in shadow on the same inputs: scored, never written, not promoted
+    assert {f[b"model_version"] for _, f in preds} == {version.encode()}
+    assert evidence.read_pair(client, shadow, version).n > 10_000
+    assert registry.current_version(client) == version
     client.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,7 +136,7 @@ def test_adaptive_intervals_reach_nominal_coverage(r: redis.Redis, redis_url: st
         by_series.setdefault(f[b"series"], []).append(f)
     inside = []
     for rows in by_series.values():
-        for prev, nxt in zip(rows[200:], rows[201:], strict=False):  # after the adaptation
+        for prev, nxt in itertools.pairwise(rows[200:]):  # after the adaptation
             value = float(nxt[b"prediction"])  # naive: the prediction is the actual
             inside.append(float(prev[b"lower"]) <= value <= float(prev[b"upper"]))
     assert abs(np.mean(inside) - 0.9) < 0.05

@@ -93,6 +93,7 @@ class Worker:
         """The heartbeat body."""
         return {"host": socket.gethostname(), "pid": os.getpid(), "ready": self.ready(),
                 "model_version": getattr(self.model, "version", None),
+                "shadows": [m.version for m in self.shadows],
                 "shards": sorted(self.shards), **self.telemetry.totals}
 
     # --- the loop ---------------------------------------------------------------
