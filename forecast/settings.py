@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         30.0, "Seconds between periodic summary log lines", cli=WORKER, gt=0
     )
     interval_gamma: float = setting(
-        0.05, "Step of the adaptive intervals per series (ACI on a log width factor; 0: off)",
+        0.1, "Step of the adaptive intervals per series (ACI on a log width factor; 0: off)",
         cli=WORKER, ge=0.0, le=1.0,
     )
     promote: Literal["auto", "manual"] = setting(

@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from forecast.grammar import Limits, parse_fields
+from forecast.registry import version_number
 from worker.scoring import Forecasts, Scores, score
 from worker.state import COLUMNS, SeriesStore
 
@@ -43,7 +44,7 @@ class Served:
 
     current: Predictor
     shadows: list[Predictor] = field(default_factory=list)
-    gamma: float = 0.05
+    gamma: float = 0.1
 
     @property
     def models(self) -> list[Predictor]:
@@ -211,7 +212,8 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch) -
         fc.point[ok, c] = rows[:, 0]
         if model.has_interval:
             fc.lo[ok, c], fc.hi[ok, c] = rows[:, model.horizon], rows[:, 2 * model.horizon]
-    scores, factor = score(store, adv, batch.values[adv.order], fc, served.gamma, served.alpha)
+    scores, factor = score(store, adv, batch.values[adv.order], fc, served.gamma, served.alpha,
+                           version_number(served.current.version))
     commit.scores = scores
     commit.abs_err_sum, commit.abs_err_n = float(scores.abs_err[0]), int(scores.forecast_n[0])
     pairs = zip(store.keys_of(adv.rows), store.encode(adv.rows), strict=True)

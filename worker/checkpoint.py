@@ -1,10 +1,10 @@
 """The per-series checkpoint blob in `forecast:state`: the window and the interval state.
 
 Version 2 (written since the adaptive intervals): `count | FLAG`, `last_ts`, then the
-served version's adaptive-interval state (`aci`: log width factor; `pred`, `lo`, `hi`: its
-last forecast and interval, which the next value is scored against), then `width` float32
-values, newest last. Version 1 blobs (`count`, `last_ts`, values) are still read: their
-interval state starts neutral.
+served version's adaptive-interval state (`aci_version`: the version number it belongs to;
+`aci`: log width factor; `pred`, `lo`, `hi`: its last forecast and interval, which the next
+value is scored against), then `width` float32 values, newest last. Version 1 blobs
+(`count`, `last_ts`, values) are still read: their interval state starts neutral.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import numpy as np
 
 FLAG = 1 << 30  # set in `count` of a version-2 blob (a window never holds 2**30 values)
 _V1 = [("count", "<i4"), ("last_ts", "<i8")]
-_V2 = [*_V1, ("aci", "<f4"), ("pred", "<f4"), ("lo", "<f4"), ("hi", "<f4")]
+_V2 = [*_V1, ("aci_version", "<i4"), ("aci", "<f4"), ("pred", "<f4"), ("lo", "<f4"),
+       ("hi", "<f4")]
 
 
 @functools.lru_cache(maxsize=64)
@@ -32,6 +33,7 @@ class Checkpoint:
     count: int
     last_ts: int
     values: np.ndarray
+    aci_version: int = -1
     aci: float = 0.0
     pred: float = float("nan")
     lo: float = float("nan")
@@ -46,8 +48,9 @@ def blob_version(blob: bytes) -> int:
 def decode_blob(blob: bytes) -> Checkpoint:
     """Any blob, either version.
 
-    >>> raw = encode_rows(np.array([2]), np.array([5]), np.zeros(1), np.full(1, np.nan),
-    ...                   np.full(1, np.nan), np.full(1, np.nan), np.array([[0, 7, 8]]))[0]
+    >>> nan = np.full(1, np.nan)
+    >>> raw = encode_rows(np.array([2]), np.array([5]), np.ones(1), np.zeros(1), nan, nan, nan,
+    ...                   np.array([[0, 7, 8]]))[0]
     >>> c = decode_blob(raw); (c.count, c.last_ts, c.values.tolist())
     (2, 5, [7.0, 8.0])
     """
@@ -59,16 +62,18 @@ def decode_blob(blob: bytes) -> Checkpoint:
     values = np.array(row["v"][width - count:], dtype=np.float32)
     if version == 1:
         return Checkpoint(count, int(row["last_ts"]), values)
-    return Checkpoint(count, int(row["last_ts"]), values, float(row["aci"]), float(row["pred"]),
-                      float(row["lo"]), float(row["hi"]))
+    return Checkpoint(count, int(row["last_ts"]), values, int(row["aci_version"]),
+                      float(row["aci"]), float(row["pred"]), float(row["lo"]), float(row["hi"]))
 
 
-def encode_rows(count: np.ndarray, last_ts: np.ndarray, aci: np.ndarray, pred: np.ndarray,
-                lo: np.ndarray, hi: np.ndarray, vals: np.ndarray) -> list[bytes]:
+def encode_rows(count: np.ndarray, last_ts: np.ndarray, aci_version: np.ndarray,
+                aci: np.ndarray, pred: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                vals: np.ndarray) -> list[bytes]:
     """Version-2 blobs of many rows (one bytes object each)."""
     rows = np.empty(len(count), dtype=blob_dtype(vals.shape[1]))
     rows["count"] = count | FLAG
     rows["last_ts"] = last_ts
+    rows["aci_version"] = aci_version
     rows["aci"], rows["pred"], rows["lo"], rows["hi"] = aci, pred, lo, hi
     rows["v"] = vals
     raw = rows.tobytes()

@@ -123,7 +123,7 @@ def _per_group(x: np.ndarray, adv: Advance) -> np.ndarray:
 
 
 def score(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
-          gamma: float, alpha: float) -> tuple[Scores, np.ndarray]:
+          gamma: float, alpha: float, version: int = -1) -> tuple[Scores, np.ndarray]:
     """Score the batch, adapt the current version's intervals, keep the new forecasts.
 
     `fc` has one column per served version. Returns the scores and, per value, the factor

@@ -50,6 +50,7 @@ _FIELDS: dict[str, tuple[type, tuple[int, ...], float]] = {
     "count": (np.int32, (), 0),
     "last_ts": (np.int64, (), -1),
     "last_used": (np.uint32, (), 0),
+    "aci_version": (np.int32, (), -1),  # the version number `aci` (and column 0) belong to
     "aci": (np.float32, (), 0.0),  # log width factor of the current version's interval
     "pred": (np.float32, (COLUMNS,), np.nan),  # last step-1 forecast per version column
     "lo": (np.float32, (COLUMNS,), np.nan),  # its interval, as the model gave it
@@ -69,6 +70,7 @@ class SeriesStore:
     count: np.ndarray
     last_ts: np.ndarray
     last_used: np.ndarray
+    aci_version: np.ndarray
     aci: np.ndarray
     pred: np.ndarray
     lo: np.ndarray
@@ -150,7 +152,8 @@ class SeriesStore:
             at = idx[same]
             self.vals[at], self.count[at], self.last_ts[at] = rows["v"], rows["count"], \
                 rows["last_ts"]
-            self.aci[at], self.pred[at, 0] = rows["aci"], rows["pred"]
+            self.aci_version[at], self.aci[at] = rows["aci_version"], rows["aci"]
+            self.pred[at, 0] = rows["pred"]
             self.lo[at, 0], self.hi[at, 0] = rows["lo"], rows["hi"]
         for i, blob in enumerate(blobs):  # other widths (a model change) or version 1
             if blob is not None and len(blob) != size:
@@ -162,8 +165,8 @@ class SeriesStore:
         if keep:
             self.vals[slot, self.width - keep:] = c.values[c.count - keep:]
         self.count[slot], self.last_ts[slot] = keep, c.last_ts
-        self.aci[slot], self.pred[slot, 0], self.lo[slot, 0], self.hi[slot, 0] = \
-            c.aci, c.pred, c.lo, c.hi
+        self.aci_version[slot], self.aci[slot] = c.aci_version, c.aci
+        self.pred[slot, 0], self.lo[slot, 0], self.hi[slot, 0] = c.pred, c.lo, c.hi
 
     def add(self, series: bytes, blob: bytes | None = None) -> int:
         """Give `series` a row (empty, or restored from a checkpoint blob) and return it."""
@@ -264,5 +267,6 @@ class SeriesStore:
     def encode(self, slots: list[int] | np.ndarray) -> list[bytes]:
         """Checkpoint blobs of the given rows (one bytes object each)."""
         idx = np.asarray(slots, dtype=np.int64)
-        return encode_rows(self.count[idx], self.last_ts[idx], self.aci[idx], self.pred[idx, 0],
-                           self.lo[idx, 0], self.hi[idx, 0], self.vals[idx])
+        return encode_rows(self.count[idx], self.last_ts[idx], self.aci_version[idx],
+                           self.aci[idx], self.pred[idx, 0], self.lo[idx, 0], self.hi[idx, 0],
+                           self.vals[idx])
