@@ -87,6 +87,13 @@ def _throughput_rows(results: dict[str, Outcome]) -> list[Row]:
     if raw and raw.median:
         share = rate / raw.median["values_per_s"]
         out.append(Row("throughput vs Redis XADD limit", f"{share:.2f}x", "reference", "-", load))
+    sh = results.get("shadow")
+    if sh and sh.median:
+        x = sh.median["values_per_s"] / rate
+        out.append(Row("throughput with one candidate in shadow", _rate(sh.median["values_per_s"]),
+                       "report", "-", _load(sh)))
+        out.append(Row("... vs without a candidate", f"{x:.2f}x", ">= 0.6x", _verdict(x >= 0.6),
+                       _load(sh)))
     return out
 
 

@@ -210,6 +210,13 @@ class Fleet:
             return owners == wanted
         self._wait(balanced, 180, "the shard leases to settle", 0.05)
 
+    def wait_shadowing(self) -> None:
+        """Wait until every worker runs a model in shadow (its heartbeat says so)."""
+        def shadowing() -> bool:
+            beats = self.client.mget([keys.heartbeat(w.consumer) for w in self.workers])
+            return all(b is not None and json.loads(b).get("shadows") for b in beats)
+        self._wait(shadowing, 120, "the workers to load the shadow model", 0.05)
+
     def loads(self, count: int, series: Series | None = None) -> list[tuple[str, int, Series]]:
         """(stream, count, series) per shard for `count` values over `series` (default 1,000)."""
         if series is not None and self.shards == 1:
@@ -266,13 +273,21 @@ class Fleet:
 
 
 def fleet_throughput(bench: Bench, trained: Any, n_workers: int = 1, shards: int = 1,
-                     values: int | None = None) -> Outcome:
-    """Median values/s of `repeats` runs over 1,000 series on one fleet."""
+                     values: int | None = None, shadow: Any = None) -> Outcome:
+    """Median values/s of `repeats` runs over 1,000 series on one fleet.
+
+    With `shadow`, that model is a candidate every worker also runs (scored, not written).
+    """
     plan = bench.plan
     out = Outcome()
+    extra = {"promote": "manual"} if shadow is not None else {}
     with bench.redis() as (server, client), \
-            Fleet(bench, server, client, n_workers, shards) as fleet:
+            Fleet(bench, server, client, n_workers, shards, **extra) as fleet:
         fleet.serve(trained)
+        if shadow is not None:
+            registry.publish(client, shadow.blob, dict(shadow.manifest), make_current=False,
+                             candidate=True)
+            fleet.wait_shadowing()
         fleet.warm(fleet.loads(plan.warmup))
         for _ in range(plan.repeats):
             out.runs.append(fleet.measure(fleet.loads(values or plan.values)))
@@ -344,6 +359,15 @@ def throughput(bench: Bench) -> Outcome:
     out = fleet_throughput(bench, bench.model("simple_rnn", 3))
     out.info.update(series=bench.plan.series, model="SimpleRNN(50) n_steps=3",
                     outputs=bench.model("simple_rnn", 3).manifest["outputs"])
+    return out
+
+
+def shadow(bench: Bench) -> Outcome:
+    """Throughput with one candidate in shadow (the same SimpleRNN again): one more model call
+    per batch and its live scoring; compare with `throughput`."""
+    trained = bench.model("simple_rnn", 3)
+    out = fleet_throughput(bench, trained, shadow=trained)
+    out.info.update(series=bench.plan.series, model="SimpleRNN(50) n_steps=3, one shadow")
     return out
 
 
@@ -511,6 +535,7 @@ SCENARIOS: dict[str, Callable[[Bench], Outcome]] = {
     "throughput": throughput,
     "latency": latency,
     "cold_start": cold_start,
+    "shadow": shadow,
     "archs": archs,
     "scaling": scaling,
     "series_1m": series_1m,

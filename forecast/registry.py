@@ -187,6 +187,11 @@ def shadowed(client: Any, limit: int = 2) -> list[str]:
     return [*cands, *prev][:limit]
 
 
+def unshadow(client: Any, version: str) -> None:
+    """Stop running a version in shadow (it stays stored; the rollback history keeps it)."""
+    client.hdel(keys.MODEL_STATES, version)
+
+
 def shadow(client: Any, version: str, reason: str = "manual") -> None:
     """Run a stored version in shadow as a candidate (scored live, never written)."""
     manifest = get_manifest(client, version)

@@ -24,6 +24,16 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def fresh_server() -> Iterator[RedisServer]:
+    """A private redis-server for this test only (stopped and deleted after it)."""
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not on PATH")
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
 def redis_url(redis_server: RedisServer) -> Iterator[str]:
     """URL of the private server, emptied before each test."""
     client = redis.Redis(port=redis_server.port)

@@ -20,7 +20,6 @@ import signal
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ import redis
 from forecast import evidence, harness, keys, registry
 from forecast.client import Item, Producer
 from forecast.harness import PacedProducer, WorkerProcess, wait_until
-from forecast.redis_server import RedisServer, redis_server_binary
+from forecast.redis_server import RedisServer
 from tests import procs
 
 pytestmark = [pytest.mark.slow, pytest.mark.tf]
@@ -48,16 +47,6 @@ N_STEPS = 3
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "chaos-results.json"
 WORKER_ENV: dict[str, Any] = {"shards": SHARDS, "lease_ttl_ms": 1000, "batch_size": 500,
                               "max_deliveries": 1000, "summary_interval_s": 5}
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    """A private redis-server for this run only."""
-    if redis_server_binary() is None:
-        pytest.skip("redis-server is not on PATH")
-    srv = RedisServer().start()
-    yield srv
-    srv.cleanup()
 
 
 def background(url: str) -> PacedProducer:
@@ -147,12 +136,12 @@ def final_state(client: Any) -> tuple[list[tuple[bytes, dict[bytes, bytes]]], in
     return entries, pending
 
 
-def test_chaos_nothing_lost_nothing_duplicated(server: RedisServer) -> None:
+def test_chaos_nothing_lost_nothing_duplicated(fresh_server: RedisServer) -> None:
     """SIGKILL x >=10 and a SIGSTOP zombie under load: exactly one correct prediction each."""
     from forecast import modelio
 
     t_start = time.monotonic()
-    url = server.url
+    url = fresh_server.url
     client: Any = redis.Redis.from_url(url, protocol=2)
     version = procs.publish_tiny_model(url)
     model = modelio.load_version(client, version)

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import redis
 from forecast import evidence, harness, keys, registry
 from forecast.client import Item, Producer
 from forecast.harness import PacedProducer, wait_until
-from forecast.redis_server import RedisServer, redis_server_binary
+from forecast.redis_server import RedisServer
 from tests import procs
 
 pytestmark = [pytest.mark.slow, pytest.mark.tf]
@@ -35,15 +34,6 @@ SERIES = 12
 TRAINER = {"n_steps": 12, "units": 16, "epochs": 40, "patience": 5, "retrain_min_gap_s": 10,
            "retrain_history": 96, "keep_versions": 5, "log_level": "INFO"}
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "loop-results.json"
-
-
-@pytest.fixture
-def server() -> Iterator[RedisServer]:
-    if redis_server_binary() is None:
-        pytest.skip("redis-server is not on PATH")
-    srv = RedisServer().start()
-    yield srv
-    srv.cleanup()
 
 
 class Regimes:
@@ -93,21 +83,21 @@ def coverage_after(client: Any, first_id: bytes, skip: int) -> float:
     return float(np.mean(inside))
 
 
-def test_a_regime_change_is_detected_retrained_and_promoted(server: RedisServer,
+def test_a_regime_change_is_detected_retrained_and_promoted(fresh_server: RedisServer,
                                                             tmp_path: Path) -> None:
-    client: Any = redis.Redis.from_url(server.url, protocol=2)
+    client: Any = redis.Redis.from_url(fresh_server.url, protocol=2)
     regimes = Regimes(switch_at=None)
     producer = Producer(client)
     for t in range(120):  # history of the first regime
         producer.push_many(regimes.round(t))
-    trainer = start_trainer(server.url, tmp_path)
+    trainer = start_trainer(fresh_server.url, tmp_path)
     worker = None
     values = None
     try:
         wait_until(lambda: registry.current_version(client) == "v1" or trainer.poll() is not None,
                    180, 0.2, what="the first model")
         assert registry.current_version(client) == "v1", (tmp_path / "trainer.log").read_text()
-        worker = procs.start_worker(server.url, "loop", promote_min_n=200, lease_ttl_ms=2000)
+        worker = procs.start_worker(fresh_server.url, "loop", promote_min_n=200, lease_ttl_ms=2000)
         procs.wait_serving(client, "loop", "v1", proc=worker)
         t0 = 120
         regimes.switch_at = t0 + 60  # 3 s of the old regime live, then the new one
@@ -151,4 +141,54 @@ def test_a_regime_change_is_detected_retrained_and_promoted(server: RedisServer,
     assert pair.n > 500 and pair.ratio is not None and pair.ratio > 1.1  # clearly better
     assert abs(cov - 0.9) <= 0.05
     assert figures["rollbacks"] == 0
+    # exactly once and in order through the promotion and the hot reload
+    wait_until(lambda: client.xpending(keys.VALUES, "forecast")["pending"] == 0, 30, 0.1,
+               what="nothing pending")
+    inputs: dict[bytes, list[bytes]] = defaultdict(list)
+    for eid, f in client.xrange(keys.VALUES):
+        inputs[f[b"series"]].append(eid)
+    got: dict[bytes, list[bytes]] = defaultdict(list)
+    for _, f in client.xrange(keys.PREDICTIONS):
+        got[f[b"series"]].append(f[b"source_id"])
+    n_steps = TRAINER["n_steps"]
+    assert all(got[s] == ids[n_steps - 1:len(got[s]) + n_steps - 1] for s, ids in inputs.items())
+    assert sum(len(v) for v in got.values()) >= sum(len(v) for v in inputs.values()) - \
+        SERIES * (n_steps - 1) - SERIES  # the last value of a series may be in flight at stop
+    client.close()
+
+
+def test_a_stable_stream_does_not_flap(fresh_server: RedisServer, tmp_path: Path) -> None:
+    """Retraining every 15 s on a stable stream: new versions come, none is rolled back and at
+    most one (a model trained on more data) is promoted."""
+    client: Any = redis.Redis.from_url(fresh_server.url, protocol=2)
+    regimes = Regimes(switch_at=None)
+    producer = Producer(client)
+    for t in range(120):
+        producer.push_many(regimes.round(t))
+    trainer = subprocess.Popen(
+        [harness.PYTHON, "-m", "forecast.cli", "train", "--from-stream", "--watch", "--every",
+         "15", "--quiet", "--model-dir", str(tmp_path / "models")],
+        stdout=(tmp_path / "trainer.log").open("wb"), stderr=subprocess.STDOUT, cwd=tmp_path,
+        env=harness.worker_env(fresh_server.url, **TRAINER))
+    worker = None
+    values = PacedProducer(producer, lambda n: regimes.round(120 + n), interval=0.05)
+    try:
+        wait_until(lambda: registry.current_version(client) == "v1", 180, 0.2, what="v1")
+        worker = procs.start_worker(fresh_server.url, "stable", promote_min_n=200)
+        procs.wait_serving(client, "stable", "v1", proc=worker)
+        values.start()
+        wait_until(lambda: client.zcard(keys.MODEL_VERSIONS) >= 4, 240, 0.5,
+                   what="three retrainings")
+        values.wait_rounds(100)
+    finally:
+        values.stop()
+        trainer.send_signal(signal.SIGTERM)
+        trainer.wait(60)
+        harness.stop_process(worker)
+    promotions = models_events(client, "promoted")
+    print("stable figures:", json.dumps({
+        "candidates": len(models_events(client, "candidate")), "promotions": len(promotions),
+        "rollbacks": len(models_events(client, "rolled_back")),
+        "drift_events": client.xlen(keys.EVENTS)}))
+    assert len(promotions) <= 1 and not models_events(client, "rolled_back")
     client.close()

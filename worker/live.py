@@ -25,6 +25,7 @@ from worker.batch import Commit
 log = logging.getLogger(__name__)
 
 SERIES_CAP = 50_000
+SERIES_FLUSH_S = 30.0  # per-series sums are added less often: they are many small writes
 EVENTS_PER_FLUSH = 20
 EVENTS_MAXLEN = 100_000
 
@@ -41,6 +42,7 @@ class LiveBuffer:
         self.drifted: list[tuple[bytes, float]] = []
         self.overall = drift.PageHinkley(min_instances=30, delta=0.005, threshold=50.0)
         self.overall_alarms: list[float] = []
+        self.next_series_flush = time.monotonic() + SERIES_FLUSH_S
 
     def add(self, commit: Commit) -> None:
         """Fold one committed batch's scores in."""
@@ -72,9 +74,12 @@ class LiveBuffer:
             if self.overall.drift_detected:
                 self.overall_alarms.append(float(sc.scaled_err[0] / sc.n[0]))
 
-    def flush(self, client: Any) -> None:
-        """Add everything to Redis; write drift events; clear."""
-        if not (self.versions or self.series or self.drifted or self.overall_alarms):
+    def flush(self, client: Any, final: bool = False) -> None:
+        """Add the sums to Redis (per-series ones every SERIES_FLUSH_S, or when `final`);
+        write drift events."""
+        series_due = final or time.monotonic() >= self.next_series_flush
+        if not (self.versions or self.drifted or self.overall_alarms or
+                (series_due and self.series)):
             return
         pipe = client.pipeline(transaction=False)
         for v, sums in self.versions.items():
@@ -85,16 +90,19 @@ class LiveBuffer:
             for name, value in zip(PAIR_FIELDS, sums.tolist(), strict=True):
                 if value:
                     pipe.hincrbyfloat(keys.live_pair(v, against), name, value)
-        for (v, series), (n, err, naive) in self.series.items():
-            name = series.decode("utf-8", "replace")
-            pipe.hincrbyfloat(keys.live_series(v), f"{name}:n", float(n))
-            pipe.hincrbyfloat(keys.live_series(v), f"{name}:err", float(err))
-            pipe.hincrbyfloat(keys.live_series(v), f"{name}:naive", float(naive))
+        if series_due:
+            for (v, series), (n, err, naive) in self.series.items():
+                name = series.decode("utf-8", "replace")
+                pipe.hincrbyfloat(keys.live_series(v), f"{name}:n", float(n))
+                pipe.hincrbyfloat(keys.live_series(v), f"{name}:err", float(err))
+                pipe.hincrbyfloat(keys.live_series(v), f"{name}:naive", float(naive))
         self._drift_events(pipe)
         pipe.execute()
         self.versions.clear()
         self.pairs.clear()
-        self.series.clear()
+        if series_due:
+            self.series.clear()
+            self.next_series_flush = time.monotonic() + SERIES_FLUSH_S
 
     def _drift_events(self, pipe: Any) -> None:
         now = str(int(time.time() * 1000))

@@ -236,6 +236,7 @@ class Worker:
         self.ownership.release_all(self.path.settle)
         try:
             self.telemetry.flush_accuracy(self.client, getattr(self.model, "version", None))
+            self.live.flush(self.client, final=True)
             self.ownership.leases.leave()
         except redis.RedisError as exc:
             log.warning("could not leave cleanly: %s", exc)

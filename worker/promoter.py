@@ -18,6 +18,7 @@ from worker import metrics
 log = logging.getLogger(__name__)
 
 CHECK_S = 5.0
+SETTLED = 20  # paired actuals (times min_n) after which the previous version leaves shadow
 
 
 class Promoter:
@@ -49,8 +50,18 @@ class Promoter:
         decision = evidence.decide(current, {v: states.get(v, "") for v in shadows}, pairs,
                                    live[current], self.min_n)
         if decision is None:
+            self._settle_previous(current, shadows, states, pairs)
             return None
         return decision if self._apply(current, decision) else None
+
+    def _settle_previous(self, current: str, shadows: list[str], states: dict[str, str],
+                         pairs: dict[str, evidence.Pair]) -> None:
+        """Stop shadowing the previous version once the current one has held up long enough."""
+        for v in shadows:
+            if states.get(v) == "previous" and pairs[v].n >= SETTLED * self.min_n:
+                registry.unshadow(self.client, v)
+                log.info("%s held up against the previous %s on %d actuals: stops shadowing it",
+                         current, v, int(pairs[v].n))
 
     def _apply(self, current: str, d: Decision) -> bool:
         if d.action == "promote":
