@@ -81,8 +81,10 @@ class ModelWatcher:
             return False
         current = raw.decode()
         shadows = [v for v in registry.shadowed(self.client) if v not in self.rejected]
-        if current in self.rejected and self.loaded is not None:
-            current = self.loaded  # a rejected current: the previous model keeps serving
+        if current in self.rejected:  # the previous model (if any) keeps serving
+            if self.loaded is None:
+                return False
+            current = self.loaded
         wanted = (current, *shadows)
         if wanted == self.served:
             return False
