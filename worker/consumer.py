@@ -118,6 +118,9 @@ class ShardIO:
         self.group = group
         self.consumer = consumer
         self.cluster = cluster
+        # stream -> ids whose last counted delivery ended with a Redis error in this process
+        # (it never produced a commit because the connection broke): the next one is free.
+        self.refunds: dict[str, set[bytes]] = {}
 
     def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -166,11 +169,39 @@ class ShardIO:
         if raw[0] == b"WAIT":
             return None
         shard.cursor = raw[0]
-        shard.deliveries = {d[0]: int(d[3]) for d in raw[2]}
+        # Deliveries counted so far; one that ended with a Redis error here does not count.
+        free = self.refunds.get(shard.keys.values, set())
+        shard.deliveries = {d[0]: int(d[3]) - (d[0] in free) for d in raw[2]}
+        free.difference_update(shard.deliveries)
         entries = _entries(raw[1])
         if shard.cursor == b"0-0" and not entries:
             shard.recovering = False
         return entries
+
+    def bump(self, shard: Shard, ids: list[bytes]) -> None:
+        """Count a delivery of these claimed entries, right before they go to the model.
+
+        The claim itself counts nothing (XAUTOCLAIM JUSTID): a reset caused by a flapping
+        Redis re-claims entries that never reached the model, and those must not become
+        poison. An entry whose previous counted delivery ended with a Redis error in this
+        process (`refund`) was claimed with that delivery uncounted, so it keeps its count.
+        """
+        if not ids:
+            return
+        by_count: dict[int, list[bytes]] = {}
+        for eid in ids:
+            n = shard.deliveries.get(eid, 0) + 1
+            shard.deliveries[eid] = n
+            by_count.setdefault(n, []).append(eid)
+        args: list[Any] = [shard.token, self.group, self.consumer]
+        for n, group in by_count.items():
+            args += [n, len(group), *group]
+        self._call(self.scripts.bump, [shard.keys.values, shard.keys.lease], args)
+
+    def refund(self, shard: Shard, ids: list[bytes]) -> None:
+        """The delivery just counted for `ids` ended with a Redis error: do not count it again."""
+        if ids:
+            self.refunds.setdefault(shard.keys.values, set()).update(ids)
 
     def load(self, shard: Shard, series: list[bytes]) -> list[bytes | None]:
         """Checkpointed windows of series not in memory."""
@@ -241,12 +272,15 @@ class ShardIO:
 def split_poison(
     shard: Shard, entries: list[Entry], max_deliveries: int, commit: Commit
 ) -> list[Entry]:
-    """Dead-letter entries delivered more than `max_deliveries` times; return the rest."""
+    """Dead-letter entries that this delivery would take past `max_deliveries`; the rest.
+
+    `shard.deliveries` holds the counts of the claimed entries before this delivery.
+    """
     if not shard.deliveries:
         return entries
     keep = []
     for eid, fields in entries:
-        n = shard.deliveries.get(eid, 1)
+        n = shard.deliveries.get(eid, 0) + 1  # counting the delivery about to happen
         if n > max_deliveries:
             commit.ack_ids.append(eid)
             dead_letter(commit, eid, fields or [], "poison", deliveries=str(n))

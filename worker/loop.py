@@ -25,14 +25,12 @@ from worker import metrics
 from worker.backoff import Backoff
 from worker.consumer import Shard, ShardIO, ensure_group
 from worker.ownership import Ownership
-from worker.pipeline import BatchPath
+from worker.pipeline import RETRYABLE, BatchPath
 from worker.scripts import Scripts
 from worker.telemetry import Telemetry
 from worker.watcher import ModelWatcher
 
 log = logging.getLogger(__name__)
-
-RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
 def raw_client(client: Any) -> Any:

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from forecast.grammar import Limits
 from forecast.redis_conn import group_info
 from forecast.settings import Settings
@@ -21,6 +23,8 @@ from worker.batch import Commit, Entry, build_commit
 from worker.consumer import Shard, ShardIO, split_poison
 
 log = logging.getLogger(__name__)
+
+RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
 class BatchPath:
@@ -65,9 +69,15 @@ class BatchPath:
         entries = split_poison(shard, entries, self.settings.max_deliveries, commit)
         if not entries and not commit.ack_ids:
             return 0
-        commit = self._build(shard, model, entries, commit)
-        commit.entries = len(entries)
-        self._commit_now(shard, commit)
+        ids = [eid for eid, _ in entries]
+        try:
+            self.io.bump(shard, ids)  # this delivery counts from here: the model sees them next
+            commit = self._build(shard, model, entries, commit)
+            commit.entries = len(entries)
+            self._commit_now(shard, commit)
+        except RETRYABLE:
+            self.io.refund(shard, ids)  # the connection broke, not these entries
+            raise
         return len(commit.ack_ids)
 
     def _live(self, shard: Shard, model: Any) -> int:

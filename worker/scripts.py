@@ -79,14 +79,44 @@ if ARGV[5] == '0-0' and min_idle > 0 then
     if #old < total then return {'WAIT'} end
   end
 end
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], min_idle, ARGV[5], 'COUNT', ARGV[6])
-local entries = r[2]
+-- JUSTID: claiming does not count as a delivery (a reply lost to a broken connection must
+-- not push valid entries toward poison); BUMP counts it right before the model sees them.
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], min_idle, ARGV[5], 'COUNT', ARGV[6],
+                     'JUSTID')
+local ids = r[2]
+local entries = {}
+for i, id in ipairs(ids) do
+  local e = redis.call('XRANGE', KEYS[1], id, id)
+  entries[i] = e[1] or {id, false}
+end
 local details = {}
-if #entries > 0 then
-  details = redis.call('XPENDING', KEYS[1], ARGV[2], entries[1][1], entries[#entries][1],
-                       #entries, ARGV[3])
+if #ids > 0 then
+  details = redis.call('XPENDING', KEYS[1], ARGV[2], ids[1], ids[#ids], #ids, ARGV[3])
 end
 return {r[1], entries, details}
+"""
+)
+
+BUMP = (
+    _FENCE.format(lease=2)
+    + """
+-- KEYS: values, lease. ARGV: token, group, consumer, then (count, n, id1..idn) groups:
+-- sets the delivery count of those pending entries (XCLAIM JUSTID RETRYCOUNT), the
+-- delivery being counted right before the entries go to the model.
+local i = 4
+while i <= #ARGV do
+  local count, n = ARGV[i], tonumber(ARGV[i + 1])
+  for j = i + 2, i + 1 + n, 4000 do
+    local cmd = {'XCLAIM', KEYS[1], ARGV[2], ARGV[3], 0}
+    for k = j, math.min(j + 3999, i + 1 + n) do cmd[#cmd + 1] = ARGV[k] end
+    cmd[#cmd + 1] = 'RETRYCOUNT'
+    cmd[#cmd + 1] = count
+    cmd[#cmd + 1] = 'JUSTID'
+    redis.call(unpack(cmd))
+  end
+  i = i + 2 + n
+end
+return 1
 """
 )
 
@@ -190,6 +220,7 @@ class Scripts:
         self.release = client.register_script(RELEASE)
         self.read = client.register_script(READ)
         self.claim = client.register_script(CLAIM)
+        self.bump = client.register_script(BUMP)
         self.commit = client.register_script(COMMIT)
 
     def probe(self) -> None:
@@ -205,7 +236,8 @@ class Scripts:
         EVALSHA then never meets NOSCRIPT: the raw pipelined path cannot recover from it in
         the same round trip, and some servers (fakeredis' TCP server) drop the connection.
         """
-        for script in (self.acquire, self.renew, self.release, self.read, self.claim, self.commit):
+        for script in (self.acquire, self.renew, self.release, self.read, self.claim, self.bump,
+                       self.commit):
             self.client.script_load(script.script)
 
 
