@@ -65,6 +65,20 @@ class Settings(BaseSettings):
     deadletter_maxlen: int = setting(
         100_000, "Approximate MAXLEN of the dead-letter stream", cli=WORKER, ge=1
     )
+    input_maxlen: int = setting(
+        1_000_000,
+        "Committed entries kept per input stream (approximate; 0 = no limit); entries not "
+        "yet committed are never trimmed", cli=WORKER, ge=0,
+    )
+    input_retention_ms: int = setting(
+        86_400_000,
+        "Committed input entries older than this are trimmed (0 = no limit)", cli=WORKER, ge=0,
+    )
+    series_ttl_ms: int = setting(
+        604_800_000,
+        "The checkpoint of a series idle longer than this is removed; it starts a fresh "
+        "window (0 = never)", cli=WORKER, ge=0,
+    )
     max_series: int = setting(
         1_000_000,
         "Series windows held in memory (LRU; evicted ones reload from the checkpoint)",
@@ -159,6 +173,7 @@ class Settings(BaseSettings):
         data["redis_url"] = mask_secrets(self.redis_url)
         if self.model_hmac_key:
             data["model_hmac_key"] = "***"
+
         return data
 
 

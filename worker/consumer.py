@@ -55,11 +55,35 @@ class Shard:
     inflight_replies: int = 0  # how many replies the commands sent will produce
     conn: Any = None  # dedicated connection for the pipelined commit + read
     pool: Any = None  # the pool `conn` came from
+    # (first id, entries) of the batches committed since the last reset, coalesced: where
+    # FORECAST_INPUT_MAXLEN puts the trim point (the commit script caps it at the oldest
+    # uncommitted entry, so a stale ledger can only trim less, never lose anything).
+    ledger: deque[list[Any]] = field(default_factory=deque)
+    ledger_total: int = 0
+    backfill: bytes = b"0"  # HSCAN cursor giving old checkpoints a last-seen time ("" = done)
 
     @property
     def index(self) -> int:
         """Shard number."""
         return self.keys.shard
+
+    def note_batch(self, first_id: bytes, n: int, maxlen: int) -> None:
+        """Record a batch about to be committed; keep just enough for `maxlen` entries."""
+        if maxlen <= 0 or n <= 0:
+            return
+        if self.ledger and self.ledger[-1][1] < max(1, maxlen // 128):
+            self.ledger[-1][1] += n  # at most ~128 ledger items, trims within ~1% of maxlen
+        else:
+            self.ledger.append([first_id, n])
+        self.ledger_total += n
+        while self.ledger and self.ledger_total - self.ledger[0][1] >= maxlen:
+            self.ledger_total -= self.ledger.popleft()[1]
+
+    def count_minid(self, maxlen: int) -> bytes:
+        """The MINID that keeps about `maxlen` committed entries (b"0-0": no trim yet)."""
+        if maxlen > 0 and self.ledger and self.ledger_total >= maxlen:
+            return bytes(self.ledger[0][0])
+        return b"0-0"
 
     def read_replies(self) -> list[Any]:
         """The two replies of the commit + read under way (errors as values).
@@ -105,19 +129,25 @@ class Shard:
         self.store = SeriesStore(self.store.width, self.store.max_series)
         self.recovering = True
         self.cursor = b"0-0"
+        self.ledger.clear()
+        self.ledger_total = 0
 
 
 class ShardIO:
     """The Redis calls of a shard, every one fenced by its lease token."""
 
     def __init__(
-        self, client: Any, scripts: Scripts, group: str, consumer: str, cluster: bool = False
+        self, client: Any, scripts: Scripts, group: str, consumer: str, cluster: bool = False,
+        *, input_maxlen: int = 0, input_retention_ms: int = 0, series_ttl_ms: int = 0,
     ) -> None:
         self.client = client
         self.scripts = scripts
         self.group = group
         self.consumer = consumer
         self.cluster = cluster
+        self.input_maxlen = input_maxlen
+        self.input_retention_ms = input_retention_ms
+        self.series_ttl_ms = series_ttl_ms
         # stream -> ids whose last counted delivery ended with a Redis error in this process
         # (it never produced a commit because the connection broke): the next one is free.
         self.refunds: dict[str, set[bytes]] = {}
@@ -207,11 +237,31 @@ class ShardIO:
         """Checkpointed windows of series not in memory."""
         return list(self.client.hmget(shard.keys.state, series))
 
+    def _commit_args(self, shard: Shard, commit: Commit, pred_maxlen: int,
+                     dead_maxlen: int) -> list[Any]:
+        if commit.ack_ids and self.input_maxlen:
+            first = min(commit.ack_ids) if shard.recovering else commit.ack_ids[0]
+            shard.note_batch(first, len(commit.ack_ids), self.input_maxlen)
+        return commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen,
+                           self.scripts.msgpack_ok, self.input_retention_ms,
+                           shard.count_minid(self.input_maxlen), self.series_ttl_ms > 0)
+
     def commit(self, shard: Shard, commit: Commit, pred_maxlen: int, dead_maxlen: int) -> None:
         """Write predictions, dead letters, checkpoint and acks in one atomic script."""
-        args = commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen,
-                           self.scripts.msgpack_ok)
+        args = self._commit_args(shard, commit, pred_maxlen, dead_maxlen)
         self._call(self.scripts.commit, shard.keys.commit_keys, args)
+
+    def sweep(self, shard: Shard, limit: int = 2000) -> list[bytes]:
+        """Remove checkpoints of series idle longer than the series TTL (at most `limit`)."""
+        if self.series_ttl_ms <= 0:
+            return []
+        k = shard.keys
+        cursor, removed = self._call(
+            self.scripts.sweep, [k.state, k.seen, k.lease],
+            [shard.token, self.series_ttl_ms, limit, shard.backfill],
+        )
+        shard.backfill = cursor
+        return list(removed)
 
     def send_commit_and_read(
         self, shard: Shard, commit: Commit, pred_maxlen: int, dead_maxlen: int, count: int
@@ -226,8 +276,7 @@ class ShardIO:
             self.scripts.commit.sha,
             len(keys.commit_keys),
             *keys.commit_keys,
-            *commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen,
-                         self.scripts.msgpack_ok),
+            *self._commit_args(shard, commit, pred_maxlen, dead_maxlen),
         )
         self._send(shard, commit, [commit_cmd, *self._read_commands(shard, count)])
 

@@ -51,14 +51,16 @@ class Worker:
         self.consumer = settings.consumer_name()
         self.scripts = Scripts(self.client)
         self.io = ShardIO(
-            self.client, self.scripts, settings.group, self.consumer, settings.cluster
+            self.client, self.scripts, settings.group, self.consumer, settings.cluster,
+            input_maxlen=settings.input_maxlen, input_retention_ms=settings.input_retention_ms,
+            series_ttl_ms=settings.series_ttl_ms,
         )
         self.watcher = watcher or ModelWatcher(
             client, settings.model_poll_s, settings.model_hmac_key
         )
         self.telemetry = Telemetry(settings.summary_interval_s)
         self.path = BatchPath(self.client, self.io, settings, self.telemetry.account)
-        self.ownership = Ownership(self.client, self.scripts, settings, self.consumer)
+        self.ownership = Ownership(self.client, self.scripts, settings, self.consumer, self.io)
         self.model: Any = None
         self.connected = False
         self.scripts_loaded = False

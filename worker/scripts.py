@@ -120,11 +120,40 @@ return 1
 """
 )
 
+SWEEP = (
+    _FENCE.format(lease=3)
+    + """
+-- KEYS: state, seen, lease. ARGV: token, ttl_ms, limit, backfill_cursor.
+-- Removes the checkpoints of series not committed for ttl_ms (at most `limit`), and, while
+-- backfill_cursor is not '', gives checkpoints without a last-seen time (written before the
+-- TTL was turned on) the time now. Returns {next_backfill_cursor, removed series}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cursor = ARGV[4]
+if cursor ~= '' then
+  local r = redis.call('HSCAN', KEYS[1], cursor, 'COUNT', ARGV[3])
+  cursor = r[1]
+  local z = {}
+  for i = 1, #r[2], 2 do z[#z + 1] = now; z[#z + 1] = r[2][i] end
+  if #z > 0 then redis.call('ZADD', KEYS[2], 'NX', unpack(z)) end
+  if cursor == '0' then cursor = '' end
+end
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]),
+                       'LIMIT', 0, tonumber(ARGV[3]))
+if #old > 0 then
+  redis.call('HDEL', KEYS[1], unpack(old))
+  redis.call('ZREM', KEYS[2], unpack(old))
+end
+return {cursor, old}
+"""
+)
+
 COMMIT = (
     _FENCE.format(lease=5)
     + """
--- KEYS: values, predictions, deadletter, state, lease.
--- ARGV: token, group, pred_maxlen, dead_maxlen, model_version, encoding, then five arrays:
+-- KEYS: values, predictions, deadletter, state, lease, seen.
+-- ARGV: token, group, pred_maxlen, dead_maxlen, model_version, retention_ms, count_minid,
+--   track_seen, encoding, then five arrays:
 --   extra field names; predictions flat, (series, prediction, source_id, ts, extras...) each;
 --   dead letters, each an array of field/value pairs; series/blob pairs; ids to ack.
 -- encoding 'msgpack': one msgpack argument per array (few, cheap arguments); 'flat': each
@@ -139,12 +168,12 @@ for k, want in pairs({[2] = 'stream', [3] = 'stream', [4] = 'hash'}) do
 end
 local group, pmax, dmax, version = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local extra, preds, deads, state, acks
-if ARGV[6] == 'msgpack' then
+if ARGV[9] == 'msgpack' then
   local unpack_mp = cmsgpack.unpack
-  extra, preds, deads = unpack_mp(ARGV[7]), unpack_mp(ARGV[8]), unpack_mp(ARGV[9])
-  state, acks = unpack_mp(ARGV[10]), unpack_mp(ARGV[11])
+  extra, preds, deads = unpack_mp(ARGV[10]), unpack_mp(ARGV[11]), unpack_mp(ARGV[12])
+  state, acks = unpack_mp(ARGV[13]), unpack_mp(ARGV[14])
 else
-  local i = 7
+  local i = 10
   local function take()
     local n, t = tonumber(ARGV[i]), {}
     for j = 1, n do t[j] = ARGV[i + j] end
@@ -204,6 +233,55 @@ end
 for i = 1, #acks, 4000 do
   redis.call('XACK', KEYS[1], group, unpack(acks, i, math.min(i + 3999, #acks)))
 end
+local retention, count_min, track_seen = tonumber(ARGV[6]), ARGV[7], ARGV[8] == '1'
+if retention > 0 or count_min ~= '0-0' or (track_seen and #state > 0) then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if track_seen and #state > 0 then
+    -- series -> last commit time, read by the SWEEP script (FORECAST_SERIES_TTL_MS)
+    local z = {'ZADD', KEYS[6]}
+    for i = 1, #state, 2 do z[#z + 1] = now; z[#z + 1] = state[i] end
+    for i = 3, #z, 4000 do
+      redis.call('ZADD', KEYS[6], unpack(z, i, math.min(i + 3999, #z)))
+    end
+  end
+  if retention > 0 or count_min ~= '0-0' then
+    -- Input retention, never past an entry some group has not committed: the bound is the
+    -- oldest pending entry, else the one after the last delivered, of every group.
+    local function parse(id)
+      local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+      return tonumber(ms), tonumber(seq)
+    end
+    local function lt(a, b)
+      local am, as = parse(a)
+      local bm, bs = parse(b)
+      return am < bm or (am == bm and as < bs)
+    end
+    local safe = nil
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+      local info = {}
+      for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
+      local bound
+      local oldest = redis.call('XPENDING', KEYS[1], info['name'], '-', '+', 1)
+      if #oldest > 0 then
+        bound = oldest[1][1]
+      else
+        local ms, seq = parse(info['last-delivered-id'])
+        bound = string.format('%d-%d', ms, seq + 1)
+      end
+      if safe == nil or lt(bound, safe) then safe = bound end
+    end
+    local target = count_min
+    if retention > 0 and now > retention then
+      local by_age = string.format('%d-0', now - retention)
+      if lt(target, by_age) then target = by_age end
+    end
+    if safe ~= nil and lt(safe, target) then target = safe end
+    if safe ~= nil and target ~= '0-0' then
+      redis.call('XTRIM', KEYS[1], 'MINID', '~', target)
+    end
+  end
+end
 return #preds / width
 """
 )
@@ -221,6 +299,7 @@ class Scripts:
         self.read = client.register_script(READ)
         self.claim = client.register_script(CLAIM)
         self.bump = client.register_script(BUMP)
+        self.sweep = client.register_script(SWEEP)
         self.commit = client.register_script(COMMIT)
 
     def probe(self) -> None:
@@ -237,7 +316,7 @@ class Scripts:
         the same round trip, and some servers (fakeredis' TCP server) drop the connection.
         """
         for script in (self.acquire, self.renew, self.release, self.read, self.claim, self.bump,
-                       self.commit):
+                       self.sweep, self.commit):
             self.client.script_load(script.script)
 
 
@@ -248,9 +327,18 @@ def commit_args(
     pred_maxlen: int,
     dead_maxlen: int,
     msgpack_ok: bool = True,
+    retention_ms: int = 0,
+    count_minid: bytes | str = "0-0",
+    track_seen: bool = False,
 ) -> list[Any]:
-    """ARGV of the COMMIT script for one `Commit` (see its header for the two encodings)."""
-    head = [token, group, pred_maxlen, dead_maxlen, commit.version]
+    """ARGV of the COMMIT script for one `Commit` (see its header for the two encodings).
+
+    `retention_ms` and `count_minid` bound the input stream (never past an uncommitted
+    entry: the script computes that bound itself); `track_seen` records each committed
+    series' last commit time for the series TTL.
+    """
+    head = [token, group, pred_maxlen, dead_maxlen, commit.version, retention_ms,
+            count_minid, "1" if track_seen else "0"]
     extra = list(commit.extra_fields)
     if msgpack_ok:
         parts = (extra, commit.predictions, commit.deadletters, commit.state, commit.ack_ids)
