@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     cluster: bool = setting(
         False, "Use the Redis Cluster client (redis-py RedisCluster)", cli=CONNECTED
     )
+    sentinels: str = setting(
+        "", "Redis Sentinel addresses, host:port,host:port,...: ask them for the primary "
+        "(FORECAST_REDIS_URL then gives only credentials, database and TLS)", cli=CONNECTED,
+    )
+    sentinel_master: str = setting(
+        "", "The master name the sentinels monitor (with FORECAST_SENTINELS)", cli=CONNECTED,
+    )
+    # A secret: environment or .env only, never a flag.
+    sentinel_password: str = setting("", "Password of the sentinels themselves (if they have one)")
     shards: int = setting(
         1, "Number of input shards; 1 keeps the plain forecast:values stream", cli=CONNECTED,
         ge=1, le=4096,
@@ -173,7 +182,8 @@ class Settings(BaseSettings):
         data["redis_url"] = mask_secrets(self.redis_url)
         if self.model_hmac_key:
             data["model_hmac_key"] = "***"
-
+        if self.sentinel_password:
+            data["sentinel_password"] = "***"
         return data
 
 
