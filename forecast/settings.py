@@ -88,6 +88,18 @@ class Settings(BaseSettings):
         "The checkpoint of a series idle longer than this is removed; it starts a fresh "
         "window (0 = never)", cli=WORKER, ge=0,
     )
+    commit_replicas: int = setting(
+        0, "A batch's commit counts only once this many replicas confirm it (WAIT); fewer "
+        "within the timeout is an outage: the worker resets and recovers", cli=WORKER, ge=0,
+    )
+    wait_replicas: int = setting(
+        0, "Replicas that must confirm pushed values (WAIT) before push succeeds",
+        cli=("push",), ge=0,
+    )
+    replicas_timeout_ms: int = setting(
+        1000, "How long a commit or push waits for FORECAST_COMMIT_REPLICAS / --wait-replicas",
+        cli=(*WORKER, "push"), ge=1,
+    )
     max_series: int = setting(
         1_000_000,
         "Series windows held in memory (LRU; evicted ones reload from the checkpoint)",

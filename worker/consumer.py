@@ -8,15 +8,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 
 from forecast.errors import Fenced, error_code
 from forecast.keys import ShardKeys
+from worker import metrics
 from worker.batch import Commit, Entry, dead_letter
 from worker.scripts import GUARD, Scripts, commit_args
 from worker.state import SeriesStore
 
 log = logging.getLogger(__name__)
+
+CLUSTER_MOVES = (MovedError, AskError, ClusterDownError, TryAgainError)
+
+
+class ReplicationTimeout(redis.ConnectionError):
+    """Fewer than FORECAST_COMMIT_REPLICAS replicas confirmed a commit in time (WAIT).
+
+    A ConnectionError on purpose: the worker takes its outage path (not ready, reset,
+    recover from the checkpoint); the commit itself stays applied on the primary.
+    """
+
+    def __init__(self, confirmed: int, wanted: int, timeout_ms: int) -> None:
+        super().__init__(f"only {confirmed} of {wanted} replica(s) confirmed the commit "
+                         f"within {timeout_ms} ms")
 
 
 def is_fenced(exc: redis.ResponseError) -> bool:
@@ -53,6 +68,7 @@ class Shard:
     ahead: deque[list[Entry]] = field(default_factory=deque)  # batches read, not processed yet
     inflight: Commit | None = None  # sent with a read-ahead; replies not collected yet
     inflight_replies: int = 0  # how many replies the commands sent will produce
+    inflight_commit: int = 0  # how many of them belong to the commit (EVALSHA, WAIT)
     conn: Any = None  # dedicated connection for the pipelined commit + read
     pool: Any = None  # the pool `conn` came from
     # (first id, entries) of the batches committed since the last reset, coalesced: where
@@ -139,6 +155,7 @@ class ShardIO:
     def __init__(
         self, client: Any, scripts: Scripts, group: str, consumer: str, cluster: bool = False,
         *, input_maxlen: int = 0, input_retention_ms: int = 0, series_ttl_ms: int = 0,
+        commit_replicas: int = 0, replicas_timeout_ms: int = 1000,
     ) -> None:
         self.client = client
         self.scripts = scripts
@@ -148,6 +165,8 @@ class ShardIO:
         self.input_maxlen = input_maxlen
         self.input_retention_ms = input_retention_ms
         self.series_ttl_ms = series_ttl_ms
+        self.commit_replicas = commit_replicas
+        self.replicas_timeout_ms = replicas_timeout_ms
         # stream -> ids whose last counted delivery ended with a Redis error in this process
         # (it never produced a commit because the connection broke): the next one is free.
         self.refunds: dict[str, set[bytes]] = {}
@@ -162,14 +181,7 @@ class ShardIO:
 
     def read(self, shard: Shard, count: int) -> list[Entry]:
         """New entries (`>`), at most `count`; only while the lease is ours."""
-        if self.cluster:
-            raw = self._call(
-                self.scripts.read,
-                [shard.keys.values, shard.keys.lease],
-                [shard.token, self.group, self.consumer, count],
-            )
-            return _entries(raw[0][1]) if raw else []
-        self._send(shard, None, self._read_commands(shard, count))
+        self._send(shard, None, [], self._read_commands(shard, count))
         return self.finish(shard)[1]
 
     def _read_commands(self, shard: Shard, count: int) -> list[tuple[Any, ...]]:
@@ -246,10 +258,26 @@ class ShardIO:
                            self.scripts.msgpack_ok, self.input_retention_ms,
                            shard.count_minid(self.input_maxlen), self.series_ttl_ms > 0)
 
+    def _commit_commands(self, shard: Shard, commit: Commit, pred_maxlen: int,
+                         dead_maxlen: int) -> list[tuple[Any, ...]]:
+        """The commit script call, then `WAIT n timeout` with FORECAST_COMMIT_REPLICAS=n."""
+        keys = shard.keys
+        commands: list[tuple[Any, ...]] = [(
+            "EVALSHA",
+            self.scripts.commit.sha,
+            len(keys.commit_keys),
+            *keys.commit_keys,
+            *self._commit_args(shard, commit, pred_maxlen, dead_maxlen),
+        )]
+        if self.commit_replicas:
+            commands.append(("WAIT", self.commit_replicas, self.replicas_timeout_ms))
+        return commands
+
     def commit(self, shard: Shard, commit: Commit, pred_maxlen: int, dead_maxlen: int) -> None:
         """Write predictions, dead letters, checkpoint and acks in one atomic script."""
-        args = self._commit_args(shard, commit, pred_maxlen, dead_maxlen)
-        self._call(self.scripts.commit, shard.keys.commit_keys, args)
+        self._send(shard, commit, self._commit_commands(shard, commit, pred_maxlen,
+                                                        dead_maxlen), [])
+        self.finish(shard)
 
     def sweep(self, shard: Shard, limit: int = 2000) -> list[bytes]:
         """Remove checkpoints of series idle longer than the series TTL (at most `limit`)."""
@@ -270,51 +298,76 @@ class ShardIO:
 
         Redis runs both while the caller prepares the next batch; `finish` collects them.
         """
-        keys = shard.keys
-        commit_cmd = (
-            "EVALSHA",
-            self.scripts.commit.sha,
-            len(keys.commit_keys),
-            *keys.commit_keys,
-            *self._commit_args(shard, commit, pred_maxlen, dead_maxlen),
-        )
-        self._send(shard, commit, [commit_cmd, *self._read_commands(shard, count)])
+        self._send(shard, commit, self._commit_commands(shard, commit, pred_maxlen, dead_maxlen),
+                   self._read_commands(shard, count))
 
-    def _send(self, shard: Shard, commit: Commit | None, commands: list[tuple[Any, ...]]) -> None:
-        """Send commands on the shard's dedicated connection; `finish` reads the replies."""
+    def _connection(self, shard: Shard) -> Any:
+        """The shard's dedicated connection: to the one Redis, or to the cluster node that
+        serves the shard's hash tag (every key of a shard lives there)."""
         if shard.conn is None:
-            shard.pool = self.client.connection_pool
+            if self.cluster:
+                node = self.client.get_node_from_key(shard.keys.values)
+                shard.pool = self.client.get_redis_connection(node).connection_pool
+            else:
+                shard.pool = self.client.connection_pool
             shard.conn = shard.pool.get_connection()
-        packed = shard.conn.pack_commands(commands)
+        return shard.conn
+
+    def _send(self, shard: Shard, commit: Commit | None, commit_commands: list[tuple[Any, ...]],
+              read_commands: list[tuple[Any, ...]]) -> None:
+        """Send commands on the shard's dedicated connection; `finish` reads the replies."""
+        conn = self._connection(shard)
+        commands = [*commit_commands, *read_commands]
+        packed = conn.pack_commands(commands)
         shard.inflight = commit if commit is not None else Commit()
         shard.inflight_replies = len(commands)  # set before sending: every reply must be read
+        shard.inflight_commit = len(commit_commands)
         try:
-            shard.conn.send_packed_command(packed, check_health=False)
+            conn.send_packed_command(packed, check_health=False)
         except BaseException:
             shard.inflight = None
             shard.close()
             raise
 
+    def _raise(self, shard: Shard, reply: redis.ResponseError) -> None:
+        if is_fenced(reply):
+            raise Fenced(str(reply))
+        if isinstance(reply, NoScriptError):
+            self.scripts.load()
+        if self.cluster and isinstance(reply, CLUSTER_MOVES):
+            # The slot moved (resharding, failover): learn the new layout; the worker takes
+            # the outage path and recovers on the node that serves the shard now.
+            shard.close()
+            try:
+                self.client.nodes_manager.initialize()
+            except redis.RedisError as exc:
+                log.debug("cluster topology refresh failed: %r", exc)
+            raise redis.ConnectionError(f"shard {shard.index} moved: {reply}") from None
+        raise reply
+
     def finish(self, shard: Shard) -> tuple[Commit, list[Entry]]:
-        """Collect the replies of `_send`: the commit (if any) and the fenced read."""
+        """Collect the replies of `_send`: the commit (if any) and the fenced read (if any)."""
         commit = shard.inflight
         assert commit is not None
+        n_commit = shard.inflight_commit
         replies = shard.read_replies()
-        _watch, guard, _multi, _queued, result = replies[-5:]
         for reply in replies:
             if isinstance(reply, redis.ResponseError):
-                if is_fenced(reply):
-                    raise Fenced(str(reply))
-                if isinstance(reply, NoScriptError):
-                    self.scripts.load()
-                raise reply
+                self._raise(shard, reply)
+        if n_commit == 2 and int(replies[1]) < self.commit_replicas:
+            metrics.REPLICA_TIMEOUTS.inc()
+            raise ReplicationTimeout(int(replies[1]), self.commit_replicas,
+                                     self.replicas_timeout_ms)
+        if len(replies) == n_commit:  # a commit without a read
+            return commit, []
+        _watch, guard, _multi, _queued, result = replies[-5:]
         if guard == 0:
             raise Fenced(f"FENCED lease {shard.keys.lease} is not held by this worker")
         if result is None:  # a key changed since WATCH (e.g. our own renewal): nothing was read
             return commit, []
         raw = result[0]
         if isinstance(raw, redis.ResponseError):
-            raise raw
+            self._raise(shard, raw)
         return commit, (_entries(raw[0][1]) if raw else [])
 
 

@@ -53,7 +53,8 @@ class Worker:
         self.io = ShardIO(
             self.client, self.scripts, settings.group, self.consumer, settings.cluster,
             input_maxlen=settings.input_maxlen, input_retention_ms=settings.input_retention_ms,
-            series_ttl_ms=settings.series_ttl_ms,
+            series_ttl_ms=settings.series_ttl_ms, commit_replicas=settings.commit_replicas,
+            replicas_timeout_ms=settings.replicas_timeout_ms,
         )
         self.watcher = watcher or ModelWatcher(
             client, settings.model_poll_s, settings.model_hmac_key

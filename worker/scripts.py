@@ -56,15 +56,6 @@ redis.call('SET', KEYS[2], ARGV[1])
 return 0
 """
 
-READ = (
-    _FENCE.format(lease=2)
-    + """
--- KEYS: values, lease. ARGV: token, group, consumer, count.
-return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4],
-                  'STREAMS', KEYS[1], '>')
-"""
-)
-
 CLAIM = (
     _FENCE.format(lease=2)
     + """
@@ -296,7 +287,6 @@ class Scripts:
         self.acquire = client.register_script(ACQUIRE)
         self.renew = client.register_script(RENEW)
         self.release = client.register_script(RELEASE)
-        self.read = client.register_script(READ)
         self.claim = client.register_script(CLAIM)
         self.bump = client.register_script(BUMP)
         self.sweep = client.register_script(SWEEP)
@@ -315,7 +305,7 @@ class Scripts:
         EVALSHA then never meets NOSCRIPT: the raw pipelined path cannot recover from it in
         the same round trip, and some servers (fakeredis' TCP server) drop the connection.
         """
-        for script in (self.acquire, self.renew, self.release, self.read, self.claim, self.bump,
+        for script in (self.acquire, self.renew, self.release, self.claim, self.bump,
                        self.sweep, self.commit):
             self.client.script_load(script.script)
 
