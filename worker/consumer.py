@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ from worker.state import SeriesStore
 log = logging.getLogger(__name__)
 
 CLUSTER_MOVES = (MovedError, AskError, ClusterDownError, TryAgainError)
+SEEN_EVERY_S = 1.0  # a series' last-seen time is written once per window this long ...
+SEEN_MAX = 50_000  # ... and the window starts again when it has seen this many series
 
 
 class ReplicationTimeout(redis.ConnectionError):
@@ -77,6 +80,13 @@ class Shard:
     ledger: deque[list[Any]] = field(default_factory=deque)
     ledger_total: int = 0
     backfill: bytes = b"0"  # HSCAN cursor giving old checkpoints a last-seen time ("" = done)
+    # Series whose last-seen time (FORECAST_SERIES_TTL_MS) a commit of the current window
+    # (SEEN_EVERY_S) has written already: a series' first commit in each window writes it,
+    # atomically with its checkpoint, so a hot series costs one ZADD per window, not one per
+    # batch, and a last-seen time is at most one window old. Cleared on reset (the commit
+    # that carried it may not have landed).
+    seen_recent: set[bytes] = field(default_factory=set)
+    seen_window: float = 0.0  # time.monotonic() when the current window began
 
     @property
     def index(self) -> int:
@@ -147,6 +157,7 @@ class Shard:
         self.cursor = b"0-0"
         self.ledger.clear()
         self.ledger_total = 0
+        self.seen_recent.clear()
 
 
 class ShardIO:
@@ -256,7 +267,21 @@ class ShardIO:
             shard.note_batch(first, len(commit.ack_ids), self.input_maxlen)
         return commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen,
                            self.scripts.msgpack_ok, self.input_retention_ms,
-                           shard.count_minid(self.input_maxlen), self.series_ttl_ms > 0)
+                           shard.count_minid(self.input_maxlen), self._seen(shard, commit))
+
+    def _seen(self, shard: Shard, commit: Commit) -> list[bytes]:
+        """The series whose last-seen time this commit writes (see `Shard.seen_recent`)."""
+        if self.series_ttl_ms <= 0:
+            return []
+        now = time.monotonic()
+        recent = shard.seen_recent
+        every = min(SEEN_EVERY_S, self.series_ttl_ms / 10_000)
+        if now - shard.seen_window >= every or len(recent) >= SEEN_MAX:
+            recent.clear()
+            shard.seen_window = now
+        new = [series for series in commit.state[0::2] if series not in recent]
+        recent.update(new)
+        return new
 
     def _commit_commands(self, shard: Shard, commit: Commit, pred_maxlen: int,
                          dead_maxlen: int) -> list[tuple[Any, ...]]:

@@ -144,9 +144,10 @@ COMMIT = (
     + """
 -- KEYS: values, predictions, deadletter, state, lease, seen.
 -- ARGV: token, group, pred_maxlen, dead_maxlen, model_version, retention_ms, count_minid,
---   track_seen, encoding, then five arrays:
+--   (unused), encoding, then six arrays:
 --   extra field names; predictions flat, (series, prediction, source_id, ts, extras...) each;
---   dead letters, each an array of field/value pairs; series/blob pairs; ids to ack.
+--   dead letters, each an array of field/value pairs; series/blob pairs; ids to ack; series
+--   whose last-seen time is now (FORECAST_SERIES_TTL_MS; batched by the worker).
 -- encoding 'msgpack': one msgpack argument per array (few, cheap arguments); 'flat': each
 -- array as a count then its items (dead letters: a count of counted arrays), for servers
 -- whose Lua has no cmsgpack (the embedded fakeredis of `forecast demo`).
@@ -158,11 +159,11 @@ for k, want in pairs({[2] = 'stream', [3] = 'stream', [4] = 'hash'}) do
   end
 end
 local group, pmax, dmax, version = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local extra, preds, deads, state, acks
+local extra, preds, deads, state, acks, seen
 if ARGV[9] == 'msgpack' then
   local unpack_mp = cmsgpack.unpack
   extra, preds, deads = unpack_mp(ARGV[10]), unpack_mp(ARGV[11]), unpack_mp(ARGV[12])
-  state, acks = unpack_mp(ARGV[13]), unpack_mp(ARGV[14])
+  state, acks, seen = unpack_mp(ARGV[13]), unpack_mp(ARGV[14]), unpack_mp(ARGV[15])
 else
   local i = 10
   local function take()
@@ -176,7 +177,7 @@ else
   i = i + 1
   deads = {}
   for d = 1, n do deads[d] = take() end
-  state, acks = take(), take()
+  state, acks, seen = take(), take(), take()
 end
 local n_extra = #extra
 local width = 4 + n_extra
@@ -224,14 +225,14 @@ end
 for i = 1, #acks, 4000 do
   redis.call('XACK', KEYS[1], group, unpack(acks, i, math.min(i + 3999, #acks)))
 end
-local retention, count_min, track_seen = tonumber(ARGV[6]), ARGV[7], ARGV[8] == '1'
-if retention > 0 or count_min ~= '0-0' or (track_seen and #state > 0) then
+local retention, count_min = tonumber(ARGV[6]), ARGV[7]
+if retention > 0 or count_min ~= '0-0' or #seen > 0 then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  if track_seen and #state > 0 then
+  if #seen > 0 then
     -- series -> last commit time, read by the SWEEP script (FORECAST_SERIES_TTL_MS)
     local z = {'ZADD', KEYS[6]}
-    for i = 1, #state, 2 do z[#z + 1] = now; z[#z + 1] = state[i] end
+    for i = 1, #seen do z[#z + 1] = now; z[#z + 1] = seen[i] end
     for i = 3, #z, 4000 do
       redis.call('ZADD', KEYS[6], unpack(z, i, math.min(i + 3999, #z)))
     end
@@ -319,23 +320,25 @@ def commit_args(
     msgpack_ok: bool = True,
     retention_ms: int = 0,
     count_minid: bytes | str = "0-0",
-    track_seen: bool = False,
+    seen: list[bytes] | None = None,
 ) -> list[Any]:
     """ARGV of the COMMIT script for one `Commit` (see its header for the two encodings).
 
     `retention_ms` and `count_minid` bound the input stream (never past an uncommitted
-    entry: the script computes that bound itself); `track_seen` records each committed
-    series' last commit time for the series TTL.
+    entry: the script computes that bound itself); `seen` are the series whose last-seen
+    time (for the series TTL) becomes now.
     """
     head = [token, group, pred_maxlen, dead_maxlen, commit.version, retention_ms,
-            count_minid, "1" if track_seen else "0"]
+            count_minid, ""]
     extra = list(commit.extra_fields)
     if msgpack_ok:
-        parts = (extra, commit.predictions, commit.deadletters, commit.state, commit.ack_ids)
+        parts = (extra, commit.predictions, commit.deadletters, commit.state, commit.ack_ids,
+                 seen or [])
         return [*head, "msgpack", *map(packb, parts)]
     args: list[Any] = [*head, "flat", len(extra), *extra]
     args += [len(commit.predictions), *commit.predictions, len(commit.deadletters)]
     for dead in commit.deadletters:  # a count of counted arrays
         args += [len(dead), *dead]
     args += [len(commit.state), *commit.state, len(commit.ack_ids), *commit.ack_ids]
+    args += [len(seen or []), *(seen or [])]
     return args
