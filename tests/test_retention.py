@@ -200,3 +200,21 @@ def test_soak_memory_plateaus(redis_url: str, r: redis.Redis, threads: Any) -> N
     # every value predicted but each wave's series' first n_steps - 1 = 2 (8 waves of 200)
     assert metrics.PREDICTIONS._value.get() - predicted == 30_000 - 8 * 200 * 2
     print("soak samples (xlen, checkpoints, used_memory):", samples)
+
+
+def test_consumers_of_dead_workers_are_forgotten(redis_url: str, r: redis.Redis) -> None:
+    """Every restart names a new consumer: idle ones with nothing pending are deleted (under
+    the lease); one with pending entries stays."""
+    client: Any = r
+    client.xgroup_create(keys.VALUES, "forecast", id="0", mkstream=True)
+    for name in ("dead-1", "dead-2", "w"):  # w: the worker itself, never removed
+        client.xgroup_createconsumer(keys.VALUES, "forecast", name)
+    _push(client, _items(5, 1))
+    client.xreadgroup("forecast", "dead-3", {keys.VALUES: ">"}, count=2)  # 2 pending
+    w = make_worker(redis_url, "w", claim_min_idle_ms=60_000)  # they stay with dead-3
+    w.step()
+    assert w.io.forget_consumers(w.shards[0], 0) == 2
+    names = {c["name"] for c in client.xinfo_consumers(keys.VALUES, "forecast")}
+    assert names == {b"dead-3", b"w"}
+    assert client.xpending(keys.VALUES, "forecast")["pending"] == 2
+    w.shutdown()

@@ -87,6 +87,7 @@ class Shard:
     # that carried it may not have landed).
     seen_recent: set[bytes] = field(default_factory=set)
     seen_window: float = 0.0  # time.monotonic() when the current window began
+    consumers_checked: float = 0.0  # time.monotonic() of the last clean-up of dead consumers
 
     @property
     def index(self) -> int:
@@ -303,6 +304,11 @@ class ShardIO:
         self._send(shard, commit, self._commit_commands(shard, commit, pred_maxlen,
                                                         dead_maxlen), [])
         self.finish(shard)
+
+    def forget_consumers(self, shard: Shard, min_idle_ms: int) -> int:
+        """Delete the group's consumers with nothing pending, idle for `min_idle_ms` (fenced)."""
+        return int(self._call(self.scripts.forget, [shard.keys.values, shard.keys.lease],
+                              [shard.token, self.group, self.consumer, min_idle_ms]))
 
     def sweep(self, shard: Shard, limit: int = 2000) -> list[bytes]:
         """Remove checkpoints of series idle longer than the series TTL (at most `limit`)."""

@@ -8,6 +8,7 @@ the commit in flight), and its in-memory state goes with it.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import redis
@@ -55,6 +56,26 @@ class Ownership:
         for k in sorted(wanted - set(self.shards)):
             self._acquire(k, n_steps)
         self.expire_series()
+        self.forget_dead_consumers()
+
+    def forget_dead_consumers(self, every_s: float = 60.0) -> None:
+        """Once a minute per shard: delete consumers of dead workers (nothing pending, idle a
+        minute): every restart names a new consumer, and the group would keep them all."""
+        if self.io is None:
+            return
+        now = time.monotonic()
+        for k, shard in list(self.shards.items()):
+            if now - shard.consumers_checked < every_s:
+                continue
+            shard.consumers_checked = now
+            try:
+                gone = self.io.forget_consumers(shard, keys.WORKER_FORGET_MS)
+            except Fenced:
+                log.warning("lease of shard %d lost; dropping it", k)
+                self.drop(k)
+                continue
+            if gone:
+                log.info("shard %d: removed %d idle consumer(s) of the group", k, gone)
 
     def expire_series(self, rounds: int = 5) -> None:
         """Remove checkpoints (and windows) of series idle past FORECAST_SERIES_TTL_MS.

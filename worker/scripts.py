@@ -139,6 +139,26 @@ return {cursor, old}
 """
 )
 
+FORGET = (
+    _FENCE.format(lease=2)
+    + """
+-- KEYS: values, lease. ARGV: token, group, consumer, min_idle_ms.
+-- Deletes the group's consumers (dead workers: every restart has a new name) that have no
+-- pending entry and were idle for min_idle_ms. Safe only under the lease: nobody else can
+-- read this stream now, so no such consumer can get a pending entry before it goes.
+local gone = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[2])) do
+  local info = {}
+  for j = 1, #c, 2 do info[c[j]] = c[j + 1] end
+  if info['name'] ~= ARGV[3] and info['pending'] == 0 and info['idle'] >= tonumber(ARGV[4]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[2], info['name'])
+    gone = gone + 1
+  end
+end
+return gone
+"""
+)
+
 COMMIT = (
     _FENCE.format(lease=5)
     + """
@@ -291,6 +311,7 @@ class Scripts:
         self.claim = client.register_script(CLAIM)
         self.bump = client.register_script(BUMP)
         self.sweep = client.register_script(SWEEP)
+        self.forget = client.register_script(FORGET)
         self.commit = client.register_script(COMMIT)
 
     def probe(self) -> None:
@@ -307,7 +328,7 @@ class Scripts:
         the same round trip, and some servers (fakeredis' TCP server) drop the connection.
         """
         for script in (self.acquire, self.renew, self.release, self.claim, self.bump,
-                       self.sweep, self.commit):
+                       self.sweep, self.forget, self.commit):
             self.client.script_load(script.script)
 
 
