@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -174,13 +175,17 @@ def test_soak_memory_plateaus(redis_url: str, r: redis.Redis, threads: Any) -> N
         wave["n"] = i // 40  # a new set of 200 series ids every 40 rounds (2 s)
         return _items(100, 200, start=i * 100, prefix=f"w{wave['n']}-")
 
-    samples: list[tuple[int, int, int]] = []
+    samples: list[tuple[int, int, int, int]] = []
     stop = threading.Event()
+
+    def rss() -> int:  # this process holds the in-process worker
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0]) * 1024
 
     def sample() -> None:
         while not stop.wait(0.5):
             samples.append((client.xlen(keys.VALUES), client.hlen(keys.shard_keys(0, 1).state),
-                            int(client.info("memory")["used_memory"])))
+                            int(client.info("memory")["used_memory"]), rss()))
 
     sampler = threading.Thread(target=sample, daemon=True)
     with PacedProducer(producer, chunk, interval=0.05, limit=300 * 100) as paced:
@@ -197,6 +202,8 @@ def test_soak_memory_plateaus(redis_url: str, r: redis.Redis, threads: Any) -> N
     assert max(s[1] for s in samples) <= 200 * 4, samples  # ~ the waves alive within a TTL
     late = [s[2] for s in samples[len(samples) // 3:]]
     assert max(late) < 1.1 * min(late), samples  # memory plateaus
+    late_rss = [x[3] for x in samples[len(samples) // 3:]]
+    assert max(late_rss) < min(late_rss) + 16 * 2**20, samples  # worker RSS flat
     # every value predicted but each wave's series' first n_steps - 1 = 2 (8 waves of 200)
     assert metrics.PREDICTIONS._value.get() - predicted == 30_000 - 8 * 200 * 2
     print("soak samples (xlen, checkpoints, used_memory):", samples)
