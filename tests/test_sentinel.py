@@ -171,3 +171,14 @@ def test_failover_under_sentinel_is_exactly_once(tmp_path: Path) -> None:
         out = Path(harness.__file__).resolve().parent.parent / "bench" / "results"
         out.mkdir(parents=True, exist_ok=True)
         (out / "sentinel-results.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def test_no_sentinel_answers_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from forecast.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["status", "--sentinels", "127.0.0.1:1", "--sentinel-master", "fc"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the primary of 'fc' via sentinels 127.0.0.1:1" in err
+    assert "Traceback" not in err
