@@ -145,11 +145,48 @@ def _report_rows(results: dict[str, Outcome]) -> list[Row]:
     return out
 
 
+def _redis_rows(results: dict[str, Outcome]) -> list[Row]:
+    """Issue 14: Cluster vs one Redis, the model-bound worker, durability, Redis memory."""
+    out = []
+    cl = results.get("cluster_speed")
+    if cl and cl.median:
+        m = cl.median
+        ratio = m.get("ratio", 0.0)
+        cpu = f", CPU/value {m['cpu_ratio']:.2f}x" if "cpu_ratio" in m else ""
+        out.append(Row("1 worker: 3-master Cluster, 6 shards vs one Redis",
+                       f"{_rate(m['cluster_values_per_s'])} vs {_rate(m['single_values_per_s'])}"
+                       f": {ratio:.2f}x (median of paired runs{cpu})", ">= 0.9x",
+                       _verdict(ratio >= 0.9), _load(cl)))
+    mb = results.get("model_bound")
+    if mb and mb.median:
+        m = mb.median
+        out.append(Row("LSTM(64) n=48: end to end vs pure model calls (same batch)",
+                       f"{_rate(m['end_to_end_values_per_s'])} vs "
+                       f"{_rate(m['model_values_per_s'])}: {m['ratio']:.2f}x", "report", "-",
+                       _load(mb)))
+    du = results.get("durability")
+    if du and du.median:
+        m = du.median
+        out.append(Row("commit replicas 0 / 1 (one replica)",
+                       f"{_rate(m['replicas_0'])} / {_rate(m['replicas_1'])}: "
+                       f"{m['ratio']:.2f}x", "report", "-", _load(du)))
+    mem = results.get("redis_memory")
+    if mem and mem.median:
+        m = mem.median
+        out.append(Row("Redis memory: per input value / per prediction / per series",
+                       f"{m['stream_bytes_per_value']:.0f} B / "
+                       f"{m.get('prediction_bytes', 0):.0f} B / "
+                       f"{m['state_bytes_per_series']:.0f} B checkpoint (n=3) + "
+                       f"{m['seen_bytes_per_series']:.0f} B last-seen", "report", "-",
+                       _load(mem)))
+    return out
+
+
 def rows(results: dict[str, Outcome]) -> list[Row]:
-    """The table rows for whatever scenarios ran (targets from issue 5)."""
+    """The table rows for whatever scenarios ran (targets from issues 5 and 14)."""
     return [*_reference_rows(results), *_throughput_rows(results),
             *_latency_rows(results.get("latency")), *_big_rows(results.get("series_1m")),
-            *_report_rows(results)]
+            *_report_rows(results), *_redis_rows(results)]
 
 
 def format_table(table: list[Row]) -> str:

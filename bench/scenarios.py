@@ -39,7 +39,9 @@ from bench.util import (
 )
 from forecast import keys, registry
 from forecast.harness import WorkerProcess, wait_until
-from forecast.redis_server import RedisServer
+from forecast.redis_conn import connect
+from forecast.redis_server import LocalCluster, RedisServer
+from forecast.settings import Settings
 from worker.batch import entry_ms
 from worker.consumer import ensure_group
 
@@ -105,15 +107,16 @@ class Bench:
                  trainer: Callable[[str, int], Any] | None = None) -> None:
         self.plan = plan
         self.workdir = workdir
-        self.models: dict[tuple[str, int], Any] = {}
+        self.models: dict[tuple[Any, ...], Any] = {}
         self._trainer = trainer or train_tiny
 
-    def model(self, arch: str = "simple_rnn", n_steps: int = 3) -> Any:
-        """A `trainer.artifact.Trained` for (arch, n_steps), trained once per bench run."""
-        key = (arch, n_steps)
+    def model(self, arch: str = "simple_rnn", n_steps: int = 3, units: int = 50) -> Any:
+        """A `trainer.artifact.Trained` for (arch, n_steps, units), trained once per run."""
+        key = (arch, n_steps) if units == 50 else (arch, n_steps, units)
         if key not in self.models:
             t0 = time.perf_counter()
-            self.models[key] = self._trainer(arch, n_steps)
+            self.models[key] = (self._trainer(arch, n_steps) if units == 50
+                                else train_tiny(arch, n_steps, units))
             log.info("trained %s n_steps=%d in %.1fs", arch, n_steps, time.perf_counter() - t0)
         return self.models[key]
 
@@ -132,8 +135,8 @@ class Bench:
             shutil.rmtree(server.dir, ignore_errors=True)  # type: ignore[arg-type]
 
 
-def train_tiny(arch: str, n_steps: int) -> Any:
-    """Train a 50-unit model for one epoch on a small generated dataset (accuracy is irrelevant)."""
+def train_tiny(arch: str, n_steps: int, units: int = 50) -> Any:
+    """Train a model for one epoch on a small generated dataset (accuracy is irrelevant)."""
     from forecast.settings import Arch, Settings
     from trainer.artifact import train_model
     from trainer.data import Dataset
@@ -141,7 +144,7 @@ def train_tiny(arch: str, n_steps: int) -> Any:
     rng = np.random.default_rng(7)
     data = {f"rw{i}": 10 + np.cumsum(rng.normal(0, 1, 120)) for i in range(6)}
     settings = Settings(_env_file=None, arch=cast(Arch, arch), n_steps=n_steps,  # type: ignore[call-arg]
-                        units=50, epochs=1, patience=0, train_batch_size=64)
+                        units=units, epochs=1, patience=0, train_batch_size=64)
     return train_model(Dataset("bench", data), settings)
 
 
@@ -156,24 +159,35 @@ def make_current(client: Any, trained: Any) -> str:
 class Fleet:
     """`n` worker processes over `shards` input shards of one Redis."""
 
-    def __init__(self, bench: Bench, server: RedisServer, client: Any, n: int, shards: int = 1,
-                 **settings: Any) -> None:
+    def __init__(self, bench: Bench, server: RedisServer | None, client: Any, n: int,
+                 shards: int = 1, cluster: LocalCluster | None = None, **settings: Any) -> None:
         self.bench = bench
         self.server = server
+        self.cluster = cluster  # the workers run with --cluster against it (server unused)
         self.client = client
         self.n = n
         self.shards = shards
         ttl = LEASE_TTL_ONE_MS if n == 1 else LEASE_TTL_MANY_MS
-        self.settings = {"shards": shards, "lease_ttl_ms": ttl, "model_poll_s": 0.2, **settings}
-        self.streams = [keys.values_stream(k, shards) for k in range(shards)]
+        self.settings = {"shards": shards, "lease_ttl_ms": ttl, "model_poll_s": 0.2,
+                         **({"cluster": True} if cluster else {}), **settings}
+        self.streams = [keys.values_stream(k, shards, cluster is not None)
+                        for k in range(shards)]
         self.workers: list[WorkerProcess] = []
+
+    @property
+    def url(self) -> str:
+        """The URL the workers are given."""
+        if self.cluster is not None:
+            return self.cluster.url
+        assert self.server is not None
+        return self.server.url
 
     def __enter__(self) -> Fleet:
         for s in self.streams:
             ensure_group(self.client, s, GROUP)
         try:
             for i in range(self.n):
-                self.workers.append(start_worker(self.server.url, f"bench-{i}",
+                self.workers.append(start_worker(self.url, f"bench-{i}",
                                                  self.bench.workdir, **self.settings))
             self._wait(lambda: self.client.zcard(keys.WORKERS) >= self.n, 180, "workers to start")
         except BaseException:
@@ -201,12 +215,14 @@ class Fleet:
     def serve(self, trained: Any) -> None:
         """Publish the model; wait until every shard's lease is held by its assigned worker."""
         make_current(self.client, trained)
-        leases = [keys.shard_keys(k, self.shards).lease for k in range(self.shards)]
+        leases = [keys.shard_keys(k, self.shards, self.cluster is not None).lease
+                  for k in range(self.shards)]
         names = sorted(w.consumer for w in self.workers)
         wanted = [names[k % len(names)].encode() for k in range(self.shards)]  # as leases.assign
 
         def balanced() -> bool:
-            owners = [v.split(b":", 1)[1] if v else None for v in self.client.mget(leases)]
+            got = [self.client.get(k) for k in leases]  # one slot each on a cluster
+            owners = [v.split(b":", 1)[1] if v else None for v in got]
             return owners == wanted
         self._wait(balanced, 180, "the shard leases to settle", 0.05)
 
@@ -252,8 +268,11 @@ class Fleet:
             t0 = time.perf_counter()
             for w in self.workers:
                 w.resume()
+        # one XINFO per stream per poll: poll less often with more streams, so that a fleet
+        # with many shards does not pay more of the bench's own CPU (2 cores shared)
         t1 = self._wait(lambda: acked(self.client, self.streams) >= base + total,
-                        max(300.0, total / 2000), "every value acknowledged")
+                        max(300.0, total / 2000), "every value acknowledged",
+                        0.005 * len(self.streams))
         seconds = t1 - t0
         cpu = [after - before for before, after in zip(cpu_before, self._cpu(), strict=True)]
         own = time.process_time() - own_before
@@ -268,8 +287,10 @@ class Fleet:
 
     def _cpu(self) -> list[float]:
         """CPU seconds of every worker, then of the redis-server."""
-        pids = [w.pid for w in self.workers] + [self.server.proc.pid]  # type: ignore[union-attr]
-        return [cpu_seconds(pid) for pid in pids]
+        servers = self.cluster.nodes if self.cluster is not None else [self.server]
+        redis_pids = [srv.proc.pid for srv in servers if srv is not None and srv.proc is not None]
+        redis_cpu = sum(cpu_seconds(pid) for pid in redis_pids)
+        return [*(cpu_seconds(w.pid) for w in self.workers), redis_cpu]
 
 
 def fleet_throughput(bench: Bench, trained: Any, n_workers: int = 1, shards: int = 1,
@@ -280,7 +301,7 @@ def fleet_throughput(bench: Bench, trained: Any, n_workers: int = 1, shards: int
     """
     plan = bench.plan
     out = Outcome()
-    extra = {"promote": "manual"} if shadow is not None else {}
+    extra: dict[str, Any] = {"promote": "manual"} if shadow is not None else {}
     with bench.redis() as (server, client), \
             Fleet(bench, server, client, n_workers, shards, **extra) as fleet:
         fleet.serve(trained)
@@ -529,6 +550,157 @@ def latency(bench: Bench) -> Outcome:
                          "xadd_to_xadd_p99_ms")
 
 
+# --- Redis topologies, durability, memory -------------------------------------------------
+
+
+@contextlib.contextmanager
+def _cluster(bench: Bench) -> Iterator[tuple[LocalCluster, Any]]:
+    """A fresh private 3-master Redis Cluster and a cluster client on it."""
+    cluster = LocalCluster().start()
+    try:
+        client = connect(Settings(_env_file=None, redis_url=cluster.url, cluster=True),  # type: ignore[call-arg]
+                         timeout=300)
+        try:
+            yield cluster, client
+        finally:
+            client.close()
+    finally:
+        cluster.stop()
+
+
+def cluster_speed(bench: Bench) -> Outcome:
+    """One worker over a 3-master Redis Cluster with 6 shards vs one worker on one Redis.
+
+    Same model, same 1,000 series, same values per run; both fleets are up at once and their
+    runs alternate in pairs, so both see the same machine load. The figure is the median of
+    the pairs' ratios; `cpu_ratio` compares (worker + Redis) CPU seconds per value, the
+    measure least sensitive to a busy machine.
+    """
+    plan = bench.plan
+    trained = bench.model("simple_rnn", 3)
+    out = Outcome()
+    with bench.redis() as (server, client), _cluster(bench) as (cluster, cclient), \
+            Fleet(bench, server, client, 1, 1) as single, \
+            Fleet(bench, None, cclient, 1, 6, cluster=cluster) as clustered:
+        for fleet in (single, clustered):
+            fleet.serve(trained)
+            fleet.warm(fleet.loads(plan.warmup))
+        # pairs back to back (the machine's load drifts): the figure is the median pair ratio
+        for _ in range(max(plan.repeats, 5) if plan.repeats > 1 else 1):
+            one = single.measure(single.loads(plan.values))
+            many = clustered.measure(clustered.loads(plan.values))
+
+            def cpu(run: dict[str, Any]) -> float:
+                return float(run["worker_cpu_us_per_value"] + run["redis_cpu_us_per_value"])
+            out.runs.append({"single": one, "cluster": many,
+                             "single_values_per_s": one["values_per_s"],
+                             "cluster_values_per_s": many["values_per_s"],
+                             "ratio": round(many["values_per_s"] / one["values_per_s"], 3),
+                             "cpu_ratio": round(cpu(one) / cpu(many), 3),
+                             "load_avg_1m": one["load_avg_1m"]})
+    out.summarise("single_values_per_s", "cluster_values_per_s", "ratio", "cpu_ratio")
+    out.median["ratio_of_medians"] = round(
+        out.median["cluster_values_per_s"] / out.median["single_values_per_s"], 3)
+    out.info.update(masters=3, shards=6, series=plan.series)
+    return out
+
+
+def model_bound(bench: Bench) -> Outcome:
+    """LSTM(64), n_steps=48: end to end values/s next to the pure model-call rate of the same
+    artifact at the same batch size (in this process, same thread pools as a worker)."""
+    plan = bench.plan
+    trained = bench.model("lstm", 48, units=64)
+    batch = Settings(_env_file=None).batch_size  # type: ignore[call-arg]
+    values = max(plan.values // 5, 2 * batch)
+    end_to_end = Outcome()
+    with bench.redis() as (server, client), Fleet(bench, server, client, 1, 1) as fleet:
+        fleet.serve(trained)
+        # every series' window full before timing: every timed value makes a model row
+        fleet.warm(fleet.loads(max(plan.warmup, 50 * plan.series)))
+        for _ in range(plan.repeats):
+            end_to_end.runs.append(fleet.measure(fleet.loads(values)))
+    rng = np.random.default_rng(3)
+    x = rng.normal(10, 1, (batch, 48)).astype(np.float32)
+    model = trained.loaded
+    model.predict(x)  # traced once
+    out = Outcome()
+    for run in end_to_end.runs:
+        calls, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 3.0:
+            model.predict(x)
+            calls += 1
+        rate = calls * batch / (time.perf_counter() - t0)
+        out.runs.append({**run, "model_values_per_s": round(rate, 1),
+                         "end_to_end_values_per_s": run["values_per_s"],
+                         "ratio": round(run["values_per_s"] / rate, 3)})
+    out.info.update(model="LSTM(64) n_steps=48", batch=batch, values=values)
+    return out.summarise("end_to_end_values_per_s", "model_values_per_s", "ratio")
+
+
+def durability(bench: Bench) -> Outcome:
+    """FORECAST_COMMIT_REPLICAS = 0 and 1 on a primary with one replica (started here)."""
+    plan = bench.plan
+    trained = bench.model("simple_rnn", 3)
+    out = Outcome()
+    with bench.redis() as (server, client):
+        replica = RedisServer(dir=Path(bench.workdir, f"replica-{time.monotonic_ns()}"),
+                              extra_args=["--replicaof", "127.0.0.1", str(server.port)])
+        replica.dir.mkdir()  # type: ignore[union-attr]
+        replica.start()
+        try:
+            wait_until(lambda: client.info("replication").get("slave0", {}).get("state")
+                       == "online", 60, 0.05, "the replica in sync")
+            for n in (0, 1):
+                client.flushall()
+                with Fleet(bench, server, client, 1, 1, commit_replicas=n) as fleet:
+                    fleet.serve(trained)
+                    fleet.warm(fleet.loads(plan.warmup))
+                    for _ in range(plan.repeats):
+                        run = fleet.measure(fleet.loads(plan.values))
+                        out.runs.append({"commit_replicas": n, **run})
+        finally:
+            replica.cleanup()
+    for n in (0, 1):
+        rates = [r["values_per_s"] for r in out.runs if r["commit_replicas"] == n]
+        out.median[f"replicas_{n}"] = median(rates)
+    out.median["ratio"] = round(out.median["replicas_1"] / out.median["replicas_0"], 3)
+    out.info.update(series=plan.series, replicas=1)
+    return out
+
+
+def redis_memory(bench: Bench) -> Outcome:
+    """Redis memory per retained input value and per live series (checkpoint + last-seen).
+
+    `MEMORY USAGE` of the input stream after a preload, per entry; then a worker turns
+    values of `series` series into checkpoints (n_steps=3): memory of forecast:state and
+    forecast:seen per series.
+    """
+    plan = bench.plan
+    trained = bench.model("simple_rnn", 3)
+    n_series = max(10_000, plan.big_series // 10)
+    out = Outcome()
+    with bench.redis() as (server, client), Fleet(bench, server, client, 1, 1) as fleet:
+        k = keys.shard_keys(0, 1)
+        fleet.serve(trained)
+        count = 3 * n_series
+        fleet.measure(fleet.loads(count, Series(n_series, "mem")))
+        stream = int(client.memory_usage(k.values, samples=0) or 0)
+        state = int(client.memory_usage(k.state, samples=0) or 0)
+        seen = int(client.memory_usage(k.seen, samples=0) or 0)
+        entries = client.xlen(k.values)
+        preds = int(client.memory_usage(k.predictions, samples=0) or 0)
+        n_preds = client.xlen(k.predictions)
+        out.runs.append({"stream_bytes_per_value": round(stream / max(1, entries), 1),
+                         "prediction_bytes": round(preds / max(1, n_preds), 1),
+                         "state_bytes_per_series": round(state / n_series, 1),
+                         "seen_bytes_per_series": round(seen / n_series, 1),
+                         "entries": entries, "series": n_series,
+                         "used_memory": int(client.info("memory")["used_memory"])})
+    out.info.update(n_steps=3, series=n_series)
+    return out.summarise("stream_bytes_per_value", "state_bytes_per_series",
+                         "seen_bytes_per_series", "prediction_bytes")
+
+
 SCENARIOS: dict[str, Callable[[Bench], Outcome]] = {
     "raw_redis": raw_redis,
     "tutorial": tutorial,
@@ -539,4 +711,8 @@ SCENARIOS: dict[str, Callable[[Bench], Outcome]] = {
     "archs": archs,
     "scaling": scaling,
     "series_1m": series_1m,
+    "cluster_speed": cluster_speed,
+    "model_bound": model_bound,
+    "durability": durability,
+    "redis_memory": redis_memory,
 }

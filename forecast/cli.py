@@ -212,9 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{mask_secrets(settings.redis_url)}\n",
         )
     except redis.ConnectionError as exc:
-        parser.exit(
-            2, f"forecast: error: cannot reach Redis at {mask_secrets(settings.redis_url)}: {exc}\n"
-        )
+        where = (f"the primary of {settings.sentinel_master!r} via sentinels {settings.sentinels}"
+                 if settings.sentinels else f"Redis at {mask_secrets(settings.redis_url)}")
+        parser.exit(2, f"forecast: error: cannot reach {where}: {exc}\n")
     except KeyboardInterrupt:
         return 130
     return int(rc or 0)

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 from forecast import csvio, keys
-from forecast.errors import UsageError
+from forecast.errors import ReplicasBehind, UsageError
 from forecast.grammar import parse_fields
 from forecast.redis_conn import connect
 from forecast.settings import Settings
@@ -20,12 +20,20 @@ class Producer:
     """Pushes values into the right input shard (crc32(series) mod shards), pipelined."""
 
     def __init__(
-        self, client: Any, shards: int = 1, cluster: bool = False, chunk: int = 1000
+        self, client: Any, shards: int = 1, cluster: bool = False, chunk: int = 1000,
+        wait_replicas: int = 0, wait_timeout_ms: int = 1000,
     ) -> None:
+        """`wait_replicas=N`: each pipelined chunk ends with `WAIT N wait_timeout_ms`, and
+        `push`/`push_many` raise `ReplicasBehind` when fewer replicas confirmed it (the values
+        are on the primary then, but a failover may lose them)."""
+        if wait_replicas and cluster:
+            raise UsageError("waiting for replicas (WAIT) is not supported with --cluster")
         self.client = client
         self.shards = shards
         self.cluster = cluster
         self.chunk = chunk
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
 
     def stream_of(self, series: str) -> str:
         """The input stream a series is routed to."""
@@ -49,17 +57,32 @@ class Producer:
 
     def push(self, series: str, value: float | str, ts: int | None = None) -> bytes:
         """Push one value; returns the entry id."""
+        if self.wait_replicas:
+            return self.push_many([(series, value, ts)])[0]
         return self.client.xadd(self.stream_of(series), self.fields(series, value, ts))
 
     def push_many(self, items: Iterable[Item]) -> list[bytes]:
         """Push many values in pipelined chunks; returns the entry ids in order."""
         ids: list[bytes] = []
         pipe = self.client.pipeline(transaction=False)
+        n = 0
         for n, (series, value, ts) in enumerate(items, start=1):
             pipe.xadd(self.stream_of(series), self.fields(series, value, ts))
             if n % self.chunk == 0:
-                ids += pipe.execute()
-        ids += pipe.execute()
+                ids += self._execute(pipe, ids)
+        if not self.wait_replicas or n % self.chunk:
+            ids += self._execute(pipe, ids)
+        return ids
+
+    def _execute(self, pipe: Any, done: list[bytes]) -> list[bytes]:
+        if not self.wait_replicas:
+            return list(pipe.execute())
+        # WAIT on the connection that wrote: the pipeline's, in the same round trip
+        pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        *ids, confirmed = pipe.execute()
+        if int(confirmed) < self.wait_replicas:
+            raise ReplicasBehind(int(confirmed), self.wait_replicas, self.wait_timeout_ms,
+                                 pushed=len(done) + len(ids))
         return ids
 
 
@@ -93,9 +116,18 @@ def run_push(args: argparse.Namespace, settings: Settings) -> int:
         items = [
             (args.series, v, None if ts0 is None else ts0 + i) for i, v in enumerate(args.values)
         ]
-    producer = Producer(connect(settings), settings.shards, settings.cluster)
-    ids = producer.push_many(items)
-    print(f"pushed {len(ids)} value(s)" + (f", last id {ids[-1].decode()}" if ids else ""))
+    producer = Producer(connect(settings), settings.shards, settings.cluster,
+                        wait_replicas=settings.wait_replicas,
+                        wait_timeout_ms=settings.replicas_timeout_ms)
+    try:
+        ids = producer.push_many(items)
+    except ReplicasBehind as exc:
+        print(f"forecast: warning: pushed {exc.pushed} value(s), but {exc}; a failover may "
+              "lose them", file=sys.stderr)
+        return 4
+    print(f"pushed {len(ids)} value(s)" + (f", last id {ids[-1].decode()}" if ids else "")
+          + (f", confirmed by {settings.wait_replicas} replica(s)" if settings.wait_replicas
+             else ""))
     return 0
 
 

@@ -24,6 +24,15 @@ class ModelRejected(ForecastError):
 class RegistryError(ForecastError, LookupError):
     """An unknown model version, or nothing to roll back to."""
 
+class ReplicasBehind(ForecastError):
+    """Fewer replicas than asked confirmed a write within the timeout (WAIT)."""
+
+    def __init__(self, confirmed: int, wanted: int, timeout_ms: int, pushed: int = 0) -> None:
+        super().__init__(f"only {confirmed} of {wanted} replica(s) confirmed the write "
+                         f"within {timeout_ms} ms")
+        self.confirmed, self.wanted, self.timeout_ms = confirmed, wanted, timeout_ms
+        self.pushed = pushed  # values written to the primary before the shortfall
+
 class Fenced(ForecastError):
     """A shard's lease is no longer held by this worker (its writes are refused)."""
 

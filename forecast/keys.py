@@ -106,11 +106,13 @@ class ShardKeys:
     lease: str  # string "<token>:<consumer>" with a PX ttl
     epoch: str  # counter: fencing tokens
     fence: str  # touched when a zombie tries to read: aborts its WATCHed read (see worker)
+    seen: str = ""  # sorted set: series -> last commit time (ms), for FORECAST_SERIES_TTL_MS
 
     @property
     def commit_keys(self) -> list[str]:
         """KEYS of the commit script, in its order."""
-        return [self.values, self.predictions, self.deadletter, self.state, self.lease]
+        return [self.values, self.predictions, self.deadletter, self.state, self.lease,
+                self.seen]
 
 
 def shard_keys(shard: int, shards: int, cluster: bool = False) -> ShardKeys:
@@ -136,6 +138,7 @@ def shard_keys(shard: int, shards: int, cluster: bool = False) -> ShardKeys:
         lease=f"forecast:lease{tag}",
         epoch=f"forecast:epoch{tag}",
         fence=f"forecast:fence{tag}",
+        seen=f"forecast:seen{tag}",
     )
 
 

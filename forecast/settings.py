@@ -44,6 +44,15 @@ class Settings(BaseSettings):
     cluster: bool = setting(
         False, "Use the Redis Cluster client (redis-py RedisCluster)", cli=CONNECTED
     )
+    sentinels: str = setting(
+        "", "Redis Sentinel addresses, host:port,host:port,...: ask them for the primary "
+        "(FORECAST_REDIS_URL then gives only credentials, database and TLS)", cli=CONNECTED,
+    )
+    sentinel_master: str = setting(
+        "", "The master name the sentinels monitor (with FORECAST_SENTINELS)", cli=CONNECTED,
+    )
+    # A secret: environment or .env only, never a flag.
+    sentinel_password: str = setting("", "Password of the sentinels themselves (if they have one)")
     shards: int = setting(
         1, "Number of input shards; 1 keeps the plain forecast:values stream", cli=CONNECTED,
         ge=1, le=4096,
@@ -64,6 +73,32 @@ class Settings(BaseSettings):
     )
     deadletter_maxlen: int = setting(
         100_000, "Approximate MAXLEN of the dead-letter stream", cli=WORKER, ge=1
+    )
+    input_maxlen: int = setting(
+        1_000_000,
+        "Committed entries kept per input stream (approximate; 0 = no limit); entries not "
+        "yet committed are never trimmed", cli=WORKER, ge=0,
+    )
+    input_retention_ms: int = setting(
+        86_400_000,
+        "Committed input entries older than this are trimmed (0 = no limit)", cli=WORKER, ge=0,
+    )
+    series_ttl_ms: int = setting(
+        604_800_000,
+        "The checkpoint of a series idle longer than this is removed; it starts a fresh "
+        "window (0 = never)", cli=WORKER, ge=0,
+    )
+    commit_replicas: int = setting(
+        0, "A batch's commit counts only once this many replicas confirm it (WAIT); fewer "
+        "within the timeout is an outage: the worker resets and recovers", cli=WORKER, ge=0,
+    )
+    wait_replicas: int = setting(
+        0, "Replicas that must confirm pushed values (WAIT) before push succeeds",
+        cli=("push",), ge=0,
+    )
+    replicas_timeout_ms: int = setting(
+        1000, "How long a commit or push waits for FORECAST_COMMIT_REPLICAS / --wait-replicas",
+        cli=(*WORKER, "push"), ge=1,
     )
     max_series: int = setting(
         1_000_000,
@@ -186,6 +221,8 @@ class Settings(BaseSettings):
         data["redis_url"] = mask_secrets(self.redis_url)
         if self.model_hmac_key:
             data["model_hmac_key"] = "***"
+        if self.sentinel_password:
+            data["sentinel_password"] = "***"
         return data
 
 

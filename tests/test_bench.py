@@ -40,6 +40,14 @@ def test_rows_judge_the_targets() -> None:
     assert table["latency p50 at 20,000 values/s offered"].verdict == "PASS"
     assert table["latency p99 at 20,000 values/s offered"].verdict == "FAIL"
     assert table["cold start: process start to first prediction"].verdict == "PASS"
+    redis_rows = {r.scenario: r for r in rows({
+        "cluster_speed": Outcome(median={"single_values_per_s": 100.0,
+                                         "cluster_values_per_s": 95.0, "ratio": 0.9,
+                                         "ratio_of_medians": 0.95}),
+        "durability": Outcome(median={"replicas_0": 100.0, "replicas_1": 80.0, "ratio": 0.8}),
+    })}
+    assert redis_rows["1 worker: 3-master Cluster, 6 shards vs one Redis"].verdict == "PASS"
+    assert "0.80x" in redis_rows["commit replicas 0 / 1 (one replica)"].figure
     text = format_table(list(table.values()))
     assert text.splitlines()[0].startswith("scenario")
     assert "2,500x" in text

@@ -60,7 +60,10 @@ def stop_all(procs: list[WorkerProcess]) -> None:
         if p.poll() is None:
             p.terminate()
     for p in procs:
-        harness.stop_process(p, grace=20)
+        try:
+            p.wait(20)  # not stop_process at once: its SIGTERM would be a second signal
+        except subprocess.TimeoutExpired:
+            harness.stop_process(p, grace=5)
 
 
 def owners(rc: Any) -> dict[int, str | None]:

@@ -93,6 +93,10 @@ def from_stream(client: Any, settings: Settings, page: int = PAGE) -> Dataset:
     if not values:
         raise DataError(f"no valid entries in {', '.join(streams[:3])}"
                        f"{' ...' if len(streams) > 3 else ''}; push some history first")
+    log.info("training on what input retention keeps: %d values of %d series "
+             "(FORECAST_INPUT_MAXLEN=%d entries per stream, FORECAST_INPUT_RETENTION_MS=%d)",
+             sum(map(len, values.values())), len(values), settings.input_maxlen,
+             settings.input_retention_ms)
     series = {k: np.asarray(v, dtype=np.float64) for k, v in values.items()}
     return Dataset("stream", series, skipped=skipped, extra={"streams": len(streams)})
 

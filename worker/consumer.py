@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptError, TryAgainError
 
 from forecast.errors import Fenced, error_code
 from forecast.keys import ShardKeys
+from worker import metrics
 from worker.batch import Commit, Entry, dead_letter
 from worker.scripts import GUARD, Scripts, commit_args
 from worker.state import SeriesStore
 
 log = logging.getLogger(__name__)
+
+CLUSTER_MOVES = (MovedError, AskError, ClusterDownError, TryAgainError)
+SEEN_EVERY_S = 1.0  # a series' last-seen time is written once per window this long ...
+SEEN_MAX = 50_000  # ... and the window starts again when it has seen this many series
+
+
+class ReplicationTimeout(redis.ConnectionError):
+    """Fewer than FORECAST_COMMIT_REPLICAS replicas confirmed a commit in time (WAIT).
+
+    A ConnectionError on purpose: the worker takes its outage path (not ready, reset,
+    recover from the checkpoint); the commit itself stays applied on the primary.
+    """
+
+    def __init__(self, confirmed: int, wanted: int, timeout_ms: int) -> None:
+        super().__init__(f"only {confirmed} of {wanted} replica(s) confirmed the commit "
+                         f"within {timeout_ms} ms")
 
 
 def is_fenced(exc: redis.ResponseError) -> bool:
@@ -53,13 +71,46 @@ class Shard:
     ahead: deque[list[Entry]] = field(default_factory=deque)  # batches read, not processed yet
     inflight: Commit | None = None  # sent with a read-ahead; replies not collected yet
     inflight_replies: int = 0  # how many replies the commands sent will produce
+    inflight_commit: int = 0  # how many of them belong to the commit (EVALSHA, WAIT)
     conn: Any = None  # dedicated connection for the pipelined commit + read
     pool: Any = None  # the pool `conn` came from
+    # (first id, entries) of the batches committed since the last reset, coalesced: where
+    # FORECAST_INPUT_MAXLEN puts the trim point (the commit script caps it at the oldest
+    # uncommitted entry, so a stale ledger can only trim less, never lose anything).
+    ledger: deque[list[Any]] = field(default_factory=deque)
+    ledger_total: int = 0
+    backfill: bytes = b"0"  # HSCAN cursor giving old checkpoints a last-seen time ("" = done)
+    # Series whose last-seen time (FORECAST_SERIES_TTL_MS) a commit of the current window
+    # (SEEN_EVERY_S) has written already: a series' first commit in each window writes it,
+    # atomically with its checkpoint, so a hot series costs one ZADD per window, not one per
+    # batch, and a last-seen time is at most one window old. Cleared on reset (the commit
+    # that carried it may not have landed).
+    seen_recent: set[bytes] = field(default_factory=set)
+    seen_window: float = 0.0  # time.monotonic() when the current window began
+    consumers_checked: float = 0.0  # time.monotonic() of the last clean-up of dead consumers
 
     @property
     def index(self) -> int:
         """Shard number."""
         return self.keys.shard
+
+    def note_batch(self, first_id: bytes, n: int, maxlen: int) -> None:
+        """Record a batch about to be committed; keep just enough for `maxlen` entries."""
+        if maxlen <= 0 or n <= 0:
+            return
+        if self.ledger and self.ledger[-1][1] < max(1, maxlen // 128):
+            self.ledger[-1][1] += n  # at most ~128 ledger items, trims within ~1% of maxlen
+        else:
+            self.ledger.append([first_id, n])
+        self.ledger_total += n
+        while self.ledger and self.ledger_total - self.ledger[0][1] >= maxlen:
+            self.ledger_total -= self.ledger.popleft()[1]
+
+    def count_minid(self, maxlen: int) -> bytes:
+        """The MINID that keeps about `maxlen` committed entries (b"0-0": no trim yet)."""
+        if maxlen > 0 and self.ledger and self.ledger_total >= maxlen:
+            return bytes(self.ledger[0][0])
+        return b"0-0"
 
     def read_replies(self) -> list[Any]:
         """The two replies of the commit + read under way (errors as values).
@@ -105,19 +156,32 @@ class Shard:
         self.store = SeriesStore(self.store.width, self.store.max_series)
         self.recovering = True
         self.cursor = b"0-0"
+        self.ledger.clear()
+        self.ledger_total = 0
+        self.seen_recent.clear()
 
 
 class ShardIO:
     """The Redis calls of a shard, every one fenced by its lease token."""
 
     def __init__(
-        self, client: Any, scripts: Scripts, group: str, consumer: str, cluster: bool = False
+        self, client: Any, scripts: Scripts, group: str, consumer: str, cluster: bool = False,
+        *, input_maxlen: int = 0, input_retention_ms: int = 0, series_ttl_ms: int = 0,
+        commit_replicas: int = 0, replicas_timeout_ms: int = 1000,
     ) -> None:
         self.client = client
         self.scripts = scripts
         self.group = group
         self.consumer = consumer
         self.cluster = cluster
+        self.input_maxlen = input_maxlen
+        self.input_retention_ms = input_retention_ms
+        self.series_ttl_ms = series_ttl_ms
+        self.commit_replicas = commit_replicas
+        self.replicas_timeout_ms = replicas_timeout_ms
+        # stream -> ids whose last counted delivery ended with a Redis error in this process
+        # (it never produced a commit because the connection broke): the next one is free.
+        self.refunds: dict[str, set[bytes]] = {}
 
     def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -129,14 +193,7 @@ class ShardIO:
 
     def read(self, shard: Shard, count: int) -> list[Entry]:
         """New entries (`>`), at most `count`; only while the lease is ours."""
-        if self.cluster:
-            raw = self._call(
-                self.scripts.read,
-                [shard.keys.values, shard.keys.lease],
-                [shard.token, self.group, self.consumer, count],
-            )
-            return _entries(raw[0][1]) if raw else []
-        self._send(shard, None, self._read_commands(shard, count))
+        self._send(shard, None, [], self._read_commands(shard, count))
         return self.finish(shard)[1]
 
     def _read_commands(self, shard: Shard, count: int) -> list[tuple[Any, ...]]:
@@ -166,21 +223,104 @@ class ShardIO:
         if raw[0] == b"WAIT":
             return None
         shard.cursor = raw[0]
-        shard.deliveries = {d[0]: int(d[3]) for d in raw[2]}
+        # Deliveries counted so far; one that ended with a Redis error here does not count.
+        free = self.refunds.get(shard.keys.values, set())
+        shard.deliveries = {d[0]: int(d[3]) - (d[0] in free) for d in raw[2]}
+        free.difference_update(shard.deliveries)
         entries = _entries(raw[1])
         if shard.cursor == b"0-0" and not entries:
             shard.recovering = False
         return entries
 
+    def bump(self, shard: Shard, ids: list[bytes]) -> None:
+        """Count a delivery of these claimed entries, right before they go to the model.
+
+        The claim itself counts nothing (XAUTOCLAIM JUSTID): a reset caused by a flapping
+        Redis re-claims entries that never reached the model, and those must not become
+        poison. An entry whose previous counted delivery ended with a Redis error in this
+        process (`refund`) was claimed with that delivery uncounted, so it keeps its count.
+        """
+        if not ids:
+            return
+        by_count: dict[int, list[bytes]] = {}
+        for eid in ids:
+            n = shard.deliveries.get(eid, 0) + 1
+            shard.deliveries[eid] = n
+            by_count.setdefault(n, []).append(eid)
+        args: list[Any] = [shard.token, self.group, self.consumer]
+        for n, group in by_count.items():
+            args += [n, len(group), *group]
+        self._call(self.scripts.bump, [shard.keys.values, shard.keys.lease], args)
+
+    def refund(self, shard: Shard, ids: list[bytes]) -> None:
+        """The delivery just counted for `ids` ended with a Redis error: do not count it again."""
+        if ids:
+            self.refunds.setdefault(shard.keys.values, set()).update(ids)
+
     def load(self, shard: Shard, series: list[bytes]) -> list[bytes | None]:
         """Checkpointed windows of series not in memory."""
         return list(self.client.hmget(shard.keys.state, series))
 
+    def _commit_args(self, shard: Shard, commit: Commit, pred_maxlen: int,
+                     dead_maxlen: int) -> list[Any]:
+        if commit.ack_ids and self.input_maxlen:
+            first = min(commit.ack_ids) if shard.recovering else commit.ack_ids[0]
+            shard.note_batch(first, len(commit.ack_ids), self.input_maxlen)
+        return commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen,
+                           self.scripts.msgpack_ok, self.input_retention_ms,
+                           shard.count_minid(self.input_maxlen), self._seen(shard, commit))
+
+    def _seen(self, shard: Shard, commit: Commit) -> list[bytes]:
+        """The series whose last-seen time this commit writes (see `Shard.seen_recent`)."""
+        if self.series_ttl_ms <= 0:
+            return []
+        now = time.monotonic()
+        recent = shard.seen_recent
+        every = min(SEEN_EVERY_S, self.series_ttl_ms / 10_000)
+        if now - shard.seen_window >= every or len(recent) >= SEEN_MAX:
+            recent.clear()
+            shard.seen_window = now
+        new = [series for series in commit.state[0::2] if series not in recent]
+        recent.update(new)
+        return new
+
+    def _commit_commands(self, shard: Shard, commit: Commit, pred_maxlen: int,
+                         dead_maxlen: int) -> list[tuple[Any, ...]]:
+        """The commit script call, then `WAIT n timeout` with FORECAST_COMMIT_REPLICAS=n."""
+        keys = shard.keys
+        commands: list[tuple[Any, ...]] = [(
+            "EVALSHA",
+            self.scripts.commit.sha,
+            len(keys.commit_keys),
+            *keys.commit_keys,
+            *self._commit_args(shard, commit, pred_maxlen, dead_maxlen),
+        )]
+        if self.commit_replicas:
+            commands.append(("WAIT", self.commit_replicas, self.replicas_timeout_ms))
+        return commands
+
     def commit(self, shard: Shard, commit: Commit, pred_maxlen: int, dead_maxlen: int) -> None:
         """Write predictions, dead letters, checkpoint and acks in one atomic script."""
-        args = commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen,
-                           self.scripts.msgpack_ok)
-        self._call(self.scripts.commit, shard.keys.commit_keys, args)
+        self._send(shard, commit, self._commit_commands(shard, commit, pred_maxlen,
+                                                        dead_maxlen), [])
+        self.finish(shard)
+
+    def forget_consumers(self, shard: Shard, min_idle_ms: int) -> int:
+        """Delete the group's consumers with nothing pending, idle for `min_idle_ms` (fenced)."""
+        return int(self._call(self.scripts.forget, [shard.keys.values, shard.keys.lease],
+                              [shard.token, self.group, self.consumer, min_idle_ms]))
+
+    def sweep(self, shard: Shard, limit: int = 2000) -> list[bytes]:
+        """Remove checkpoints of series idle longer than the series TTL (at most `limit`)."""
+        if self.series_ttl_ms <= 0:
+            return []
+        k = shard.keys
+        cursor, removed = self._call(
+            self.scripts.sweep, [k.state, k.seen, k.lease],
+            [shard.token, self.series_ttl_ms, limit, shard.backfill],
+        )
+        shard.backfill = cursor
+        return list(removed)
 
     def send_commit_and_read(
         self, shard: Shard, commit: Commit, pred_maxlen: int, dead_maxlen: int, count: int
@@ -189,64 +329,91 @@ class ShardIO:
 
         Redis runs both while the caller prepares the next batch; `finish` collects them.
         """
-        keys = shard.keys
-        commit_cmd = (
-            "EVALSHA",
-            self.scripts.commit.sha,
-            len(keys.commit_keys),
-            *keys.commit_keys,
-            *commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen,
-                         self.scripts.msgpack_ok),
-        )
-        self._send(shard, commit, [commit_cmd, *self._read_commands(shard, count)])
+        self._send(shard, commit, self._commit_commands(shard, commit, pred_maxlen, dead_maxlen),
+                   self._read_commands(shard, count))
 
-    def _send(self, shard: Shard, commit: Commit | None, commands: list[tuple[Any, ...]]) -> None:
-        """Send commands on the shard's dedicated connection; `finish` reads the replies."""
+    def _connection(self, shard: Shard) -> Any:
+        """The shard's dedicated connection: to the one Redis, or to the cluster node that
+        serves the shard's hash tag (every key of a shard lives there)."""
         if shard.conn is None:
-            shard.pool = self.client.connection_pool
+            if self.cluster:
+                node = self.client.get_node_from_key(shard.keys.values)
+                shard.pool = self.client.get_redis_connection(node).connection_pool
+            else:
+                shard.pool = self.client.connection_pool
             shard.conn = shard.pool.get_connection()
-        packed = shard.conn.pack_commands(commands)
+        return shard.conn
+
+    def _send(self, shard: Shard, commit: Commit | None, commit_commands: list[tuple[Any, ...]],
+              read_commands: list[tuple[Any, ...]]) -> None:
+        """Send commands on the shard's dedicated connection; `finish` reads the replies."""
+        conn = self._connection(shard)
+        commands = [*commit_commands, *read_commands]
+        packed = conn.pack_commands(commands)
         shard.inflight = commit if commit is not None else Commit()
         shard.inflight_replies = len(commands)  # set before sending: every reply must be read
+        shard.inflight_commit = len(commit_commands)
         try:
-            shard.conn.send_packed_command(packed, check_health=False)
+            conn.send_packed_command(packed, check_health=False)
         except BaseException:
             shard.inflight = None
             shard.close()
             raise
 
+    def _raise(self, shard: Shard, reply: redis.ResponseError) -> None:
+        if is_fenced(reply):
+            raise Fenced(str(reply))
+        if isinstance(reply, NoScriptError):
+            self.scripts.load()
+        if self.cluster and isinstance(reply, CLUSTER_MOVES):
+            # The slot moved (resharding, failover): learn the new layout; the worker takes
+            # the outage path and recovers on the node that serves the shard now.
+            shard.close()
+            try:
+                self.client.nodes_manager.initialize()
+            except redis.RedisError as exc:
+                log.debug("cluster topology refresh failed: %r", exc)
+            raise redis.ConnectionError(f"shard {shard.index} moved: {reply}") from None
+        raise reply
+
     def finish(self, shard: Shard) -> tuple[Commit, list[Entry]]:
-        """Collect the replies of `_send`: the commit (if any) and the fenced read."""
+        """Collect the replies of `_send`: the commit (if any) and the fenced read (if any)."""
         commit = shard.inflight
         assert commit is not None
+        n_commit = shard.inflight_commit
         replies = shard.read_replies()
-        _watch, guard, _multi, _queued, result = replies[-5:]
         for reply in replies:
             if isinstance(reply, redis.ResponseError):
-                if is_fenced(reply):
-                    raise Fenced(str(reply))
-                if isinstance(reply, NoScriptError):
-                    self.scripts.load()
-                raise reply
+                self._raise(shard, reply)
+        if n_commit == 2 and int(replies[1]) < self.commit_replicas:
+            metrics.REPLICA_TIMEOUTS.inc()
+            raise ReplicationTimeout(int(replies[1]), self.commit_replicas,
+                                     self.replicas_timeout_ms)
+        if len(replies) == n_commit:  # a commit without a read
+            return commit, []
+        _watch, guard, _multi, _queued, result = replies[-5:]
         if guard == 0:
             raise Fenced(f"FENCED lease {shard.keys.lease} is not held by this worker")
         if result is None:  # a key changed since WATCH (e.g. our own renewal): nothing was read
             return commit, []
         raw = result[0]
         if isinstance(raw, redis.ResponseError):
-            raise raw
+            self._raise(shard, raw)
         return commit, (_entries(raw[0][1]) if raw else [])
 
 
 def split_poison(
     shard: Shard, entries: list[Entry], max_deliveries: int, commit: Commit
 ) -> list[Entry]:
-    """Dead-letter entries delivered more than `max_deliveries` times; return the rest."""
+    """Dead-letter entries that this delivery would take past `max_deliveries`; the rest.
+
+    `shard.deliveries` holds the counts of the claimed entries before this delivery.
+    """
     if not shard.deliveries:
         return entries
     keep = []
     for eid, fields in entries:
-        n = shard.deliveries.get(eid, 1)
+        n = shard.deliveries.get(eid, 0) + 1  # counting the delivery about to happen
         if n > max_deliveries:
             commit.ack_ids.append(eid)
             dead_letter(commit, eid, fields or [], "poison", deliveries=str(n))

@@ -27,7 +27,7 @@ from worker.batch import Commit, Served
 from worker.consumer import Shard, ShardIO, ensure_group
 from worker.live import LiveBuffer
 from worker.ownership import Ownership
-from worker.pipeline import BatchPath
+from worker.pipeline import RETRYABLE, BatchPath
 from worker.promoter import Promoter
 from worker.scripts import Scripts
 from worker.state import COLUMNS
@@ -35,8 +35,6 @@ from worker.telemetry import Telemetry
 from worker.watcher import Lineup, ModelWatcher
 
 log = logging.getLogger(__name__)
-
-RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
 def raw_client(client: Any) -> Any:
@@ -57,7 +55,10 @@ class Worker:
         self.consumer = settings.consumer_name()
         self.scripts = Scripts(self.client)
         self.io = ShardIO(
-            self.client, self.scripts, settings.group, self.consumer, settings.cluster
+            self.client, self.scripts, settings.group, self.consumer, settings.cluster,
+            input_maxlen=settings.input_maxlen, input_retention_ms=settings.input_retention_ms,
+            series_ttl_ms=settings.series_ttl_ms, commit_replicas=settings.commit_replicas,
+            replicas_timeout_ms=settings.replicas_timeout_ms,
         )
         self.watcher = watcher or ModelWatcher(
             client, settings.model_poll_s, settings.model_hmac_key
@@ -66,7 +67,7 @@ class Worker:
         self.live = LiveBuffer()
         self.promoter = Promoter(self.client, settings.promote == "auto", settings.promote_min_n)
         self.path = BatchPath(self.client, self.io, settings, self._account)
-        self.ownership = Ownership(self.client, self.scripts, settings, self.consumer)
+        self.ownership = Ownership(self.client, self.scripts, settings, self.consumer, self.io)
         self.model: Any = None  # the current version: its forecasts are written
         self.shadows: list[Any] = []  # scored on the same inputs, never written
         self.connected = False

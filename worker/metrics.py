@@ -61,6 +61,14 @@ RELOADS = Counter("forecast_model_reloads_total", "Successful model (re)loads")
 RELOAD_FAILURES = Counter(
     "forecast_model_reload_failures_total", "Model loads that failed or were rejected"
 )
+SERIES_EXPIRED = Counter(
+    "forecast_series_expired_total",
+    "Series checkpoints removed after FORECAST_SERIES_TTL_MS without a value",
+)
+REPLICA_TIMEOUTS = Counter(
+    "forecast_commit_replica_timeouts_total",
+    "Commits that fewer than FORECAST_COMMIT_REPLICAS replicas confirmed in time",
+)
 RECONNECTS = Counter("forecast_redis_reconnects_total", "Reconnections to Redis after an error")
 ONLINE_MAE = Gauge(
     "forecast_online_mae", "Mean absolute error of served predictions, per version", ["version"]

@@ -8,6 +8,7 @@ the commit in flight), and its in-memory state goes with it.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import redis
@@ -15,7 +16,8 @@ import redis
 from forecast import keys
 from forecast.errors import Fenced
 from forecast.settings import Settings
-from worker.consumer import Shard, ensure_group
+from worker import metrics
+from worker.consumer import Shard, ShardIO, ensure_group
 from worker.leases import Leases, assign
 from worker.scripts import Scripts
 from worker.state import SeriesStore
@@ -26,8 +28,10 @@ log = logging.getLogger(__name__)
 class Ownership:
     """The shards this worker holds the leases of, by shard number."""
 
-    def __init__(self, client: Any, scripts: Scripts, settings: Settings, consumer: str) -> None:
+    def __init__(self, client: Any, scripts: Scripts, settings: Settings, consumer: str,
+                 io: ShardIO | None = None) -> None:
         self.client = client
+        self.io = io
         self.settings = settings
         self.consumer = consumer
         self.leases = Leases(client, scripts, consumer, settings.shards, settings.cluster,
@@ -51,6 +55,51 @@ class Ownership:
             log.info("released shard %d (rebalance)", k)
         for k in sorted(wanted - set(self.shards)):
             self._acquire(k, width)
+        self.expire_series()
+        self.forget_dead_consumers()
+
+    def forget_dead_consumers(self, every_s: float = 60.0) -> None:
+        """Once a minute per shard: delete consumers of dead workers (nothing pending, idle a
+        minute): every restart names a new consumer, and the group would keep them all."""
+        if self.io is None:
+            return
+        now = time.monotonic()
+        for k, shard in list(self.shards.items()):
+            if now - shard.consumers_checked < every_s:
+                continue
+            shard.consumers_checked = now
+            try:
+                gone = self.io.forget_consumers(shard, keys.WORKER_FORGET_MS)
+            except Fenced:
+                log.warning("lease of shard %d lost; dropping it", k)
+                self.drop(k)
+                continue
+            if gone:
+                log.info("shard %d: removed %d idle consumer(s) of the group", k, gone)
+
+    def expire_series(self, rounds: int = 5) -> None:
+        """Remove checkpoints (and windows) of series idle past FORECAST_SERIES_TTL_MS.
+
+        Fenced like every write; at most `rounds` x 2000 series per shard per maintenance.
+        A series whose value is in flight right now either keeps its window (its commit
+        lands after the sweep) or starts fresh (before): both are consistent.
+        """
+        if self.io is None or self.settings.series_ttl_ms <= 0:
+            return
+        for k, shard in list(self.shards.items()):
+            for _ in range(rounds):
+                try:
+                    removed = self.io.sweep(shard)
+                except Fenced:
+                    log.warning("lease of shard %d lost during the series sweep; dropping it", k)
+                    self.drop(k)
+                    break
+                if removed:
+                    shard.store.forget(removed)
+                    metrics.SERIES_EXPIRED.inc(len(removed))
+                    log.debug("shard %d: %d idle series expired", k, len(removed))
+                if len(removed) < 2000 and not shard.backfill:
+                    break
 
     def _acquire(self, k: int, width: int) -> None:
         token = self.leases.acquire(k)

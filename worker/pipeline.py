@@ -1,9 +1,11 @@
 """The batch path of one shard: recover pending entries, then read, predict and commit.
 
-Live batches are pipelined on a single Redis: while Redis runs the commit of batch k and
-the read of batch k+2 (sent in one round trip), the worker turns batch k+1 into a commit.
-A cluster client commits, then reads: two round trips. Recovery (the pending entries of
-earlier owners) is always synchronous, in id order, before any new entry is read.
+Live batches are pipelined: while Redis runs the commit of batch k and the read of batch
+k+2 (sent in one round trip on the shard's dedicated connection), the worker turns batch
+k+1 into a commit. On a Redis Cluster the connection goes to the node serving the shard's
+hash tag, where every key of the shard lives, so the same path runs per node. Recovery
+(the pending entries of earlier owners) is always synchronous, in id order, before any new
+entry is read.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from forecast.grammar import Limits
 from forecast.redis_conn import group_info
 from forecast.settings import Settings
@@ -21,6 +25,8 @@ from worker.batch import Commit, Entry, Served, build_commit
 from worker.consumer import Shard, ShardIO, split_poison
 
 log = logging.getLogger(__name__)
+
+RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
 class BatchPath:
@@ -33,7 +39,6 @@ class BatchPath:
         self.settings = settings
         self.account = account  # called once per committed batch
         self.limits = Limits(settings.max_series_bytes, settings.max_value_bytes)
-        self.pipelined = not settings.cluster
         # A batch never holds more series than the LRU can keep (else eviction cannot make room).
         self.batch_size = min(settings.batch_size, settings.max_series)
         self.block_ms = max(1, min(settings.block_ms, settings.lease_ttl_ms // 4))
@@ -65,9 +70,15 @@ class BatchPath:
         entries = split_poison(shard, entries, self.settings.max_deliveries, commit)
         if not entries and not commit.ack_ids:
             return 0
-        commit = self._build(shard, model, entries, commit)
-        commit.entries = len(entries)
-        self._commit_now(shard, commit)
+        ids = [eid for eid, _ in entries]
+        try:
+            self.io.bump(shard, ids)  # this delivery counts from here: the model sees them next
+            commit = self._build(shard, model, entries, commit)
+            commit.entries = len(entries)
+            self._commit_now(shard, commit)
+        except RETRYABLE:
+            self.io.refund(shard, ids)  # the connection broke, not these entries
+            raise
         return len(commit.ack_ids)
 
     def _live(self, shard: Shard, model: Any) -> int:
@@ -82,9 +93,6 @@ class BatchPath:
             return len(shard.ahead[-1])
         commit = self._build(shard, model, entries)
         commit.entries = len(entries)
-        if not self.pipelined:
-            self._commit_now(shard, commit)
-            return len(entries)
         if shard.inflight is not None:
             shard.ahead.append(self.settle(shard))
         elif not shard.ahead and len(entries) >= self.batch_size:

@@ -56,15 +56,6 @@ redis.call('SET', KEYS[2], ARGV[1])
 return 0
 """
 
-READ = (
-    _FENCE.format(lease=2)
-    + """
--- KEYS: values, lease. ARGV: token, group, consumer, count.
-return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4],
-                  'STREAMS', KEYS[1], '>')
-"""
-)
-
 CLAIM = (
     _FENCE.format(lease=2)
     + """
@@ -79,24 +70,104 @@ if ARGV[5] == '0-0' and min_idle > 0 then
     if #old < total then return {'WAIT'} end
   end
 end
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], min_idle, ARGV[5], 'COUNT', ARGV[6])
-local entries = r[2]
+-- JUSTID: claiming does not count as a delivery (a reply lost to a broken connection must
+-- not push valid entries toward poison); BUMP counts it right before the model sees them.
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], min_idle, ARGV[5], 'COUNT', ARGV[6],
+                     'JUSTID')
+local ids = r[2]
+local entries = {}
+for i, id in ipairs(ids) do
+  local e = redis.call('XRANGE', KEYS[1], id, id)
+  entries[i] = e[1] or {id, false}
+end
 local details = {}
-if #entries > 0 then
-  details = redis.call('XPENDING', KEYS[1], ARGV[2], entries[1][1], entries[#entries][1],
-                       #entries, ARGV[3])
+if #ids > 0 then
+  details = redis.call('XPENDING', KEYS[1], ARGV[2], ids[1], ids[#ids], #ids, ARGV[3])
 end
 return {r[1], entries, details}
+"""
+)
+
+BUMP = (
+    _FENCE.format(lease=2)
+    + """
+-- KEYS: values, lease. ARGV: token, group, consumer, then (count, n, id1..idn) groups:
+-- sets the delivery count of those pending entries (XCLAIM JUSTID RETRYCOUNT), the
+-- delivery being counted right before the entries go to the model.
+local i = 4
+while i <= #ARGV do
+  local count, n = ARGV[i], tonumber(ARGV[i + 1])
+  for j = i + 2, i + 1 + n, 4000 do
+    local cmd = {'XCLAIM', KEYS[1], ARGV[2], ARGV[3], 0}
+    for k = j, math.min(j + 3999, i + 1 + n) do cmd[#cmd + 1] = ARGV[k] end
+    cmd[#cmd + 1] = 'RETRYCOUNT'
+    cmd[#cmd + 1] = count
+    cmd[#cmd + 1] = 'JUSTID'
+    redis.call(unpack(cmd))
+  end
+  i = i + 2 + n
+end
+return 1
+"""
+)
+
+SWEEP = (
+    _FENCE.format(lease=3)
+    + """
+-- KEYS: state, seen, lease. ARGV: token, ttl_ms, limit, backfill_cursor.
+-- Removes the checkpoints of series not committed for ttl_ms (at most `limit`), and, while
+-- backfill_cursor is not '', gives checkpoints without a last-seen time (written before the
+-- TTL was turned on) the time now. Returns {next_backfill_cursor, removed series}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cursor = ARGV[4]
+if cursor ~= '' then
+  local r = redis.call('HSCAN', KEYS[1], cursor, 'COUNT', ARGV[3])
+  cursor = r[1]
+  local z = {}
+  for i = 1, #r[2], 2 do z[#z + 1] = now; z[#z + 1] = r[2][i] end
+  if #z > 0 then redis.call('ZADD', KEYS[2], 'NX', unpack(z)) end
+  if cursor == '0' then cursor = '' end
+end
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2]),
+                       'LIMIT', 0, tonumber(ARGV[3]))
+if #old > 0 then
+  redis.call('HDEL', KEYS[1], unpack(old))
+  redis.call('ZREM', KEYS[2], unpack(old))
+end
+return {cursor, old}
+"""
+)
+
+FORGET = (
+    _FENCE.format(lease=2)
+    + """
+-- KEYS: values, lease. ARGV: token, group, consumer, min_idle_ms.
+-- Deletes the group's consumers (dead workers: every restart has a new name) that have no
+-- pending entry and were idle for min_idle_ms. Safe only under the lease: nobody else can
+-- read this stream now, so no such consumer can get a pending entry before it goes.
+local gone = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[2])) do
+  local info = {}
+  for j = 1, #c, 2 do info[c[j]] = c[j + 1] end
+  if info['name'] ~= ARGV[3] and info['pending'] == 0 and info['idle'] >= tonumber(ARGV[4]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[2], info['name'])
+    gone = gone + 1
+  end
+end
+return gone
 """
 )
 
 COMMIT = (
     _FENCE.format(lease=5)
     + """
--- KEYS: values, predictions, deadletter, state, lease.
--- ARGV: token, group, pred_maxlen, dead_maxlen, model_version, encoding, then five arrays:
+-- KEYS: values, predictions, deadletter, state, lease, seen.
+-- ARGV: token, group, pred_maxlen, dead_maxlen, model_version, retention_ms, count_minid,
+--   (unused), encoding, then six arrays:
 --   extra field names; predictions flat, (series, prediction, source_id, ts, extras...) each;
---   dead letters, each an array of field/value pairs; series/blob pairs; ids to ack.
+--   dead letters, each an array of field/value pairs; series/blob pairs; ids to ack; series
+--   whose last-seen time is now (FORECAST_SERIES_TTL_MS; batched by the worker).
 -- encoding 'msgpack': one msgpack argument per array (few, cheap arguments); 'flat': each
 -- array as a count then its items (dead letters: a count of counted arrays), for servers
 -- whose Lua has no cmsgpack (the embedded fakeredis of `forecast demo`).
@@ -108,13 +179,13 @@ for k, want in pairs({[2] = 'stream', [3] = 'stream', [4] = 'hash'}) do
   end
 end
 local group, pmax, dmax, version = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local extra, preds, deads, state, acks
-if ARGV[6] == 'msgpack' then
+local extra, preds, deads, state, acks, seen
+if ARGV[9] == 'msgpack' then
   local unpack_mp = cmsgpack.unpack
-  extra, preds, deads = unpack_mp(ARGV[7]), unpack_mp(ARGV[8]), unpack_mp(ARGV[9])
-  state, acks = unpack_mp(ARGV[10]), unpack_mp(ARGV[11])
+  extra, preds, deads = unpack_mp(ARGV[10]), unpack_mp(ARGV[11]), unpack_mp(ARGV[12])
+  state, acks, seen = unpack_mp(ARGV[13]), unpack_mp(ARGV[14]), unpack_mp(ARGV[15])
 else
-  local i = 7
+  local i = 10
   local function take()
     local n, t = tonumber(ARGV[i]), {}
     for j = 1, n do t[j] = ARGV[i + j] end
@@ -126,7 +197,7 @@ else
   i = i + 1
   deads = {}
   for d = 1, n do deads[d] = take() end
-  state, acks = take(), take()
+  state, acks, seen = take(), take(), take()
 end
 local n_extra = #extra
 local width = 4 + n_extra
@@ -174,6 +245,55 @@ end
 for i = 1, #acks, 4000 do
   redis.call('XACK', KEYS[1], group, unpack(acks, i, math.min(i + 3999, #acks)))
 end
+local retention, count_min = tonumber(ARGV[6]), ARGV[7]
+if retention > 0 or count_min ~= '0-0' or #seen > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if #seen > 0 then
+    -- series -> last commit time, read by the SWEEP script (FORECAST_SERIES_TTL_MS)
+    local z = {'ZADD', KEYS[6]}
+    for i = 1, #seen do z[#z + 1] = now; z[#z + 1] = seen[i] end
+    for i = 3, #z, 4000 do
+      redis.call('ZADD', KEYS[6], unpack(z, i, math.min(i + 3999, #z)))
+    end
+  end
+  if retention > 0 or count_min ~= '0-0' then
+    -- Input retention, never past an entry some group has not committed: the bound is the
+    -- oldest pending entry, else the one after the last delivered, of every group.
+    local function parse(id)
+      local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+      return tonumber(ms), tonumber(seq)
+    end
+    local function lt(a, b)
+      local am, as = parse(a)
+      local bm, bs = parse(b)
+      return am < bm or (am == bm and as < bs)
+    end
+    local safe = nil
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+      local info = {}
+      for j = 1, #g, 2 do info[g[j]] = g[j + 1] end
+      local bound
+      local oldest = redis.call('XPENDING', KEYS[1], info['name'], '-', '+', 1)
+      if #oldest > 0 then
+        bound = oldest[1][1]
+      else
+        local ms, seq = parse(info['last-delivered-id'])
+        bound = string.format('%d-%d', ms, seq + 1)
+      end
+      if safe == nil or lt(bound, safe) then safe = bound end
+    end
+    local target = count_min
+    if retention > 0 and now > retention then
+      local by_age = string.format('%d-0', now - retention)
+      if lt(target, by_age) then target = by_age end
+    end
+    if safe ~= nil and lt(safe, target) then target = safe end
+    if safe ~= nil and target ~= '0-0' then
+      redis.call('XTRIM', KEYS[1], 'MINID', '~', target)
+    end
+  end
+end
 return #preds / width
 """
 )
@@ -188,8 +308,10 @@ class Scripts:
         self.acquire = client.register_script(ACQUIRE)
         self.renew = client.register_script(RENEW)
         self.release = client.register_script(RELEASE)
-        self.read = client.register_script(READ)
         self.claim = client.register_script(CLAIM)
+        self.bump = client.register_script(BUMP)
+        self.sweep = client.register_script(SWEEP)
+        self.forget = client.register_script(FORGET)
         self.commit = client.register_script(COMMIT)
 
     def probe(self) -> None:
@@ -205,7 +327,8 @@ class Scripts:
         EVALSHA then never meets NOSCRIPT: the raw pipelined path cannot recover from it in
         the same round trip, and some servers (fakeredis' TCP server) drop the connection.
         """
-        for script in (self.acquire, self.renew, self.release, self.read, self.claim, self.commit):
+        for script in (self.acquire, self.renew, self.release, self.claim, self.bump,
+                       self.sweep, self.forget, self.commit):
             self.client.script_load(script.script)
 
 
@@ -216,16 +339,27 @@ def commit_args(
     pred_maxlen: int,
     dead_maxlen: int,
     msgpack_ok: bool = True,
+    retention_ms: int = 0,
+    count_minid: bytes | str = "0-0",
+    seen: list[bytes] | None = None,
 ) -> list[Any]:
-    """ARGV of the COMMIT script for one `Commit` (see its header for the two encodings)."""
-    head = [token, group, pred_maxlen, dead_maxlen, commit.version]
+    """ARGV of the COMMIT script for one `Commit` (see its header for the two encodings).
+
+    `retention_ms` and `count_minid` bound the input stream (never past an uncommitted
+    entry: the script computes that bound itself); `seen` are the series whose last-seen
+    time (for the series TTL) becomes now.
+    """
+    head = [token, group, pred_maxlen, dead_maxlen, commit.version, retention_ms,
+            count_minid, ""]
     extra = list(commit.extra_fields)
     if msgpack_ok:
-        parts = (extra, commit.predictions, commit.deadletters, commit.state, commit.ack_ids)
+        parts = (extra, commit.predictions, commit.deadletters, commit.state, commit.ack_ids,
+                 seen or [])
         return [*head, "msgpack", *map(packb, parts)]
     args: list[Any] = [*head, "flat", len(extra), *extra]
     args += [len(commit.predictions), *commit.predictions, len(commit.deadletters)]
     for dead in commit.deadletters:  # a count of counted arrays
         args += [len(dead), *dead]
     args += [len(commit.state), *commit.state, len(commit.ack_ids), *commit.ack_ids]
+    args += [len(seen or []), *(seen or [])]
     return args

@@ -238,6 +238,17 @@ class SeriesStore:
         self.last_ts[slot] = last_ts
         return slot
 
+    def forget(self, series: list[bytes]) -> int:
+        """Drop these series' windows (their checkpoints expired); how many were held."""
+        n = 0
+        for s in series:
+            slot = self.index.pop(s, None)
+            if slot is not None:
+                self.keys[slot] = None
+                self.free.append(slot)
+                n += 1
+        return n
+
     def keys_of(self, slots: np.ndarray) -> list[bytes]:
         """Series ids of the given rows."""
         keys = self.keys

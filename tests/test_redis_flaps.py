@@ -1,0 +1,190 @@
+"""A flapping Redis must not turn valid entries into poison.
+
+A delivery is counted right before its entries go to the model (XAUTOCLAIM JUSTID, then an
+explicit XCLAIM RETRYCOUNT), and one that ended with a Redis error in this process is not
+counted again; so resets caused by a Redis that stops, restarts or drops connections leave
+delivery counts alone. The real-process tests restart / freeze a redis-server ten times while
+a backlog flows and check: no dead letter, every input predicted exactly once, in order,
+equal to an uninterrupted replay.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from forecast import keys
+from forecast.client import Producer
+from forecast.harness import wait_until
+from forecast.redis_conn import connect
+from forecast.redis_server import RedisServer, redis_server_binary
+from forecast.settings import Settings
+from tests import procs
+from tests.helpers import LinearModel, StaticWatcher, WorkerThreads, make_worker
+from worker.loop import Worker
+
+
+def _pending_counts(client: Any) -> dict[bytes, int]:
+    rows = client.xpending_range(keys.VALUES, "forecast", "-", "+", 10_000)
+    return {p["message_id"]: p["times_delivered"] for p in rows}
+
+
+def _ghost_pending(client: Any, n: int) -> list[bytes]:
+    """`n` entries read by a consumer that then died (pending, delivered once)."""
+    client.xgroup_create(keys.VALUES, "forecast", id="0", mkstream=True)
+    ids = [client.xadd(keys.VALUES, {"series": "f", "value": str(v)}) for v in range(n)]
+    client.xreadgroup("forecast", "ghost", {keys.VALUES: ">"})
+    return ids
+
+
+def test_a_lost_claim_reply_counts_no_delivery(redis_url: str, r: redis.Redis) -> None:
+    """Ten recoveries that break between the claim and the model leave the counts at 1."""
+    client: Any = r
+    ids = _ghost_pending(client, 6)
+    w = make_worker(redis_url, "heir", max_deliveries=2)
+    real_bump, broken = w.io.bump, {"n": 0}
+
+    def bump(shard: Any, eids: list[bytes]) -> None:
+        if broken["n"] < 10:  # the connection breaks before the bump reaches Redis
+            broken["n"] += 1
+            raise redis.ConnectionError("connection reset by peer")
+        real_bump(shard, eids)
+
+    w.io.bump = bump  # type: ignore[method-assign]
+    for _ in range(10):
+        with pytest.raises(redis.ConnectionError):
+            w.step()
+            w.step()
+        w._disconnected(redis.ConnectionError("reset"))
+        assert set(_pending_counts(client).values()) == {1}
+    wait_until(lambda: (w.step(), client.xlen(keys.PREDICTIONS) == 4)[1], 10, 0.01,
+               what="the recovered entries predicted")
+    assert client.xlen(keys.DEADLETTER) == 0
+    assert [f[b"source_id"] for _, f in client.xrange(keys.PREDICTIONS)] == ids[2:]
+    w.shutdown()
+
+
+def test_a_delivery_broken_by_redis_is_not_counted_twice(redis_url: str,
+                                                         r: redis.Redis) -> None:
+    """Recoveries that break after the delivery was counted (checkpoint load, commit) are
+    refunded: ten of them with max_deliveries=2 dead-letter nothing."""
+    client: Any = r
+    _ghost_pending(client, 5)
+    w = make_worker(redis_url, "heir", max_deliveries=2)
+    real_load, broken = w.io.load, {"n": 0}
+
+    def load(shard: Any, series: list[bytes]) -> list[bytes | None]:
+        if broken["n"] < 10:
+            broken["n"] += 1
+            raise redis.ConnectionError("connection reset by peer")
+        return real_load(shard, series)
+
+    w.io.load = load  # type: ignore[method-assign]
+    for _ in range(10):
+        with pytest.raises(redis.ConnectionError):
+            w.step()
+            w.step()
+        w._disconnected(redis.ConnectionError("reset"))
+    assert max(_pending_counts(client).values()) == 2  # counted once, then refunded
+    wait_until(lambda: (w.step(), client.xlen(keys.PREDICTIONS) == 3)[1], 10, 0.01,
+               what="the recovered entries predicted")
+    assert client.xlen(keys.DEADLETTER) == 0
+    w.shutdown()
+
+
+def test_an_entry_that_breaks_the_worker_is_still_poison(redis_url: str,
+                                                         r: redis.Redis) -> None:
+    """A failure that is not Redis's (the model raises) still counts every delivery."""
+    client: Any = r
+    _ghost_pending(client, 3)
+
+    class Broken(LinearModel):
+        def predict(self, windows: Any) -> Any:
+            raise RuntimeError("model crashed")
+
+    w = make_worker(redis_url, "heir", max_deliveries=3, model=Broken())
+    for _ in range(2):  # deliveries 2 and 3 reach the model, which fails
+        with pytest.raises(RuntimeError):
+            w.step()
+            w.step()
+        w.ownership.reset_all()
+    w.step()
+    dead = client.xrange(keys.DEADLETTER)
+    assert len(dead) == 3 and {f[b"reason"] for _, f in dead} == {b"poison"}
+    assert {f[b"deliveries"] for _, f in dead} == {b"4"}
+    w.shutdown()
+
+
+# --- real processes ---------------------------------------------------------------------
+
+@pytest.fixture
+def flappy() -> Iterator[RedisServer]:
+    """A private redis-server whose every write is fsynced (a restart loses nothing)."""
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not on PATH")
+    server = RedisServer(appendonly=True, extra_args=["--appendfsync", "always"]).start()
+    yield server
+    server.cleanup()
+
+
+def _worker(url: str) -> Worker:
+    settings = Settings(_env_file=None, redis_url=url, metrics_port=0, block_ms=50,  # type: ignore[call-arg]
+                        lease_ttl_ms=600, consumer="flap", batch_size=500)
+    return Worker(connect(settings, timeout=1.0), settings, watcher=StaticWatcher(LinearModel()))
+
+
+def _check(client: Any) -> int:
+    entries = client.xrange(keys.VALUES)
+    reference = procs.reference_predictions(LinearModel(), entries)
+    preds = client.xrange(keys.PREDICTIONS)
+    seen = Counter((f[b"series"], f[b"source_id"]) for _, f in preds)
+    assert set(seen) == set(reference), f"lost {len(set(reference) - set(seen))}"
+    assert set(seen.values()) == {1}, "duplicated predictions"
+    for _, f in preds:
+        assert float(f[b"prediction"]) == pytest.approx(
+            reference[(f[b"series"], f[b"source_id"])], rel=1e-5, abs=1e-5)
+    assert client.xlen(keys.DEADLETTER) == 0, client.xrange(keys.DEADLETTER, count=3)
+    return len(preds)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["restart", "sigstop"])
+def test_ten_flaps_while_values_flow(flappy: RedisServer, fault: str) -> None:
+    """Redis SIGKILLed and restarted (AOF, fsync always) or frozen, ten times mid-backlog."""
+    url = flappy.url
+    threads = WorkerThreads()
+    w = threads.start(_worker(url))
+    client: Any = redis.Redis.from_url(url, protocol=2, socket_timeout=5)
+    producer = Producer(client)
+    total = 0
+    try:
+        for i in range(10):
+            items = [(f"s{k % 40}", f"{(i * 3000 + k) % 97}.5", None) for k in range(3000)]
+            producer.push_many(items)
+            total += len(items)
+            wait_until(lambda c=client, t=total: c.xlen(keys.PREDICTIONS) > t - 2500, 30,
+                       0.005, what="the worker mid-backlog")
+            if fault == "restart":
+                flappy.stop(kill=True)
+                flappy.start()
+            else:
+                assert flappy.proc is not None
+                os.kill(flappy.proc.pid, signal.SIGSTOP)
+                try:
+                    wait_until(lambda: not w.connected, 10, 0.01, what="the worker to notice")
+                finally:
+                    os.kill(flappy.proc.pid, signal.SIGCONT)
+            client = redis.Redis.from_url(url, protocol=2, socket_timeout=5)
+            producer = Producer(client)
+        wait_until(lambda: client.xlen(keys.PREDICTIONS) >= total - 80
+                   and client.xpending(keys.VALUES, "forecast")["pending"] == 0, 60,
+                   what="every value predicted")
+        assert _check(client) == total - 80
+    finally:
+        threads.stop_all()
