@@ -42,6 +42,7 @@ if [[ "${REBUILD_ROOTFS:-0}" == 1 ]] || ! "$docker" image inspect forecast-local
         chroot "$root" update-ca-certificates >/dev/null 2>&1
     fi
     rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/tmp/*
+    chmod 755 "$root"  # mktemp made it 0700: it becomes the image's /
     tar -C "$root" -c . | "$docker" import -c 'CMD ["bash"]' -c 'ENV LANG=C.UTF-8' \
         -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - forecast-local/bookworm:latest >/dev/null
     log "forecast-local/bookworm:latest imported in $((SECONDS - start)) s"
