@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint fmt clean
+.PHONY: demo test bench lint fmt clean compose-test images
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ lint: $(STAMP)
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format forecast worker trainer tests bench
+
+# The compose deployment, built and run for real (needs a Docker engine; README: Deployment).
+compose-test: $(STAMP)
+	$(PY) deploy/compose_test.py
+
+# Local stand-ins for the official base images, for machines without an image registry.
+images:
+	deploy/images/build.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

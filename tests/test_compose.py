@@ -17,6 +17,8 @@ from worker import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
 SCHEMA = ROOT.parent / "shared" / "data" / "compose-spec.json"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -34,6 +36,11 @@ def compose() -> dict[str, Any]:
 def services(compose: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = compose["services"]
     return result
+
+
+def default(value: str) -> str:
+    """`${VAR:-default}` interpolations replaced by their defaults, as Compose does unset."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
 
 
 def as_list(command: str | list[str]) -> list[str]:
@@ -61,7 +68,7 @@ def test_redis_is_durable_and_healthchecked(
     compose: dict[str, Any], services: dict[str, Any]
 ) -> None:
     redis = services["redis"]
-    assert redis["image"].startswith("redis:7")
+    assert default(redis["image"]) == "redis:7-alpine"
     command = " ".join(as_list(redis["command"]))
     assert "--appendonly yes" in command
     mounts = [v.split(":") for v in redis["volumes"]]
@@ -96,7 +103,7 @@ def test_worker_is_scalable_and_supervised(services: dict[str, Any]) -> None:
 def test_commands_are_real_subcommands(services: dict[str, Any]) -> None:
     known = subcommands()
     for name, service in services.items():
-        image = service.get("image", "")
+        image = default(service.get("image", ""))
         if not image.startswith("forecast-worker"):
             continue
         command = as_list(service.get("command", ["worker"]))
@@ -194,3 +201,57 @@ def test_dashboard_uses_only_real_metrics() -> None:
         assert needed in used, needed
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_images_are_parameters_defaulting_to_the_official_ones(services: dict[str, Any]) -> None:
+    """Offline machines point the variables at local stand-ins; the defaults stay official."""
+    official = {
+        "redis": ("REDIS_IMAGE", "redis:7-alpine"),
+        "prometheus": ("PROMETHEUS_IMAGE", "prom/prometheus:v2.53.1"),
+        "grafana": ("GRAFANA_IMAGE", "grafana/grafana:11.1.3"),
+        "worker": ("WORKER_IMAGE", "forecast-worker:latest"),
+        "trainer": ("WORKER_IMAGE", "forecast-worker:latest"),
+    }
+    for name, (var, image) in official.items():
+        assert services[name]["image"] == f"${{{var}:-{image}}}", name
+    dockerfile = DOCKERFILE.read_text()
+    arg = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M)
+    assert arg and arg.group(1) == "python:3.11-slim"
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\}$", dockerfile, re.M)
+    for name in ("worker", "trainer"):
+        args = services[name]["build"]["args"]
+        assert default(args["PYTHON_IMAGE"]) == "python:3.11-slim", name
+
+
+def test_dockerfile_builds_offline_with_either_builder() -> None:
+    """No `# syntax=` line (BuildKit would pull a frontend image) and no BuildKit-only
+    `RUN --mount` (docker-compose 1.29 builds with the classic builder)."""
+    dockerfile = DOCKERFILE.read_text()
+    assert not re.search(r"^#\s*syntax=", dockerfile, re.M | re.I)
+    assert "--mount" not in dockerfile
+    user = re.findall(r"^USER (\S+)$", dockerfile, re.M)
+    assert user and user[-1].split(":")[0] not in ("0", "root")
+    assert re.search(r'^ENTRYPOINT \["forecast"\]$', dockerfile, re.M)  # exec form: PID 1
+
+
+def test_dockerignore_keeps_local_state_out() -> None:
+    ignored = set(DOCKERIGNORE.read_text().split())
+    for path in (".git", ".venv", ".env", "**/__pycache__", ".pytest_cache", ".mypy_cache",
+                 ".ruff_cache", "models", "out", "tests", "bench/results.json",
+                 "bench/chaos-results.json"):
+        assert path in ignored, path
+
+
+def test_forecast_containers_run_read_only(services: dict[str, Any]) -> None:
+    for name in ("worker", "trainer"):
+        service = services[name]
+        assert service["read_only"] is True, name
+        assert "/tmp" in service["tmpfs"], name
+    mounts = [v.split(":") for v in services["trainer"]["volumes"]]
+    assert ["models", "/app/models"] in [m[:2] for m in mounts]
+
+
+def test_published_ports_are_loopback_only(services: dict[str, Any]) -> None:
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
