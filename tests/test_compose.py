@@ -83,7 +83,9 @@ def test_worker_and_trainer_wait_for_healthy_redis(services: dict[str, Any]) -> 
     for name in ("worker", "trainer"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
     assert services["worker"]["restart"] == "unless-stopped"
-    assert services["trainer"]["restart"] == "no"  # quoted: YAML `no` would be false
+    # the trainer watches the stream (retrains on a schedule and on drift): supervised too
+    assert services["trainer"]["restart"] == "unless-stopped"
+    assert "--watch" in as_list(services["trainer"]["command"])
 
 
 def test_worker_is_scalable_and_supervised(services: dict[str, Any]) -> None:

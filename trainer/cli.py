@@ -49,10 +49,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         client = connect(settings)
         client.ping()  # fail fast, before training, when Redis is unreachable
     if getattr(args, "watch", False):
+        from forecast import registry
         from trainer import train, watch
 
-        if not args.from_stream or client is None:
-            raise UsageError("--watch retrains on the input streams: use it with --from-stream")
+        if args.example or client is None:
+            raise UsageError("--watch retrains on the input streams: use it with --from-stream "
+                             "(or --csv FILE for the first model of an empty registry)")
+        if args.csv and registry.current_version(client) is None:
+            args.watch = False
+            run(args, settings)  # the first model, from the CSV, through the gate
         return watch.run(client, settings, train.progress_verbosity(args.quiet))
     dataset = data.load(args, settings, client)
     # Data errors (too little data) surface here, before any training.
