@@ -174,7 +174,9 @@ def decide(current: str, shadows: dict[str, str], pairs: dict[str, Pair], live: 
     worse = t_stat(live.n, live.naive_d, live.naive_d2)
     mase = live.mase
     if live.n >= min_n and worse > z and mase is not None and mase >= 1 + margin:
-        prev = [v for v, s in shadows.items() if s == "previous"]
+        # ...to a previous version that does no worse on the same actuals (never a chain)
+        prev = [v for v, s in shadows.items() if s == "previous"
+                and (pairs[v].ratio is not None and pairs[v].ratio < 1.0)]
         if prev:
             return Decision("rollback", prev[0], "worse_than_naive", int(live.n), None, mase,
                             round(worse, 3), "naive")

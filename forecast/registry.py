@@ -157,7 +157,8 @@ def _switch(client: Any, version: str, event: str, sha256: str, reason: str = ""
         if stale:
             writes.append(lambda c: c.hdel(keys.MODEL_STATES, *stale))
         if prev is not None and prev != version:
-            writes += [lambda c: c.lpush(keys.MODEL_HISTORY, prev),
+            writes += [lambda c: c.delete(keys.live_pair(prev, version)),  # fresh evidence
+                       lambda c: c.lpush(keys.MODEL_HISTORY, prev),
                        lambda c: c.ltrim(keys.MODEL_HISTORY, 0, HISTORY_LEN - 1),
                        lambda c: c.hset(keys.MODEL_STATES, prev, "previous")]
         writes += [lambda c: c.set(keys.MODEL_CURRENT, version),
@@ -198,6 +199,9 @@ def shadow(client: Any, version: str, reason: str = "manual") -> None:
     verify_sha256(get_blob(client, version), manifest)
     if current_version(client) == version:
         raise RegistryError(f"{version} is the current version")
+    current = current_version(client)
+    if current is not None:  # evidence starts afresh: no old pair sums decide for it
+        client.delete(keys.live_pair(version, current))
     client.hset(keys.MODEL_STATES, version, "candidate")
     _announce("candidate", version, str(manifest.get("sha256", "")), reason)(client)
 
@@ -278,7 +282,9 @@ def retire(client: Any, keep: int) -> list[str]:
     for v in versions[:max(0, len(versions) - keep)]:
         if v in protected or st.get(v) == "retired":
             continue
-        client.delete(keys.model_blob(v))
+        client.delete(keys.model_blob(v), keys.live(v), keys.live_series(v),
+                      *(keys.live_pair(v, w) for w in versions if w != v),
+                      *(keys.live_pair(w, v) for w in versions if w != v))
         client.hset(keys.MODEL_STATES, v, "retired")
         _announce("retired", v, "", "keep_versions")(client)
         gone.append(v)

@@ -133,7 +133,8 @@ def test_switch_is_one_transaction_on_real_redis(redis_url: str) -> None:
                             "SET forecast:model:v2:manifest", "ZADD forecast:model:versions"]
     assert commands[4:] == ["WATCH forecast:model:current", "GET forecast:model:current",
                             "HGETALL forecast:model:states", "MULTI",
-                            "HDEL forecast:model:states", "LPUSH forecast:model:history",
+                            "HDEL forecast:model:states", "DEL forecast:live:v1:vs:v2",
+                            "LPUSH forecast:model:history",
                             "LTRIM forecast:model:history", "HSET forecast:model:states",
                             "SET forecast:model:current", "XADD forecast:models", "EXEC"]
     assert registry.current_version(client) == "v2"

@@ -16,7 +16,7 @@ import numpy as np
 
 FLAG = 1 << 30  # set in `count` of a version-2 blob (a window never holds 2**30 values)
 _V1 = [("count", "<i4"), ("last_ts", "<i8")]
-_V2 = [*_V1, ("aci_version", "<i4"), ("aci", "<f4"), ("pred", "<f4"), ("lo", "<f4"),
+_V2 = [*_V1, ("aci_version", "<i4"), ("aci", "<f8"), ("pred", "<f4"), ("lo", "<f4"),
        ("hi", "<f4")]
 
 

@@ -67,7 +67,10 @@ class Promoter:
         if d.action == "promote":
             done = registry.promote(self.client, d.version, d.reason, d.evidence(), expect=current)
         else:
-            done = registry.rollback(self.client, d.reason, d.evidence(), expect=current) != ""
+            try:
+                done = registry.rollback(self.client, d.reason, d.evidence(), expect=current) != ""
+            except registry.RegistryError:  # nothing to roll back to
+                return False
         if done:
             metrics.MODEL_EVENTS.labels(event=d.action).inc()
             log.warning("%s %s (was %s): %s", "promoted" if d.action == "promote"

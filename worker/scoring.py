@@ -128,7 +128,16 @@ def score(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
 
     `fc` has one column per served version. Returns the scores and, per value, the factor
     the current forecast's interval made at that value is widened by (sorted order).
+    `version` is the current version's number: a series whose interval state belongs to
+    another version starts again (factor 0, no previous interval to score).
     """
+    rows = adv.rows
+    stale = store.aci_version[rows] != version
+    if stale.any():
+        at = rows[stale]
+        store.aci[at] = 0.0
+        store.pred[at, 0] = store.lo[at, 0] = store.hi[at, 0] = np.nan
+        store.aci_version[at] = version
     cols = fc.point.shape[1]
     y = values.astype(np.float64)[:, None]
     prev_pt = _previous(store.pred[:, :cols], adv, fc.point)

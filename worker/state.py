@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from worker.checkpoint import blob_dtype, decode_blob, decode_same, encode_rows
+from worker.checkpoint import blob_dtype, blob_version, decode_blob, decode_same, encode_rows
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ _FIELDS: dict[str, tuple[type, tuple[int, ...], float]] = {
     "last_ts": (np.int64, (), -1),
     "last_used": (np.uint32, (), 0),
     "aci_version": (np.int32, (), -1),  # the version number `aci` (and column 0) belong to
-    "aci": (np.float32, (), 0.0),  # log width factor of the current version's interval
+    "aci": (np.float64, (), 0.0),  # log width factor of the current version's interval
     "pred": (np.float32, (COLUMNS,), np.nan),  # last step-1 forecast per version column
     "lo": (np.float32, (COLUMNS,), np.nan),  # its interval, as the model gave it
     "hi": (np.float32, (COLUMNS,), np.nan),
@@ -146,7 +146,8 @@ class SeriesStore:
             getattr(self, name)[idx] = empty
         self.last_used[idx] = self.tick
         size = blob_dtype(self.width).itemsize
-        same = [i for i, b in enumerate(blobs) if b is not None and len(b) == size]
+        same = [i for i, b in enumerate(blobs)
+                if b is not None and len(b) == size and blob_version(b) == 2]
         if same:
             rows = decode_same([blobs[i] for i in same], self.width)  # type: ignore[misc]
             at = idx[same]
@@ -155,8 +156,9 @@ class SeriesStore:
             self.aci_version[at], self.aci[at] = rows["aci_version"], rows["aci"]
             self.pred[at, 0] = rows["pred"]
             self.lo[at, 0], self.hi[at, 0] = rows["lo"], rows["hi"]
+        done = set(same)
         for i, blob in enumerate(blobs):  # other widths (a model change) or version 1
-            if blob is not None and len(blob) != size:
+            if blob is not None and i not in done:
                 self._restore(slots[i], blob)
 
     def _restore(self, slot: int, blob: bytes) -> None:

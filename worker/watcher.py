@@ -85,7 +85,7 @@ class ModelWatcher:
             if self.loaded is None:
                 return False
             current = self.loaded
-        wanted = (current, *shadows)
+        wanted = (current, *(v for v in shadows if v != current))
         if wanted == self.served:
             return False
         for version in wanted:
