@@ -156,6 +156,9 @@ class FakeCluster(RedisCluster):
     def exists(self, *names: Any) -> Any:
         return self._inner.exists(*names)
 
+    def delete(self, *names: Any) -> Any:
+        return self._inner.delete(*names)
+
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
         return self._inner.pipeline(transaction=False)
 
