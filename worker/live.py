@@ -1,10 +1,10 @@
 """The live evidence a worker gathers, added to Redis at each maintenance (forecast.evidence).
 
-Per batch, `add` folds a commit's scores into per-version and per-pair sums, per-series
-sums (bounded: at most `SERIES_CAP` series wait for a flush; more are counted, not kept)
-and drift alarms. `flush` adds them to `forecast:live:*` with HINCRBYFLOAT, writes drift
-events to `forecast:events` (at most `EVENTS_PER_FLUSH` per-series ones each time) and feeds
-an overall Page-Hinkley detector (River) with each batch's mean scaled error.
+Per batch, `add` folds a commit's scores into per-version and per-pair sums and drift
+alarms; per-series sums accumulate in the shards' `SeriesStore` rows (`worker.scoring`).
+`flush` adds them to `forecast:live:*` with HINCRBYFLOAT and writes drift events to
+`forecast:events` (at most `EVENTS_PER_FLUSH` per-series ones each time); an overall
+Page-Hinkley detector (River) sees each batch's mean scaled error.
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ class LiveBuffer:
         self.versions: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(LIVE_FIELDS)))
         self.pairs: dict[tuple[str, str], np.ndarray] = defaultdict(
             lambda: np.zeros(len(PAIR_FIELDS)))
-        self.series: dict[tuple[str, bytes], np.ndarray] = {}
-        self.series_dropped = 0
         self.drifted: list[tuple[bytes, float]] = []
         self.overall = drift.PageHinkley(min_instances=30, delta=0.005, threshold=50.0)
         self.overall_alarms: list[float] = []
@@ -56,30 +54,18 @@ class LiveBuffer:
             if c:
                 self.pairs[(v, commit.versions[0])] += (
                     sc.pair_n[c], sc.pair_d[c], sc.pair_d2[c], sc.pair_a[c], sc.pair_b[c])
-        for i, series in enumerate(sc.series):
-            for c, v in enumerate(commit.versions):
-                row = sc.per_series[i, c]
-                if not row[0]:
-                    continue
-                key = (v, series)
-                if key in self.series:
-                    self.series[key] += row
-                elif len(self.series) < SERIES_CAP:
-                    self.series[key] = row.copy()
-                else:
-                    self.series_dropped += 1
         self.drifted += sc.drifted
         if sc.n[0]:
             self.overall.update(float(sc.scaled_err[0] / sc.n[0]))
             if self.overall.drift_detected:
                 self.overall_alarms.append(float(sc.scaled_err[0] / sc.n[0]))
 
-    def flush(self, client: Any, final: bool = False) -> None:
-        """Add the sums to Redis (per-series ones every SERIES_FLUSH_S, or when `final`);
-        write drift events."""
-        series_due = final or time.monotonic() >= self.next_series_flush
-        if not (self.versions or self.drifted or self.overall_alarms or
-                (series_due and self.series)):
+    def flush(self, client: Any, stores: list[Any], versions: list[str],
+              final: bool = False) -> None:
+        """Add the sums to Redis, write drift events. Per-series sums (kept in the stores'
+        rows) go out every SERIES_FLUSH_S or when `final`, at most SERIES_CAP series a time."""
+        series_due = (final or time.monotonic() >= self.next_series_flush) and versions
+        if not (self.versions or self.drifted or self.overall_alarms or series_due):
             return
         pipe = client.pipeline(transaction=False)
         for v, sums in self.versions.items():
@@ -91,18 +77,22 @@ class LiveBuffer:
                 if value:
                     pipe.hincrbyfloat(keys.live_pair(v, against), name, value)
         if series_due:
-            for (v, series), (n, err, naive) in self.series.items():
-                name = series.decode("utf-8", "replace")
-                pipe.hincrbyfloat(keys.live_series(v), f"{name}:n", float(n))
-                pipe.hincrbyfloat(keys.live_series(v), f"{name}:err", float(err))
-                pipe.hincrbyfloat(keys.live_series(v), f"{name}:naive", float(naive))
+            self.next_series_flush = time.monotonic() + SERIES_FLUSH_S
+            left = SERIES_CAP
+            for store in stores:
+                names, sums = store.take_evidence(left)
+                left -= len(names)
+                for name, row in zip(names, sums.tolist(), strict=True):
+                    text = name.decode("utf-8", "replace")
+                    for v, (n, err, naive) in zip(versions, row, strict=False):
+                        if n:
+                            pipe.hincrbyfloat(keys.live_series(v), f"{text}:n", n)
+                            pipe.hincrbyfloat(keys.live_series(v), f"{text}:err", err)
+                            pipe.hincrbyfloat(keys.live_series(v), f"{text}:naive", naive)
         self._drift_events(pipe)
-        pipe.execute()
         self.versions.clear()
         self.pairs.clear()
-        if series_due:
-            self.series.clear()
-            self.next_series_flush = time.monotonic() + SERIES_FLUSH_S
+        pipe.execute()
 
     def _drift_events(self, pipe: Any) -> None:
         now = str(int(time.time() * 1000))

@@ -181,9 +181,16 @@ class Worker:
         streams = [shard.keys.values for shard in self.shards.values()]
         self.telemetry.group_gauges(self.client, streams, self.settings.group)
         self.telemetry.flush_accuracy(self.client, getattr(self.model, "version", None))
-        self.live.flush(self.client)
+        self.live.flush(self.client, self._stores(), self._versions())
         if self.model is not None:
             self.promoter.tick(self.model.version, [m.version for m in self.shadows])
+
+    def _stores(self) -> list[Any]:
+        return [shard.store for shard in self.shards.values()]
+
+    def _versions(self) -> list[str]:
+        """The served versions, current first (the score columns)."""
+        return [m.version for m in ([self.model, *self.shadows] if self.model else [])]
 
     def _width(self) -> int | None:
         """Window width the served models need (at least 2: the naive forecast's value)."""
@@ -194,6 +201,11 @@ class Worker:
     def _swap_model(self, new: Any) -> None:
         """Serve a new lineup from the next batch on; windows are kept (resized if needed)."""
         lineup = new if isinstance(new, Lineup) else Lineup(new)
+        if self.model is not None:  # per-series sums belong to the columns as they are
+            try:
+                self.live.flush(self.client, self._stores(), self._versions(), final=True)
+            except redis.RedisError as exc:  # an outage must not lose the new lineup
+                log.warning("live evidence not flushed before the model swap: %s", exc)
         old = self.model
         before = [m.version for m in ([old, *self.shadows] if old is not None else [])]
         self.model, self.shadows = lineup.current, lineup.shadows[:COLUMNS - 1]
@@ -237,7 +249,7 @@ class Worker:
         self.ownership.release_all(self.path.settle)
         try:
             self.telemetry.flush_accuracy(self.client, getattr(self.model, "version", None))
-            self.live.flush(self.client, final=True)
+            self.live.flush(self.client, self._stores(), self._versions(), final=True)
             self.ownership.leases.leave()
         except redis.RedisError as exc:
             log.warning("could not leave cleanly: %s", exc)

@@ -59,8 +59,6 @@ class Scores:
     pair_b: np.ndarray  # sum of column 0's
     naive_d: np.ndarray  # per column: sum of scaled_err - scaled naive error
     naive_d2: np.ndarray
-    series: list[bytes] = field(default_factory=list)  # the batch's series (groups)
-    per_series: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 3)))  # n, err, naive
     drifted: list[tuple[bytes, float]] = field(default_factory=list)  # (series, statistic)
 
 
@@ -164,9 +162,10 @@ def score(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
     z = np.where(joined, scaled, 0.0)
     zn = np.where(joined, scaled_naive[:, None], 0.0)
     scores = _sums(err, z, zn, joined, has_iv, covered, scaled_width)
-    scores.series = store.keys_of(adv.rows)
-    scores.per_series = np.stack([_per_group(joined * 1.0, adv), _per_group(z, adv),
-                                  _per_group(zn, adv)], axis=-1)
+    per_series = np.stack([_per_group(joined * 1.0, adv), _per_group(z, adv),
+                           _per_group(zn, adv)], axis=-1)
+    ev = min(cols, store.ev.shape[1])
+    store.ev[rows, :ev] += per_series[:, :ev]  # flushed by worker.live, per series
     scores.drifted = _page_hinkley(store, adv, z[:, 0], joined[:, 0])
     # the newest raw forecasts (and the factor) for the next values of each series
     store.pred[adv.rows, :cols] = fc.point[adv.ends]

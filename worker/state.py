@@ -25,6 +25,7 @@ from worker.checkpoint import blob_dtype, blob_version, decode_blob, decode_same
 log = logging.getLogger(__name__)
 
 COLUMNS = 3  # model versions scored per series: the current one and up to two shadows
+EV_COLUMNS = 2  # of which per-series evidence is kept for the current one and the first shadow
 
 
 @dataclass
@@ -55,7 +56,8 @@ _FIELDS: dict[str, tuple[type, tuple[int, ...], float]] = {
     "pred": (np.float32, (COLUMNS,), np.nan),  # last step-1 forecast per version column
     "lo": (np.float32, (COLUMNS,), np.nan),  # its interval, as the model gave it
     "hi": (np.float32, (COLUMNS,), np.nan),
-    # evidence and drift only (not checkpointed): see worker.scoring
+    # evidence and drift only (not checkpointed): see worker.scoring and worker.live
+    "ev": (np.float32, (EV_COLUMNS, 3), 0.0),  # per-series n, scaled err, scaled naive sums
     "nscale": (np.float32, (), np.nan),  # EWMA of |y_t - y_t-1|
     "ph_n": (np.float32, (), 0.0),
     "ph_mean": (np.float32, (), 0.0),
@@ -75,6 +77,7 @@ class SeriesStore:
     pred: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
+    ev: np.ndarray
     nscale: np.ndarray
     ph_n: np.ndarray
     ph_mean: np.ndarray
@@ -269,13 +272,20 @@ class SeriesStore:
 
     def remap(self, columns: list[int | None]) -> None:
         """New version columns: column c takes old column `columns[c]` (None: starts empty)."""
-        for name in ("pred", "lo", "hi"):
+        for name in ("pred", "lo", "hi", "ev"):
             old = getattr(self, name)
-            new = np.full_like(old, np.nan)
-            for c, was in enumerate(columns[:COLUMNS]):
-                if was is not None:
+            new = np.full_like(old, np.nan if name != "ev" else 0.0)
+            for c, was in enumerate(columns[:old.shape[1]]):
+                if was is not None and was < old.shape[1]:
                     new[:, c] = old[:, was]
             setattr(self, name, new)
+
+    def take_evidence(self, limit: int) -> tuple[list[bytes], np.ndarray]:
+        """Up to `limit` series with per-series evidence waiting, and their sums (cleared)."""
+        rows = np.flatnonzero((self.ev[:, :, 0] > 0).any(axis=1))[:limit]
+        sums = self.ev[rows].copy()
+        self.ev[rows] = 0.0
+        return self.keys_of(rows), sums
 
     def encode(self, slots: list[int] | np.ndarray) -> list[bytes]:
         """Checkpoint blobs of the given rows (one bytes object each)."""
