@@ -1,0 +1,1 @@
+"""Benchmarks that run the product end to end (quality: `bench.quality`)."""
