@@ -30,6 +30,8 @@ _CONN_FLAGS: dict[str, dict[str, Any]] = {
     "--shards": {"dest": "shards", "type": int, "help": "number of input shards (FORECAST_SHARDS)"},
 }
 _TRAIN_FLAGS: dict[str, dict[str, Any]] = {
+    "--forecaster": {"dest": "forecaster", "choices": ["rnn", "hybrid"]},
+    "--ensemble": {"dest": "ensemble", "type": int},
     "--arch": {"dest": "arch", "choices": ["simple_rnn", "lstm", "gru"]},
     "--n-steps": {"dest": "n_steps", "type": int},
     "--units": {"dest": "units", "type": int},

@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     )
 
     # --- trainer ------------------------------------------------------------------
+    forecaster: Literal["rnn", "hybrid"] = Field(
+        "rnn",
+        description="rnn: the recurrent net alone; hybrid: statistical experts from the window "
+        "weighted by a recurrent net (the default of `train --csv/--from-stream`)",
+    )
+    ensemble: int = Field(
+        3, ge=1, le=16, description="Hybrid: members with different seeds, averaged in one model"
+    )
     arch: Arch = Field("simple_rnn", description="Recurrent layer: simple_rnn, lstm or gru")
     n_steps: int = Field(3, ge=1, le=512, description="Window length (values the model sees)")
     units: int = Field(50, ge=1, le=4096, description="Recurrent units")
@@ -137,6 +145,8 @@ class Settings(BaseSettings):
 
 
 TRAINER_FIELDS = {
+    "forecaster",
+    "ensemble",
     "arch",
     "n_steps",
     "units",

@@ -24,7 +24,8 @@ def _summary(trained: Any) -> list[str]:
     m = trained.manifest
     d, t, met = m["data"], m["train"], m["metrics"]
     lines = [
-        f"trained {m['arch']} (n_steps={m['n_steps']}, horizon={m['horizon']}) on {d['source']}: "
+        f"trained {m.get('forecaster', 'rnn')} {m['arch']} (n_steps={m['n_steps']}, "
+        f"horizon={m['horizon']}) on {d['source']}: "
         f"{d['series']} series, {d['values']} values, {d['train_windows']} train / "
         f"{d['val_windows']} validation windows; {t['epochs_run']} epochs in {t['seconds']}s",
         f"{met['holdout']} MAE {met['model']['mae']:.6g} (naive {met['naive']['mae']:.6g}, "
@@ -49,6 +50,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         client = connect(settings)
         client.ping()  # fail fast, before training, when Redis is unreachable
     dataset = data.load(args, settings, client)
+    chosen: dict[str, Any] = {}
+    if not args.example:  # --example keeps the tutorial's own settings exactly
+        from trainer import auto
+
+        settings, chosen = auto.resolve(settings, dataset)
+        if chosen and not args.quiet:
+            print("chosen for this data (flags override): "
+                  + ", ".join(f"{k}={v}" for k, v in chosen.items()))
     # Data errors (too little data) surface here, before any training.
     ws = windows.build(dataset, settings.n_steps, settings.horizon, settings.val_fraction)
     from trainer import artifact, publish, report, train
@@ -57,6 +66,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         trained = artifact.train_model(dataset, settings, train.progress_verbosity(args.quiet), ws)
     except ModelRejected as exc:
         raise CliError(f"the trained model failed its own load checks: {exc}") from None
+    except FloatingPointError as exc:
+        raise CliError(f"training failed: {exc}; check the data for extreme values") from None
+    trained.manifest = {**trained.manifest, "auto": chosen}
     for line in _summary(trained):
         print(line)
     if args.no_publish or client is None:
