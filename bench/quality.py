@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -62,6 +63,14 @@ class Forecasts:
     point: dict[int, np.ndarray] = field(default_factory=dict)  # origin -> (H,)
     lower: dict[int, np.ndarray] = field(default_factory=dict)
     upper: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Served:
+    """A served artifact (what the bench's throughput fleet publishes)."""
+
+    blob: bytes
+    manifest: dict[str, Any]
 
 
 def split(n: int) -> int:
@@ -277,7 +286,10 @@ def project_forecasts(group: list[RealSeries], horizon: int, workdir: Path, tag:
             latest = registry.list_versions(client)[-1]["version"]
             registry.promote(client, latest)
         fc, info = serve_group(server, client, group, horizon, gdir, tag)
-        return fc, {**info, "train": trained}
+        version = registry.current_version(client) or ""
+        artifact = Served(registry.get_blob(client, version),
+                          registry.get_manifest(client, version))
+        return fc, {**info, "train": trained, "artifact": artifact}
     finally:
         client.close()
         server.cleanup()
@@ -442,11 +454,38 @@ def plot(series: list[RealSeries], result: dict[str, Any], path: Path, count: in
 
 
 def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k != "forecasts"}
+    groups = {g: {k: v for k, v in info.items() if k != "artifact"}
+              for g, info in result.get("groups", {}).items()}
+    return {**{k: v for k, v in result.items() if k != "forecasts"}, "groups": groups}
+
+
+def throughput(models: dict[str, Served], quick: bool) -> list[tuple[str, float]]:
+    """values/s of one worker over 1,000 series (the `make bench` fleet, exactly-once commit):
+    the tutorial SimpleRNN(50) n_steps=3, and each served default model."""
+    from forecast.bench_scenarios import FULL, QUICK, Bench, fleet_throughput, train_tiny
+
+    plan = QUICK if quick else FULL
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="forecast-quality-thr-") as tmp:
+        bench = Bench(plan, Path(tmp))
+        tutorial = train_tiny("simple_rnn", 3)
+        out = fleet_throughput(bench, tutorial)
+        rows.append(("tutorial SimpleRNN(50) n_steps=3", out.median["values_per_s"]))
+        for name, served in models.items():
+            m = served.manifest
+            # warm every series' window up first, so every measured value is predicted
+            warm = Bench(dataclasses.replace(plan, warmup=plan.series * int(m["n_steps"])),
+                         Path(tmp))
+            out = fleet_throughput(warm, served)
+            what = (f"default model {name}: {m.get('forecaster')} {m.get('arch')}"
+                    f"({m.get('units')}) x{m.get('ensemble', 1)} n_steps={m['n_steps']}")
+            rows.append((what, out.median["values_per_s"]))
+    return rows
 
 
 def run_quality(quick: bool = False, out_dir: Path = RESULTS, horizon: int = 6,
-                names: list[str] | None = None, multi: bool = True) -> dict[str, Any]:
+                names: list[str] | None = None, multi: bool = True,
+                measure_throughput: bool = True) -> dict[str, Any]:
     """The whole benchmark: one-step pass, then (unless disabled) the H-step pass."""
     started = datetime.now(timezone.utc)
     series = load(names or (list(QUICK) if quick else None))
@@ -459,7 +498,16 @@ def run_quality(quick: bool = False, out_dir: Path = RESULTS, horizon: int = 6,
             print()
             print(format_table(series, res, summ), flush=True)
             print()
+    models = {g: info["artifact"] for g, info in passes[0][0]["groups"].items()
+              if g in ("m12", "m24")}
+    thr = throughput(models, quick) if measure_throughput else []
+    for what, rate in thr:
+        print(f"throughput, 1 worker, 1,000 series: {what}: {rate:,.0f} values/s")
     checks = targets(passes)
+    for what, rate in thr:
+        floor = 150_000 if what.startswith("tutorial") else 30_000
+        checks.append((f"throughput {what} >= {floor:,} values/s", f"{rate:,.0f}",
+                       rate >= floor))
     print("targets:")
     for what, figure, ok in checks:
         print(f"  {'MET ' if ok else 'MISS'} {what}: {figure}")
@@ -472,6 +520,7 @@ def run_quality(quick: bool = False, out_dir: Path = RESULTS, horizon: int = 6,
                     "length": len(s.values), "train": split(len(s.values))} for s in series],
         "passes": [{**_jsonable(r), "summary": s} for r, s in passes],
         "targets": [{"target": w, "figure": f, "met": ok} for w, f, ok in checks],
+        "throughput": [{"model": w, "values_per_s": r} for w, r in thr],
         "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
     }
     (out_dir / "quality.json").write_text(json.dumps(data, indent=2, default=str) + "\n")

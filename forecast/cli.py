@@ -41,6 +41,7 @@ _TRAIN_FLAGS: dict[str, dict[str, Any]] = {
     "--seed": {"dest": "seed", "type": int},
     "--val-fraction": {"dest": "val_fraction", "type": float},
     "--patience": {"dest": "patience", "type": int},
+    "--train-budget-s": {"dest": "train_budget_s", "type": float},
     "--horizon": {"dest": "horizon", "type": int},
     "--coverage": {"dest": "coverage", "type": float},
     "--scaling": {"dest": "scaling", "choices": ["auto", "none", "window"]},

@@ -297,7 +297,8 @@ class GatedCombine(keras.layers.Layer):
 
     Weights per window and step: softmax over experts of a learned prior, minus a learned
     multiple of each expert's in-window error, plus a linear function of the features (the
-    recurrent summary of the window); plus a learned correction from the features. Starts as
+    recurrent summary of the window); plus a learned correction from the features, in units
+    of the combination's in-window error. Starts as
     "weight the experts by their recent error" (the correction and feature terms are zero).
     `spread` is the weighted in-window error: the unit of the prediction interval.
     """
@@ -324,8 +325,10 @@ class GatedCombine(keras.layers.Layer):
         logits = self.prior - sharp * e + ops.reshape(ops.matmul(feat, self.gate),
                                                       (-1, self._k, self._h))
         w = ops.softmax(logits, axis=1)
-        point = ops.sum(w * f, axis=1) + ops.matmul(feat, self.corr) + self.corr_bias
         spread = ops.sum(w * e, axis=1)
+        # the correction is in units of the window's recent error: a smooth series (small
+        # in-window errors) is not moved by the net's noise
+        point = ops.sum(w * f, axis=1) + spread * (ops.matmul(feat, self.corr) + self.corr_bias)
         return [point, spread]
 
     def compute_output_shape(self, input_shape: Any) -> list[Any]:
@@ -341,14 +344,16 @@ class HybridOutput(keras.layers.Layer):
     """[point, spread (b, H) scaled; loc, scale (b, 1)] -> raw point, or [point, lower, upper].
 
     The interval half-width of step h is q[h] times the spread (the window's own recent
-    error) times the window's scale: split-conformal on the validation residuals in those units.
+    error, plus `offset`, its typical value) times the window's scale: split-conformal on the
+    validation residuals in those units.
     """
 
     def __init__(self, q: list[float] | None = None, min_spread: float = 0.05,
-                 **kwargs: Any) -> None:
+                 offset: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.q = None if q is None else [float(v) for v in q]
         self.min_spread = float(min_spread)
+        self.offset = float(offset)  # added to the spread: shrinks a noisy spread to typical
 
     def call(self, inputs: list[Any]) -> Any:
         point, spread, loc, scale = inputs
@@ -356,7 +361,7 @@ class HybridOutput(keras.layers.Layer):
         if self.q is None:
             return mean
         q = ops.convert_to_tensor(np.asarray(self.q, dtype="float32"))
-        half = q * ops.maximum(spread, self.min_spread) * scale
+        half = q * (ops.maximum(spread, self.min_spread) + self.offset) * scale
         return ops.concatenate([mean, mean - half, mean + half], axis=-1)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
@@ -366,7 +371,8 @@ class HybridOutput(keras.layers.Layer):
         return (batch, None if width is None else 3 * width)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "q": self.q, "min_spread": self.min_spread}
+        return {**super().get_config(), "q": self.q, "min_spread": self.min_spread,
+                "offset": self.offset}
 
 
 @keras.saving.register_keras_serializable(package="forecast")

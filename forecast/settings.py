@@ -108,6 +108,9 @@ class Settings(BaseSettings):
         description="Time-ordered fraction of each series held out for validation",
     )
     patience: int = Field(20, ge=0, description="Early-stopping patience in epochs (0 disables)")
+    train_budget_s: float = Field(
+        0.0, ge=0.0, description="Hybrid: stop training after this many seconds (0: no limit)"
+    )
     horizon: int = Field(
         1, ge=1, le=512, description="Values predicted ahead (direct multi-output)"
     )
@@ -156,6 +159,7 @@ TRAINER_FIELDS = {
     "seed",
     "val_fraction",
     "patience",
+    "train_budget_s",
     "horizon",
     "coverage",
     "scaling",

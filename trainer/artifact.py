@@ -66,10 +66,10 @@ def _train_hybrid(ws: WindowSet, s: Settings, period: int, verbose: int
 
     h = hybrid.Hybrid(s.n_steps, s.horizon, period, s)
     fit_summary = hybrid.fit(h, ws, s, verbose)
-    q = hybrid.calibrate(h, ws, s.coverage)
-    blob = model.to_bytes(h.serving(q))
+    q, offset = hybrid.calibrate(h, ws, s.coverage)
+    blob = model.to_bytes(h.serving(q, offset))
     extra = {"scaling": hybrid.SCALING, "filter_len": h.filter_len, "ensemble": h.members,
-             "experts": h.bank.n_experts}
+             "experts": h.bank.n_experts, "spread_offset": round(offset, 6)}
     return blob, q, {**fit_summary, "params": h.params}, extra
 
 

@@ -4,11 +4,13 @@ The settings' own defaults are the tutorial's (SimpleRNN(50), n_steps=3, 200 epo
 `--example` keeps them exactly. On a user's data every trainer setting the user did not give
 (flag, `FORECAST_*` variable or `.env`) is chosen here from the data:
 
-* the hybrid forecaster (statistical experts weighted by a GRU, an ensemble of 3 seeds);
-* the seasonal period detected on the training part (autocorrelation);
+* the hybrid forecaster (statistical experts weighted by a GRU(16), 3 seeds averaged);
+* the seasonal period most series show (autocorrelation, each series on its own);
 * the window: three seasons for the experts to see (at least 24 values) plus a third of that
-  for their in-window backtests, shrunk when the series are too short for it;
-* epochs with early stopping (100, patience 10), a batch size that grows with the data.
+  (at least 2H + 4) for their in-window backtests, shrunk when the series are too short;
+* epochs with early stopping on validation (100, patience 10, and a 6-minute budget), the
+  starting sharpness of the expert selection picked on validation, and the untrained
+  selection kept when training does not beat it; a batch size that grows with the data.
 """
 
 from __future__ import annotations
@@ -26,22 +28,25 @@ log = logging.getLogger(__name__)
 
 MAX_N_STEPS = 512
 MIN_TRAIN_WINDOWS = 8  # per series, for the longest series of the data set
+TRAIN_BUDGET_S = 360.0  # fitting stops (best weights kept) after this; the rest takes < 2 min
 
 
 def backtest_len(n_steps: int, horizon: int) -> int:
     """How many of the window's values are in-window backtest targets (the rest feed filters).
 
-    >>> backtest_len(48, 1), backtest_len(32, 6), backtest_len(4, 1)
-    (12, 8, 2)
+    At least 2H + 4, so the last step still has a few backtest origins.
+
+    >>> backtest_len(48, 1), backtest_len(40, 6), backtest_len(4, 1)
+    (12, 16, 2)
     """
-    r = max(horizon + 2, n_steps // 4)
+    r = max(2 * horizon + 4, n_steps // 4)
     return min(r, max(1, n_steps - 2))
 
 
 def filter_len(n_steps: int, horizon: int) -> int:
     """Values each expert sees: the window minus its backtest part (at least 2).
 
-    >>> filter_len(48, 1), filter_len(32, 6), filter_len(4, 1)
+    >>> filter_len(48, 1), filter_len(40, 6), filter_len(4, 1)
     (36, 24, 2)
     """
     return max(2, n_steps - backtest_len(n_steps, horizon))
@@ -51,10 +56,10 @@ def window_for(period: int, horizon: int) -> int:
     """n_steps for a seasonal period: filter of max(24, 3 periods) plus its backtest part.
 
     >>> window_for(1, 1), window_for(4, 1), window_for(12, 1), window_for(24, 1), window_for(12, 6)
-    (32, 32, 48, 96, 48)
+    (32, 32, 48, 96, 52)
     """
     filt = max(24, 3 * period) if period >= 2 else 24
-    n = filt + max(horizon + 2, filt // 3)
+    n = filt + max(2 * horizon + 4, filt // 3)
     return min(n, MAX_N_STEPS)
 
 
@@ -126,7 +131,7 @@ def choose_window(period: int, horizon: int, longest_train: int) -> tuple[int, i
         return n, period
     if period >= 2:
         filt = 2 * period
-        n = filt + max(horizon + 2, filt // 3)
+        n = filt + max(2 * horizon + 4, filt // 3)
         if n <= room:
             return n, period
         period = 1
@@ -168,9 +173,10 @@ def resolve(settings: Settings, dataset: Dataset, explicit: set[str] | None = No
         chosen["n_steps"] = n_steps
     pick("season_period", period)
     pick("arch", "gru")
-    pick("units", 32)
+    pick("units", 16)
     pick("epochs", 100)
     pick("patience", 10)
+    pick("train_budget_s", TRAIN_BUDGET_S)
     windows = sum(max(0, n - n_steps - horizon + 1) for n in lengths)
     pick("train_batch_size", int(np.clip(windows // 50, 32, 256)))
     if chosen:

@@ -31,6 +31,10 @@ def _summary(trained: Any) -> list[str]:
         f"{met['holdout']} MAE {met['model']['mae']:.6g} (naive {met['naive']['mae']:.6g}, "
         f"seasonal naive {met['seasonal_naive']['mae']:.6g}, period {met['season_period']})",
     ]
+    if met["model"].get("mase") is not None and met["naive"].get("mase") is not None:
+        lines.append(f"{met['holdout']} MASE {met['model']['mase']:.4g} (naive "
+                     f"{met['naive']['mase']:.4g}, seasonal naive "
+                     f"{met['seasonal_naive']['mase']:.4g})")
     if m["outputs"] == "interval":
         lines.append(f"{round(100 * m['coverage'])}% interval half-widths per step "
                      f"(scaled units): {[round(q, 4) for q in m['conformal_q']]}")

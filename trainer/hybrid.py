@@ -44,18 +44,21 @@ log = logging.getLogger(__name__)
 
 SCALING = "diff"
 SHARPNESS = 5.0
+SPREAD_SHRINK = 0.5  # of the median validation spread, added to every window's spread
+RNN_STEPS = 24  # the recurrent net reads the last 24 scaled values (unrolled: fast on CPU)
 # Initial weights of the in-window errors tried on validation before training (the untrained
 # model is "each window picks its experts by their recent error" with this sharpness).
 SHARPNESS_GRID = (2.0, 5.0, 10.0, 30.0)
 
 
 def _recurrent(arch: str, units: int, name: str) -> keras.layers.Layer:
+    # unrolled: on CPU a short recurrence is much faster as plain ops than as a while loop
     if arch == "lstm":
-        return keras.layers.LSTM(units, name=name)
+        return keras.layers.LSTM(units, unroll=True, name=name)
     if arch == "gru":
-        return keras.layers.GRU(units, name=name)
+        return keras.layers.GRU(units, unroll=True, name=name)
     if arch == "simple_rnn":
-        return keras.layers.SimpleRNN(units, activation="tanh", name=name)
+        return keras.layers.SimpleRNN(units, activation="tanh", unroll=True, name=name)
     raise ValueError(f"unknown arch {arch!r}")
 
 
@@ -76,6 +79,8 @@ class Hybrid:
                                log=True, name="experts")
         f, e = self.bank([self.raw, z, self.loc, self.scale])
         zc = SoftClip(10.0, name="soft_clip")(z)
+        if n_steps > RNN_STEPS:  # the net reads the recent values; the experts see the rest
+            zc = keras.layers.Cropping1D((n_steps - RNN_STEPS, 0), name="recent")(zc)
         points, spreads = [], []
         self.combiners = [GatedCombine(SHARPNESS, name=f"combine_{i}")
                           for i in range(self.members)]
@@ -85,20 +90,22 @@ class Hybrid:
             points.append(p)
             spreads.append(sp)
         if self.members > 1:
-            self.point = keras.layers.Average(name="point")(points)
-            self.spread = keras.layers.Average(name="spread")(spreads)
+            point = keras.layers.Average(name="point_nets")(points)
+            spread = keras.layers.Average(name="spread_nets")(spreads)
             stacked = keras.layers.Concatenate(name="members")(points)
         else:
-            self.point, self.spread, stacked = points[0], spreads[0], points[0]
+            point, spread, stacked = points[0], spreads[0], points[0]
+        self.point, self.spread = point, spread
         self.train_model = keras.Model(self.raw, stacked, name="hybrid_train")
         self.train_model.compile(optimizer=keras.optimizers.Adam(s.learning_rate), loss="mae")
         self.scaled_model = keras.Model(
             self.raw, keras.layers.Concatenate(name="point_spread")([self.point, self.spread]),
             name="hybrid_scaled")
 
-    def serving(self, q: list[float] | None) -> keras.Model:
+    def serving(self, q: list[float] | None, offset: float = 0.0) -> keras.Model:
         """Raw windows -> raw forecasts (and conformal bounds when `q` is given)."""
-        out = HybridOutput(q=q, name="output")([self.point, self.spread, self.loc, self.scale])
+        out = HybridOutput(q=q, offset=offset, name="output")(
+            [self.point, self.spread, self.loc, self.scale])
         return keras.Model(self.raw, out, name="forecaster")
 
     def scaled(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,16 +135,47 @@ def _targets(x: np.ndarray, y: np.ndarray, members: int) -> np.ndarray:
     return np.tile(ys, (1, members))
 
 
+class BestOnValidation(keras.callbacks.Callback):
+    """Early stopping with a time budget: stop after `patience` epochs without a better
+    validation loss, or once `budget_s` seconds have passed; end with the best weights."""
+
+    def __init__(self, patience: int, budget_s: float) -> None:
+        super().__init__()
+        self.patience, self.budget_s = patience, budget_s
+        self.best = float("inf")
+        self.best_weights: list[Any] | None = None
+        self.wait = 0
+        self.started = time.monotonic()
+        self.out_of_time = False
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = float((logs or {}).get("val_loss", float("nan")))
+        if np.isfinite(loss) and loss < self.best:
+            self.best, self.wait = loss, 0
+            self.best_weights = self.model.get_weights()
+        else:
+            self.wait += 1
+        if self.patience > 0 and self.wait >= self.patience:
+            self.model.stop_training = True
+        if self.budget_s > 0 and time.monotonic() - self.started > self.budget_s:
+            self.out_of_time = True
+            self.model.stop_training = True
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
 def fit(h: Hybrid, ws: WindowSet, s: Settings, verbose: int = 0) -> dict[str, Any]:
     """Train every member on the scaled targets (MAE), early stopping on validation."""
     xs, ys = _inputs(ws.x_train), _targets(ws.x_train, ws.y_train, h.members)
     callbacks: list[keras.callbacks.Callback] = []
     val = None
+    stopper = None
     if ws.has_val:
         val = (_inputs(ws.x_val), _targets(ws.x_val, ws.y_val, h.members))
-        if s.patience > 0:
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=s.patience, restore_best_weights=True))
+        stopper = BestOnValidation(s.patience, s.train_budget_s)
+        callbacks.append(stopper)
     started = time.monotonic()
     start: dict[str, Any] = {}
     if val is not None:
@@ -162,6 +200,7 @@ def fit(h: Hybrid, ws: WindowSet, s: Settings, verbose: int = 0) -> dict[str, An
         "start_sharpness": start.get("sharpness"),
         "start_val_loss": start.get("val_loss"),
         "kept_start": kept_start,
+        "out_of_time": bool(stopper and stopper.out_of_time),
         "epochs_run": len(losses),
         "best_epoch": best + 1,
         "train_loss": float(losses[best]) if losses else None,
@@ -187,12 +226,18 @@ def _best_start(h: Hybrid, val: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]
 
 
 def calibrate(h: Hybrid, ws: WindowSet, coverage: float, min_spread: float = 0.05
-              ) -> list[float] | None:
-    """Conformal multipliers of the spread, per step, from the validation windows."""
+              ) -> tuple[list[float] | None, float]:
+    """Conformal multipliers per step and the spread offset, from the validation windows.
+
+    The in-window spread is estimated from a few backtest errors, so it is noisy; adding its
+    median over the validation windows (`offset`) before scaling keeps a window whose spread
+    happens to be small from getting a uselessly narrow interval.
+    """
     if not ws.has_val:
-        return None
+        return None, 0.0
     point, spread = h.scaled(ws.x_val)
     loc, scale = window_stats(ws.x_val, SCALING)
     yz = (ws.y_val - loc) / scale
-    r = np.abs(yz - point) / np.maximum(spread, min_spread)
-    return conformal.conformal_q(r, coverage)
+    offset = float(np.median(np.maximum(spread, min_spread))) * SPREAD_SHRINK
+    r = np.abs(yz - point) / (np.maximum(spread, min_spread) + offset)
+    return conformal.conformal_q(r, coverage), offset
