@@ -453,6 +453,41 @@ def plot(series: list[RealSeries], result: dict[str, Any], path: Path, count: in
     plt.close(fig)
 
 
+def markdown(data: dict[str, Any]) -> str:
+    """The README's tables from the JSON results: one-step MASE per series, the aggregates,
+    the H-step per-step ratios, intervals, throughput and the targets."""
+    one = data["passes"][0]
+    sc, summ = one["scores"], one["summary"]
+    methods = (PROJECT, *PEERS)
+    out = ["| series | freq | length | " + " | ".join(methods)
+           + " | coverage fc / ETS | MSIS fc / ETS |",
+           "|---|---|---|" + "---|" * len(methods) + "---|---|"]
+    for s in data["series"]:
+        r = sc[s["name"]]
+        best = min(r[m]["mase"] for m in methods)
+        cells = [f"**{r[m]['mase']:.3f}**" if r[m]["mase"] == best else f"{r[m]['mase']:.3f}"
+                 for m in methods]
+        cov = f"{100 * r[PROJECT]['coverage']:.0f}% / {100 * r['AutoETS']['coverage']:.0f}%"
+        ms = f"{r[PROJECT]['msis']:.2f} / {r['AutoETS']['msis']:.2f}"
+        out.append(f"| {s['name']} | {s['freq']} | {s['length']} | " + " | ".join(cells)
+                   + f" | {cov} | {ms} |")
+    out.append("| **geo-mean ratio forecast / peer** | | | | "
+               + " | ".join(f"**{summ['ratio'][p]:.3f}**" for p in PEERS) + " | | |")
+    out.append("")
+    for res in data["passes"][1:]:
+        steps = ", ".join(f"{v:.3f}" for v in res["summary"]["per_step_ratio_autoets"])
+        out.append(f"H={res['horizon']} (one model per group trained with `--horizon "
+                   f"{res['horizon']}`): geo-mean MASE ratio forecast / AutoETS per step: "
+                   f"{steps}; over all steps {res['summary']['ratio']['AutoETS']:.3f} "
+                   f"(AutoTheta {res['summary']['ratio']['AutoTheta']:.3f}).")
+        out.append("")
+    out.append("| target (issue 11) | measured | |")
+    out.append("|---|---|---|")
+    for t in data["targets"]:
+        out.append(f"| {t['target']} | {t['figure']} | {'met' if t['met'] else 'missed'} |")
+    return "\n".join(out) + "\n"
+
+
 def _jsonable(result: dict[str, Any]) -> dict[str, Any]:
     groups = {g: {k: v for k, v in info.items() if k != "artifact"}
               for g, info in result.get("groups", {}).items()}
@@ -524,6 +559,7 @@ def run_quality(quick: bool = False, out_dir: Path = RESULTS, horizon: int = 6,
         "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1),
     }
     (out_dir / "quality.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    (out_dir / "quality.md").write_text(markdown(json.loads(json.dumps(data, default=str))))
     print(f"\nresults written to {out_dir / 'quality.json'} and {out_dir / 'quality.png'}")
     return data
 

@@ -129,3 +129,33 @@ def test_constant_and_huge_series_train_to_a_finite_model(tmp_path: Path) -> Non
     trained = artifact.train_model(data, s)
     assert np.all(np.isfinite(trained.holdout_pred))
     assert trained.manifest["metrics"]["model"]["mase"] is not None
+
+
+def test_a_worker_process_serves_the_hybrid_as_it_predicts_offline(redis_url: str) -> None:
+    import redis
+
+    from forecast import keys, registry
+    from tests.helpers import wait_for_len
+    from tests.procs import start_worker, stop
+
+    trained = tiny()
+    client = redis.Redis.from_url(redis_url)
+    version = registry.publish(client, trained.blob, dict(trained.manifest))
+    proc = start_worker(redis_url, "hybrid-test")
+    try:
+        values = seasonal(60, 21, level=300.0)
+        for v in values:
+            client.xadd(keys.VALUES, {"series": "h1", "value": repr(float(v))})
+        preds = wait_for_len(lambda: [f for _, f in client.xrange(keys.PREDICTIONS)], 21,
+                             timeout=120, what="hybrid predictions")
+    finally:
+        stop(proc)
+        client.close()
+    assert {p[b"model_version"] for p in preds} == {version.encode()}
+    loaded = load_bytes(trained.blob, trained.manifest)
+    x = np.stack([values[t - 40:t] for t in range(40, 61)]).astype(np.float32)
+    offline = loaded.predict(x)
+    served = np.array([[float(c) for c in p[b"path"].split(b",")] for p in preds])
+    np.testing.assert_allclose(served, offline[:, :2], rtol=1e-5)
+    lower = np.array([[float(c) for c in p[b"lower_path"].split(b",")] for p in preds])
+    np.testing.assert_allclose(lower, offline[:, 2:4], rtol=1e-5)

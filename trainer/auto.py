@@ -180,5 +180,5 @@ def resolve(settings: Settings, dataset: Dataset, explicit: set[str] | None = No
     windows = sum(max(0, n - n_steps - horizon + 1) for n in lengths)
     pick("train_batch_size", int(np.clip(windows // 50, 32, 256)))
     if chosen:
-        log.info("chosen for this data: %s", ", ".join(f"{k}={v}" for k, v in chosen.items()))
+        log.debug("chosen for this data: %s", ", ".join(f"{k}={v}" for k, v in chosen.items()))
     return settings.model_copy(update=chosen), chosen
