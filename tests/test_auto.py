@@ -28,8 +28,8 @@ def test_defaults_on_real_looking_data_pick_the_hybrid_and_the_season() -> None:
     data = Dataset("t", {f"s{i}": seasonal(200, 12, i) for i in range(3)})
     s, chosen = auto.resolve(settings(), data, explicit=set())
     assert s.forecaster == "hybrid" and s.arch == "gru" and s.season_period == 12
-    assert s.n_steps == 48 and auto.filter_len(48, 1) == 36  # three seasons + backtests
-    assert s.epochs == 100 and s.patience == 10 and chosen["n_steps"] == 48
+    assert s.n_steps == 72 and auto.filter_len(72, 1) == 36  # three seasons + backtests
+    assert s.epochs == 100 and s.patience == 10 and chosen["n_steps"] == 72
 
 
 def test_what_the_user_said_wins() -> None:
@@ -50,8 +50,8 @@ def test_explicit_fields_default_to_what_the_settings_were_given(
 
 
 def test_window_shrinks_for_short_series() -> None:
-    assert auto.choose_window(12, 1, 500) == (48, 12)
-    assert auto.choose_window(12, 1, 50) == (32, 12)  # two seasons
+    assert auto.choose_window(12, 1, 500) == (72, 12)
+    assert auto.choose_window(12, 1, 70) == (48, 12)  # two seasons
     assert auto.choose_window(12, 1, 40) == (24, 1)  # no room for a season
     n, _ = auto.choose_window(1, 1, 12)
     assert n >= 5

@@ -53,7 +53,7 @@ def test_hybrid_artifact_loads_in_safe_mode_and_scales() -> None:
     trained = tiny()
     m = trained.manifest
     assert m["forecaster"] == "hybrid" and m["outputs"] == "interval" and m["ensemble"] == 2
-    assert m["filter_len"] == 30 and m["experts"] > 20 and m["season_period"] == 12
+    assert m["filter_len"] == 20 and m["experts"] == 20 and m["season_period"] == 12
     loaded = load_bytes(trained.blob, m)
     x = np.stack([seasonal(40, 9)[None, :][0], seasonal(40, 10, level=5000.0)])
     out = loaded.predict(x.astype(np.float32)).astype(np.float64)
@@ -98,7 +98,7 @@ def test_train_csv_defaults_choose_the_hybrid(tmp_path: Path, monkeypatch: pytes
     out = capsys.readouterr().out
     assert "chosen for this data" in out and "forecaster=hybrid" in out
     manifest = json.loads((tmp_path / "m/local/manifest.json").read_text())
-    assert manifest["forecaster"] == "hybrid" and manifest["n_steps"] == 48
+    assert manifest["forecaster"] == "hybrid" and manifest["n_steps"] == 72
     assert manifest["auto"]["season_period"] == 12 and "epochs" not in manifest["auto"]
     assert manifest["gate"]["scores"]["metric"] == "mase"
 

@@ -6,7 +6,7 @@ The settings' own defaults are the tutorial's (SimpleRNN(50), n_steps=3, 200 epo
 
 * the hybrid forecaster (statistical experts weighted by a GRU(16), 3 seeds averaged);
 * the seasonal period most series show (autocorrelation, each series on its own);
-* the window: three seasons for the experts to see (at least 24 values) plus a third of that
+* the window: three seasons for the experts to see (at least 24 values) plus as many values
   (at least 2H + 4) for their in-window backtests, shrunk when the series are too short;
 * epochs with early stopping on validation (100, patience 10, and a 6-minute budget), the
   starting sharpness of the expert selection picked on validation, and the untrained
@@ -34,32 +34,33 @@ TRAIN_BUDGET_S = 360.0  # fitting stops (best weights kept) after this; the rest
 def backtest_len(n_steps: int, horizon: int) -> int:
     """How many of the window's values are in-window backtest targets (the rest feed filters).
 
-    At least 2H + 4, so the last step still has a few backtest origins.
+    Half the window (as many origins as the experts see values: selecting by a few recent
+    errors is noisy), and at least 2H + 4, so the last step still has a few origins.
 
     >>> backtest_len(48, 1), backtest_len(40, 6), backtest_len(4, 1)
-    (12, 16, 2)
+    (24, 20, 2)
     """
-    r = max(2 * horizon + 4, n_steps // 4)
+    r = max(2 * horizon + 4, n_steps // 2)
     return min(r, max(1, n_steps - 2))
 
 
 def filter_len(n_steps: int, horizon: int) -> int:
     """Values each expert sees: the window minus its backtest part (at least 2).
 
-    >>> filter_len(48, 1), filter_len(40, 6), filter_len(4, 1)
-    (36, 24, 2)
+    >>> filter_len(72, 1), filter_len(40, 6), filter_len(4, 1)
+    (36, 20, 2)
     """
     return max(2, n_steps - backtest_len(n_steps, horizon))
 
 
 def window_for(period: int, horizon: int) -> int:
-    """n_steps for a seasonal period: filter of max(24, 3 periods) plus its backtest part.
+    """n_steps for a seasonal period: filter of max(24, 3 periods) plus as many backtests.
 
     >>> window_for(1, 1), window_for(4, 1), window_for(12, 1), window_for(24, 1), window_for(12, 6)
-    (32, 32, 48, 96, 52)
+    (48, 48, 72, 144, 72)
     """
     filt = max(24, 3 * period) if period >= 2 else 24
-    n = filt + max(2 * horizon + 4, filt // 3)
+    n = filt + max(2 * horizon + 4, filt)
     return min(n, MAX_N_STEPS)
 
 
@@ -122,8 +123,8 @@ def choose_window(period: int, horizon: int, longest_train: int) -> tuple[int, i
 
     Shrinks the filter from three seasons to two, then drops the season, then shortens.
 
-    >>> choose_window(12, 1, 200), choose_window(12, 1, 50), choose_window(12, 1, 40)
-    ((48, 12), (32, 12), (24, 1))
+    >>> choose_window(12, 1, 200), choose_window(12, 1, 70), choose_window(12, 1, 40)
+    ((72, 12), (48, 12), (24, 1))
     """
     room = longest_train - horizon - MIN_TRAIN_WINDOWS
     n = window_for(period, horizon)
@@ -131,7 +132,7 @@ def choose_window(period: int, horizon: int, longest_train: int) -> tuple[int, i
         return n, period
     if period >= 2:
         filt = 2 * period
-        n = filt + max(2 * horizon + 4, filt // 3)
+        n = filt + max(2 * horizon + 4, filt)
         if n <= room:
             return n, period
         period = 1
