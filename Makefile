@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint fmt clean compose-test images
+.PHONY: demo test bench bench-quality lint fmt clean compose-test images
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/forecast bench
+
+# Forecast accuracy on real bundled series against statsforecast's AutoETS/AutoTheta (bench extra).
+bench-quality: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	nice -n 10 $(VENV)/bin/forecast bench --quality
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check forecast worker trainer tests bench

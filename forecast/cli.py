@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated scenario names")
     p.add_argument("--out", dest="bench_out", default=None,
                    help="where to write the results JSON (default bench/results/results.json)")
+    p.add_argument("--quality", action="store_true",
+                   help="forecast accuracy on real series against AutoETS, AutoTheta, naive "
+                        "(needs the bench extra); --only names series")
     p.set_defaults(run="bench.run:run")
     return parser
 
@@ -197,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         parser.exit(2, f"forecast: error: setting {field}: {err['msg']}\n")
+    if args.command == "bench" and getattr(args, "quality", False):
+        args.run = "bench.quality:run"
     if args.command in ("train", "demo", "bench", "replay"):
         from forecast.tf import import_tensorflow
 

@@ -21,7 +21,7 @@ _WHY = {
     "bad_value": "expected a finite decimal number",
     "value_too_long": "too long",
     "value_not_finite": "expected a finite number",
-    "value_out_of_range": "at most 1e30 in absolute value",
+    "value_out_of_range": "at most 1e30 in absolute value: the model runs in float32",
 }
 
 

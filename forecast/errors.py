@@ -10,19 +10,22 @@ from __future__ import annotations
 class ForecastError(Exception):
     """Base of every error the product raises on purpose."""
 
+
 class UsageError(ForecastError):
     """A bad command-line argument, setting or file name."""
 
-CliError = UsageError  # the name earlier releases used
 
 class DataError(ForecastError):
     """Training or input data that cannot be used (missing, malformed, too little)."""
 
+
 class ModelRejected(ForecastError):
     """A model artifact failed a check (hash, signature, shape, probe, safe mode)."""
 
+
 class RegistryError(ForecastError, LookupError):
     """An unknown model version, or nothing to roll back to."""
+
 
 class ReplicasBehind(ForecastError):
     """Fewer replicas than asked confirmed a write within the timeout (WAIT)."""
@@ -32,6 +35,7 @@ class ReplicasBehind(ForecastError):
                          f"within {timeout_ms} ms")
         self.confirmed, self.wanted, self.timeout_ms = confirmed, wanted, timeout_ms
         self.pushed = pushed  # values written to the primary before the shortfall
+
 
 class Fenced(ForecastError):
     """A shard's lease is no longer held by this worker (its writes are refused)."""

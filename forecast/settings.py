@@ -152,6 +152,14 @@ class Settings(BaseSettings):
     )
 
     # --- trainer ------------------------------------------------------------------
+    forecaster: Literal["rnn", "hybrid"] = setting(
+        "rnn", "rnn: the recurrent net alone; hybrid: statistical experts from the window "
+        "weighted by a recurrent net (the default of `train --csv/--from-stream`)", cli=TRAINER,
+    )
+    ensemble: int = setting(
+        3, "Hybrid: members with different seeds, averaged in one model", cli=TRAINER,
+        ge=1, le=16,
+    )
     arch: Arch = setting("simple_rnn", "Recurrent layer: simple_rnn, lstm or gru", cli=TRAINER)
     n_steps: int = setting(
         3, "Window length (values the model sees)", cli=TRAINER, ge=1, le=512
@@ -167,6 +175,9 @@ class Settings(BaseSettings):
     )
     patience: int = setting(
         20, "Early-stopping patience in epochs (0 disables)", cli=TRAINER, ge=0
+    )
+    train_budget_s: float = setting(
+        0.0, "Hybrid: stop training after this many seconds (0: no limit)", cli=TRAINER, ge=0.0
     )
     horizon: int = setting(
         1, "Values predicted ahead (direct multi-output)", cli=TRAINER, ge=1, le=512

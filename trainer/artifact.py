@@ -50,19 +50,44 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _train_rnn(ws: WindowSet, s: Settings, verbose: int
+               ) -> tuple[bytes, list[float] | None, dict[str, Any], dict[str, Any]]:
+    mode = model.resolve_scaling(s.scaling, s.n_steps)
+    core = model.build_core(s.arch, s.n_steps, s.horizon, s.units, s.learning_rate, s.seed)
+    fit_summary = train.fit(core, ws, mode, s, verbose)
+    q = _calibrate(core, ws, mode, s.coverage)
+    blob = model.to_bytes(model.build_serving(core, s.n_steps, mode, q))
+    return blob, q, {**fit_summary, "params": int(core.count_params())}, {"scaling": mode}
+
+
+def _train_hybrid(ws: WindowSet, s: Settings, period: int, verbose: int
+                  ) -> tuple[bytes, list[float] | None, dict[str, Any], dict[str, Any]]:
+    from trainer import hybrid
+
+    h = hybrid.Hybrid(s.n_steps, s.horizon, period, s)
+    fit_summary = hybrid.fit(h, ws, s, verbose)
+    q, offset = hybrid.calibrate(h, ws, s.coverage)
+    blob = model.to_bytes(h.serving(q, offset))
+    extra = {"scaling": hybrid.SCALING, "filter_len": h.filter_len, "ensemble": h.members,
+             "experts": h.bank.n_experts, "spread_offset": round(offset, 6)}
+    return blob, q, {**fit_summary, "params": h.params}, extra
+
+
 def train_model(dataset: Dataset, settings: Settings, verbose: int = 0,
                 ws: WindowSet | None = None) -> Trained:
     """Train on `dataset` with `settings`; the artifact is reloaded through the worker's checks."""
     s = settings
     if ws is None:
         ws = windows.build(dataset, s.n_steps, s.horizon, s.val_fraction)
-    mode = model.resolve_scaling(s.scaling, s.n_steps)
-    core = model.build_core(s.arch, s.n_steps, s.horizon, s.units, s.learning_rate, s.seed)
-    fit_summary = train.fit(core, ws, mode, s, verbose)
-    q = _calibrate(core, ws, mode, s.coverage)
-    blob = model.to_bytes(model.build_serving(core, s.n_steps, mode, q))
+    period = s.season_period or evaluate.detect_period(
+        [v[:sp] for v, sp in zip(ws.series, ws.splits, strict=True)])
+    if s.forecaster == "hybrid":
+        blob, q, fit_summary, extra = _train_hybrid(ws, s, period, verbose)
+    else:
+        blob, q, fit_summary, extra = _train_rnn(ws, s, verbose)
     manifest: dict[str, Any] = {
         "version": "local",
+        "forecaster": s.forecaster,
         "arch": s.arch,
         "n_steps": s.n_steps,
         "horizon": s.horizon,
@@ -74,9 +99,10 @@ def train_model(dataset: Dataset, settings: Settings, verbose: int = 0,
         "outputs": "interval" if q is not None else "point",
         "coverage": s.coverage if q is not None else None,
         "conformal_q": q or [],
-        "scaling": mode,
+        **extra,
+        "season_period": period,
         "data": {**dataset.summary(), **ws.summary()},
-        "train": {**fit_summary, "params": int(core.count_params()), "seed": s.seed,
+        "train": {**fit_summary, "seed": s.seed,
                   "epochs": s.epochs, "learning_rate": s.learning_rate,
                   "batch_size": s.train_batch_size, "patience": s.patience,
                   "val_fraction": s.val_fraction},
@@ -88,7 +114,7 @@ def train_model(dataset: Dataset, settings: Settings, verbose: int = 0,
     x, y, _, _, _ = ws.holdout()
     pred = loaded.predict(x)
     mean = pred[:, : s.horizon].astype(np.float64)
-    metrics = evaluate.evaluate(ws, mean, s.season_period)
+    metrics = evaluate.evaluate(ws, mean, period)
     if q is not None and len(y):
         lower, upper = pred[:, s.horizon: 2 * s.horizon], pred[:, 2 * s.horizon:]
         metrics["interval"] = {

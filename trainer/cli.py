@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from forecast.errors import ModelRejected, UsageError
+from forecast.errors import DataError, ModelRejected, UsageError
 from forecast.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,12 +24,17 @@ def _summary(trained: Any) -> list[str]:
     m = trained.manifest
     d, t, met = m["data"], m["train"], m["metrics"]
     lines = [
-        f"trained {m['arch']} (n_steps={m['n_steps']}, horizon={m['horizon']}) on {d['source']}: "
+        f"trained {m.get('forecaster', 'rnn')} {m['arch']} (n_steps={m['n_steps']}, "
+        f"horizon={m['horizon']}) on {d['source']}: "
         f"{d['series']} series, {d['values']} values, {d['train_windows']} train / "
         f"{d['val_windows']} validation windows; {t['epochs_run']} epochs in {t['seconds']}s",
         f"{met['holdout']} MAE {met['model']['mae']:.6g} (naive {met['naive']['mae']:.6g}, "
         f"seasonal naive {met['seasonal_naive']['mae']:.6g}, period {met['season_period']})",
     ]
+    if met["model"].get("mase") is not None and met["naive"].get("mase") is not None:
+        lines.append(f"{met['holdout']} MASE {met['model']['mase']:.4g} (naive "
+                     f"{met['naive']['mase']:.4g}, seasonal naive "
+                     f"{met['seasonal_naive']['mase']:.4g})")
     if m["outputs"] == "interval":
         lines.append(f"{round(100 * m['coverage'])}% interval half-widths per step "
                      f"(scaled units): {[round(q, 4) for q in m['conformal_q']]}")
@@ -60,6 +65,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             run(args, settings)  # the first model, from the CSV, through the gate
         return watch.run(client, settings, train.progress_verbosity(args.quiet))
     dataset = data.load(args, settings, client)
+    chosen: dict[str, Any] = {}
+    if not args.example:  # --example keeps the tutorial's own settings exactly
+        from trainer import auto
+
+        settings, chosen = auto.resolve(settings, dataset)
+        if chosen and not args.quiet:
+            print("chosen for this data (flags override): "
+                  + ", ".join(f"{k}={v}" for k, v in chosen.items()))
     # Data errors (too little data) surface here, before any training.
     ws = windows.build(dataset, settings.n_steps, settings.horizon, settings.val_fraction)
     from trainer import artifact, publish, report, train
@@ -68,6 +81,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         trained = artifact.train_model(dataset, settings, train.progress_verbosity(args.quiet), ws)
     except ModelRejected as exc:
         raise ModelRejected(f"the trained model failed its own load checks: {exc}") from None
+    except FloatingPointError as exc:
+        raise DataError(f"training failed: {exc}; check the data for extreme values") from None
+    trained.manifest = {**trained.manifest, "auto": chosen}
     for line in _summary(trained):
         print(line)
     if args.no_publish or client is None:

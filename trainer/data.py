@@ -105,12 +105,35 @@ def _as_bytes(entry_id: bytes | str) -> bytes:
     return entry_id if isinstance(entry_id, bytes) else entry_id.encode()
 
 
+FLOAT32_LIMIT = 3.0e38  # the model runs in float32 (max 3.4e38): leave room for its arithmetic
+
+
+def check_values(dataset: Dataset) -> Dataset:
+    """Refuse values the float32 model cannot carry (one clear line, not an inf/NaN model).
+
+    >>> check_values(Dataset("t", {"a": np.array([1.0, 2e38])})).n_values
+    2
+    >>> check_values(Dataset("t", {"a": np.array([1.0, 1e300])}))
+    Traceback (most recent call last):
+    forecast.errors.DataError: series 'a' has a value of 1e+300 at position 1: the model runs in \
+float32, values must lie within +-3e+38 (rescale the data, e.g. to thousands)
+    """
+    for name, values in dataset.series.items():
+        big = np.flatnonzero(np.abs(values) > FLOAT32_LIMIT)
+        if len(big):
+            i = int(big[0])
+            raise DataError(f"series {name!r} has a value of {values[i]:.6g} at position {i}: the "
+                           f"model runs in float32, values must lie within +-{FLOAT32_LIMIT:.0e} "
+                           f"(rescale the data, e.g. to thousands)")
+    return dataset
+
+
 def load(args: Any, settings: Settings, client: Any = None) -> Dataset:
     """The dataset the `train` arguments ask for (--example, --csv FILE or --from-stream)."""
     if getattr(args, "csv", None):
-        return read_csv(args.csv)
+        return check_values(read_csv(args.csv))
     if getattr(args, "from_stream", False):
         if client is None:
             raise DataError("--from-stream needs a Redis connection")
-        return from_stream(client, settings)
+        return check_values(from_stream(client, settings))
     return example()

@@ -1,9 +1,12 @@
 """The publish gate and writing artifacts (locally and to the registry).
 
-Gate: a new model becomes current only if its holdout MAE is below the naive baseline's and
-not above the current model's on the same windows (a tie promotes: the newer model saw the
-newer data), or with --force. A current model that cannot be scored on the holdout (it needs
-longer windows than the data has) blocks the switch; one that fails its load checks does not.
+Gate: a new model becomes current only if its holdout MASE (scale-free: each series' errors
+over its in-sample naive MAE, so one big series cannot decide for all) is below the naive
+and the seasonal-naive baselines' and not above the current model's on the same windows (a
+tie promotes: the newer model saw the newer data), or with --force. Where MASE is undefined
+(every series constant in training) the gate falls back to MAE. A current model that cannot
+be scored on the holdout (it needs longer windows than the data has) blocks the switch; one
+that fails its load checks does not.
 A refused model is still stored as a version, not current.
 """
 
@@ -29,8 +32,19 @@ def _mae(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(np.abs(np.asarray(a, dtype=np.float64) - b))) if np.size(a) else 0.0
 
 
+def _mase(pred: np.ndarray, y: np.ndarray, scale: np.ndarray) -> float | None:
+    ok = scale > 0
+    if not ok.any():
+        return None
+    err = np.abs(np.asarray(pred, dtype=np.float64) - y)[ok] / scale[ok].reshape(-1, 1)
+    return round(float(err.mean()), 6)
+
+
 def score_current(client: Any, trained: Trained, hmac_key: str = "") -> dict[str, Any] | None:
-    """The current model's and the new model's MAE on the holdout windows both can forecast."""
+    """The current model's and the new model's MAE and MASE on the holdout windows both can
+    forecast."""
+    from trainer.evaluate import mase_scales
+
     version = registry.current_version(client)
     if version is None:
         return None
@@ -51,35 +65,58 @@ def score_current(client: Any, trained: Trained, hmac_key: str = "") -> dict[str
     cur_pred = current.predict(x_cur)[:, :steps]
     new_pred = trained.holdout_pred[usable, :steps]
     target = y[usable, :steps]
+    scale = mase_scales(ws, sidx[usable])
     return {"version": version, "mae": round(_mae(cur_pred, target), 6),
-            "new_mae": round(_mae(new_pred, target), 6), "windows": int(usable.sum()),
-            "steps": steps}
+            "new_mae": round(_mae(new_pred, target), 6),
+            "mase": _mase(cur_pred, target, scale), "new_mase": _mase(new_pred, target, scale),
+            "windows": int(usable.sum()), "steps": steps}
+
+
+def _metric(metrics: dict[str, Any]) -> str:
+    """'mase' when the model and naive both have one, else 'mae'."""
+    ok = all(isinstance(metrics.get(k), dict) and metrics[k].get("mase") is not None
+             for k in ("model", "naive"))
+    return "mase" if ok else "mae"
 
 
 def decide(trained: Trained, current: dict[str, Any] | None, force: bool) -> dict[str, Any]:
     """The gate decision with its scores: decision is 'promote' or 'refuse'."""
     metrics = trained.evaluation
-    model_mae, naive_mae = metrics["model"]["mae"], metrics["naive"]["mae"]
-    scores: dict[str, Any] = {"model_mae": model_mae, "naive_mae": naive_mae,
+    key = _metric(metrics)
+    name = key.upper()
+    model_v, naive_v = metrics["model"][key], metrics["naive"][key]
+    snaive = metrics.get("seasonal_naive") or {}
+    snaive_v = snaive.get(key) if metrics.get("season_period", 1) > 1 else None
+    scores: dict[str, Any] = {"metric": key, "model_mae": metrics["model"]["mae"],
+                              "naive_mae": metrics["naive"]["mae"],
                               "holdout": metrics["holdout"]}
+    if key == "mase":
+        scores.update(model_mase=model_v, naive_mase=naive_v, seasonal_naive_mase=snaive_v)
     problems = []
-    if model_mae is None or naive_mae is None:
+    if model_v is None or naive_v is None:
         problems.append("no holdout windows to score")
-    elif not (model_mae < naive_mae or model_mae == naive_mae == 0):
-        problems.append(f"MAE {model_mae:.6g} does not beat naive {naive_mae:.6g}")
+    else:
+        if not (model_v < naive_v or model_v == naive_v == 0):
+            problems.append(f"{name} {model_v:.6g} does not beat naive {naive_v:.6g}")
+        if snaive_v is not None and not (model_v < snaive_v or model_v == snaive_v == 0):
+            problems.append(f"{name} {model_v:.6g} does not beat seasonal naive {snaive_v:.6g}")
+    cur_key = key if current is not None and current.get(key) is not None else "mae"
     if current is not None:
         scores["current"] = current
-        if current.get("mae") is not None and current["new_mae"] > current["mae"]:
-            problems.append(f"MAE {current['new_mae']:.6g} is worse than current "
-                            f"{current['version']} {current['mae']:.6g}")
+        if current.get(cur_key) is not None and current[f"new_{cur_key}"] > current[cur_key]:
+            problems.append(f"{cur_key.upper()} {current[f'new_{cur_key}']:.6g} is worse than "
+                            f"current {current['version']} {current[cur_key]:.6g}")
         elif current.get("comparable") is False:
             problems.append(f"current {current['version']} cannot be scored on this holdout: "
                             f"{current['note']}")
     if not problems:
-        vs = f" and current {current['version']}" if current and current.get("mae") is not None \
-            else ""
+        beats = f"naive {naive_v:.6g}"
+        if snaive_v is not None:
+            beats += f", seasonal naive {snaive_v:.6g}"
+        if current and current.get(cur_key) is not None:
+            beats += f" and current {current['version']} {current[cur_key]:.6g}"
         return {"decision": "promote", "forced": False, "scores": scores,
-                "reason": f"MAE {model_mae:.6g} beats naive {naive_mae:.6g}{vs}"}
+                "reason": f"{name} {model_v:.6g} beats {beats}"}
     reason = "; ".join(problems)
     if force:
         return {"decision": "promote", "forced": True, "scores": scores,

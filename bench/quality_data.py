@@ -1,0 +1,109 @@
+"""Real public series bundled inside pmdarima and sktime (no download at run time).
+
+Benchmark-only: these packages are the `bench` extra (`pip install -e '.[bench]'`), never a
+runtime dependency. statsmodels' bundled data sets (and copies of them: macro data, sunspots,
+Nile, CO2, El Nino) are deliberately not used: they are kept for an independent check.
+
+Series are grouped by seasonal period: the benchmark trains one model per group with
+`forecast train --csv FILE` (a user with monthly and quarterly data would train one model
+for each), so every series in a group has the same period.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RealSeries:
+    """One bundled series: its name, frequency, seasonal period, source and values."""
+
+    name: str
+    freq: str
+    period: int
+    source: str
+    values: np.ndarray
+
+    @property
+    def group(self) -> str:
+        """The training group: one model per seasonal period."""
+        return f"m{self.period}"
+
+
+def _pmdarima(name: str) -> np.ndarray:
+    import pmdarima.datasets as d
+
+    y = getattr(d, f"load_{name}")(as_series=True)
+    return np.asarray(y.dropna().values, dtype=np.float64)
+
+
+def _sktime_csv(folder: str, file: str, column: str) -> np.ndarray:
+    from pathlib import Path
+
+    import pandas as pd
+    import sktime.datasets
+
+    path = Path(sktime.datasets.__file__).parent / "data" / folder / file
+    return np.asarray(pd.read_csv(path)[column].dropna().values, dtype=np.float64)
+
+
+def _uschange(column: str) -> np.ndarray:
+    from sktime.datasets import load_uschange
+
+    y, x = load_uschange()
+    series = y if column == "Consumption" else x[column]
+    return np.asarray(series.dropna().values, dtype=np.float64)
+
+
+def _pbs() -> np.ndarray:
+    from sktime.datasets import load_PBS_dataset
+
+    return np.asarray(load_PBS_dataset().dropna().values, dtype=np.float64)
+
+
+def _taylor_hourly() -> np.ndarray:
+    """Half-hourly electricity demand (12 weeks), summed to hours: 2,016 values, period 24."""
+    v = _pmdarima("taylor")
+    return v[: len(v) // 2 * 2].reshape(-1, 2).sum(axis=1)
+
+
+def _msft_close() -> np.ndarray:
+    """The last 1,000 daily closing prices of MSFT (trading days)."""
+    import pmdarima.datasets as d
+
+    return np.asarray(d.load_msft()["Close"].values[-1000:], dtype=np.float64)
+
+
+# name, frequency, period, source, loader
+CATALOGUE: list[tuple[str, str, int, str, Callable[[], np.ndarray]]] = [
+    ("airpassengers", "monthly", 12, "pmdarima", lambda: _pmdarima("airpassengers")),
+    ("wineind", "monthly", 12, "pmdarima", lambda: _pmdarima("wineind")),
+    ("pbs_a10", "monthly", 12, "sktime", _pbs),
+    ("seatbelts_ksi", "monthly", 12, "sktime",
+     lambda: _sktime_csv("seatbelts", "seatbelts.csv", "KSI")),
+    ("woolyrnq", "quarterly", 4, "pmdarima", lambda: _pmdarima("woolyrnq")),
+    ("austres", "quarterly", 4, "pmdarima", lambda: _pmdarima("austres")),
+    ("ausbeer", "quarterly", 4, "pmdarima", lambda: _pmdarima("ausbeer")),
+    ("us_consumption", "quarterly", 4, "sktime", lambda: _uschange("Consumption")),
+    ("us_income", "quarterly", 4, "sktime", lambda: _uschange("Income")),
+    ("us_production", "quarterly", 4, "sktime", lambda: _uschange("Production")),
+    ("us_savings", "quarterly", 4, "sktime", lambda: _uschange("Savings")),
+    ("lynx", "yearly", 1, "pmdarima", lambda: _pmdarima("lynx")),
+    ("heartrate", "other", 1, "pmdarima", lambda: _pmdarima("heartrate")),
+    ("msft_close", "daily", 1, "pmdarima", _msft_close),
+    ("taylor_hourly", "hourly", 24, "pmdarima", _taylor_hourly),
+]
+QUICK = ("airpassengers", "wineind", "woolyrnq", "ausbeer", "lynx", "heartrate")
+
+
+def load(names: list[str] | tuple[str, ...] | None = None) -> list[RealSeries]:
+    """The bundled series (all, or the named ones), in catalogue order."""
+    wanted = set(names) if names else None
+    out = []
+    for name, freq, period, source, loader in CATALOGUE:
+        if wanted is None or name in wanted:
+            out.append(RealSeries(name, freq, period, source, loader()))
+    return out

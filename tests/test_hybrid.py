@@ -1,0 +1,162 @@
+"""The hybrid forecaster: experts from the window, the saved artifact, bad data, the CLI."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from forecast.cli import main
+from forecast.layers import expert_matrix, expert_names, seasonal_indices
+from forecast.modelio import load_bytes
+from tests.model_fixtures import plain_settings
+from trainer import artifact
+from trainer.data import Dataset
+
+pytestmark = pytest.mark.tf
+
+
+def seasonal(n: int, seed: int, level: float = 100.0, scale: float = 1.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n, dtype=np.float64)
+    return scale * (level + 0.3 * t + 8 * np.sin(2 * np.pi * t / 12) + rng.normal(0, 1, n))
+
+
+@functools.lru_cache(maxsize=1)
+def tiny() -> Any:
+    data = Dataset("t", {f"s{i}": seasonal(150, i, scale=10.0 ** i) for i in range(3)})
+    s = plain_settings(forecaster="hybrid", n_steps=40, horizon=2, units=4, ensemble=2,
+                       epochs=3, patience=0, season_period=12, arch="gru")
+    return artifact.train_model(data, s)
+
+
+def test_experts_are_exact_on_what_they_model() -> None:
+    t = np.arange(40.0)
+    pattern = np.array([3.0, -1.0, 0.0, -2.0])
+    y = 0.5 * t + pattern[t.astype(int) % 4]
+    w = expert_matrix(32, 4, 4)
+    names = expert_names(32, 4, 4)
+    f = (y[:32] @ w).reshape(len(names), 4)
+    np.testing.assert_allclose(f[names.index("s_drift")], y[32:36], atol=1e-9)
+    np.testing.assert_allclose(f[names.index("snaive")], y[28:32], atol=1e-9)
+    np.testing.assert_allclose(seasonal_indices(y[:32], 4)[[0, 1, 2, 3]],
+                               pattern - pattern.mean(), atol=1e-9)
+    assert np.allclose(w.sum(axis=0), 1.0)  # every expert forecasts a constant as itself
+    assert expert_names(6, 1, 4) == expert_names(6, 1, 1)  # a season needs two in the filter
+
+
+def test_hybrid_artifact_loads_in_safe_mode_and_scales() -> None:
+    trained = tiny()
+    m = trained.manifest
+    assert m["forecaster"] == "hybrid" and m["outputs"] == "interval" and m["ensemble"] == 2
+    assert m["filter_len"] == 20 and m["experts"] == 20 and m["season_period"] == 12
+    loaded = load_bytes(trained.blob, m)
+    x = np.stack([seasonal(40, 9)[None, :][0], seasonal(40, 10, level=5000.0)])
+    out = loaded.predict(x.astype(np.float32)).astype(np.float64)
+    assert out.shape == (2, 6) and np.all(np.isfinite(out))
+    assert np.all(out[:, 2:4] <= out[:, :2]) and np.all(out[:, :2] <= out[:, 4:6])
+    big = loaded.predict((1e6 * x).astype(np.float32)).astype(np.float64)
+    np.testing.assert_allclose(big, 1e6 * out, rtol=2e-3)  # scale-equivariant
+
+
+@pytest.mark.parametrize("window", [
+    np.zeros(40), np.full(40, 7.0), np.full(40, -3e30), np.r_[np.zeros(39), 1.0],
+    np.tile([0.0, 1e20], 20), np.linspace(-1.0, 1.0, 40), np.full(40, 1e-30),
+])
+def test_odd_windows_give_finite_forecasts(window: np.ndarray) -> None:
+    loaded = load_bytes(tiny().blob, tiny().manifest)
+    out = loaded.predict(window[None, :].astype(np.float32))
+    assert np.all(np.isfinite(out)), out
+
+
+def test_constant_window_forecasts_the_constant() -> None:
+    loaded = load_bytes(tiny().blob, tiny().manifest)
+    out = loaded.predict(np.full((1, 40), 42.0, dtype=np.float32))
+    np.testing.assert_allclose(out, 42.0, rtol=1e-4)
+
+
+def write_csv(path: Path, series: dict[str, np.ndarray]) -> Path:
+    lines = ["series,timestamp,value"]
+    for name, values in series.items():
+        lines += [f"{name},{i},{v!r}" for i, v in enumerate(values.tolist())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_train_csv_defaults_choose_the_hybrid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    csv = write_csv(tmp_path / "d.csv", {"a": seasonal(160, 1), "b": seasonal(160, 2, 1e4),
+                                         "flat": np.full(160, 3.0)})
+    rc = main(["train", "--csv", str(csv), "--no-publish", "--epochs", "2", "--units", "4",
+               "--ensemble", "1", "--out", str(tmp_path / "m")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "chosen for this data" in out and "forecaster=hybrid" in out
+    manifest = json.loads((tmp_path / "m/local/manifest.json").read_text())
+    assert manifest["forecaster"] == "hybrid" and manifest["n_steps"] == 72
+    assert manifest["auto"]["season_period"] == 12 and "epochs" not in manifest["auto"]
+    assert manifest["gate"]["scores"]["metric"] == "mase"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("series,value\na,1\na,nan\n", "bad value 'nan'"),
+    ("series,value\na,1\na,\n", "bad value ''"),
+    ("series,value\n" + "".join(f"a,{1e300 * (i + 1)}\n" for i in range(40)), "float32"),
+    ("series,value\na,1\na,2\na,3\na,4\n", "too little data"),
+])
+def test_bad_training_data_is_one_line(content: str, message: str, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("d.csv").write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--csv", "d.csv", "--no-publish", "--quiet"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("forecast: error: ") and message in err[0], err
+
+
+def test_constant_and_huge_series_train_to_a_finite_model(tmp_path: Path) -> None:
+    data = Dataset("t", {"flat": np.full(120, 5.0), "huge": seasonal(120, 4, scale=1e30),
+                         "tiny": seasonal(120, 5, scale=1e-20)})
+    s = plain_settings(forecaster="hybrid", n_steps=24, units=4, ensemble=1, epochs=2,
+                       patience=0)
+    trained = artifact.train_model(data, s)
+    assert np.all(np.isfinite(trained.holdout_pred))
+    assert trained.manifest["metrics"]["model"]["mase"] is not None
+
+
+def test_a_worker_process_serves_the_hybrid_as_it_predicts_offline(redis_url: str) -> None:
+    import redis
+
+    from forecast import keys, registry
+    from forecast.harness import stop_process
+    from tests.helpers import wait_for_len
+    from tests.procs import start_worker
+
+    trained = tiny()
+    client = redis.Redis.from_url(redis_url)
+    version = registry.publish(client, trained.blob, dict(trained.manifest))
+    proc = start_worker(redis_url, "hybrid-test", interval_gamma=0)  # the model's own intervals
+    try:
+        values = seasonal(60, 21, level=300.0)
+        for v in values:
+            client.xadd(keys.VALUES, {"series": "h1", "value": repr(float(v))})
+        preds = wait_for_len(lambda: [f for _, f in client.xrange(keys.PREDICTIONS)], 21,
+                             timeout=120, what="hybrid predictions")
+    finally:
+        stop_process(proc)
+        client.close()
+    assert {p[b"model_version"] for p in preds} == {version.encode()}
+    loaded = load_bytes(trained.blob, trained.manifest)
+    x = np.stack([values[t - 40:t] for t in range(40, 61)]).astype(np.float32)
+    offline = loaded.predict(x)
+    served = np.array([[float(c) for c in p[b"path"].split(b",")] for p in preds])
+    np.testing.assert_allclose(served, offline[:, :2], rtol=1e-5)
+    lower = np.array([[float(c) for c in p[b"lower_path"].split(b",")] for p in preds])
+    np.testing.assert_allclose(lower, offline[:, 2:4], rtol=1e-5)
