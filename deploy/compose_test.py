@@ -45,7 +45,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "forecast.json"
 FORECAST = str(Path(sys.executable).with_name("forecast"))
 SHARDS = 6
 WORKERS = 3
-N_STEPS = 3  # the compose trainer trains with the default window
+N_STEPS = 3  # the window the compose test has the trainer use (FORECAST_N_STEPS)
 GRACE_S = 30  # stop_grace_period of the worker service
 
 
@@ -166,6 +166,10 @@ class Stack:
             # the checks below count every prediction of v1 and then v2: no promotion on
             # evidence in between (the loop itself is tested by tests/test_continuous_learning)
             FORECAST_PROMOTE="manual",
+            # ...and of a model of the tutorial's window (N_STEPS): the first prediction of a
+            # series comes at its third value (the checks push few values per series)
+            FORECAST_FORECASTER="rnn",
+            FORECAST_N_STEPS=str(N_STEPS),
             # docker-compose 1.29 gives up on a request after 60 s; creating a container of
             # a 2 GB image takes longer than that on the vfs storage driver
             COMPOSE_HTTP_TIMEOUT="600",

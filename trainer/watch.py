@@ -48,12 +48,14 @@ def _drift_since(client: Any, last_id: bytes, block_ms: int) -> tuple[bytes, boo
 
 def train_once(client: Any, settings: Settings, verbose: int = 0) -> str | None:
     """One training on the recent stream history; the version published (None if refused)."""
-    from trainer import artifact, data, publish
+    from trainer import artifact, auto, data, publish
 
-    dataset = data.from_stream(client, settings)
+    dataset = data.check_values(data.from_stream(client, settings))
     if settings.retrain_history:
         dataset.series = {k: v[-settings.retrain_history:] for k, v in dataset.series.items()}
+    settings, chosen = auto.resolve(settings, dataset)  # as `forecast train` on the same data
     trained = artifact.train_model(dataset, settings, verbose)
+    trained.manifest = {**trained.manifest, "auto": chosen}
     first = registry.current_version(client) is None
     current = publish.score_current(client, trained, settings.model_hmac_key)
     gate = publish.decide(trained, current, force=False)
