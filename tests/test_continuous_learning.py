@@ -31,7 +31,8 @@ from tests import procs
 pytestmark = [pytest.mark.slow, pytest.mark.tf]
 
 SERIES = 12
-TRAINER = {"forecaster": "rnn", "n_steps": 12, "units": 16, "epochs": 40, "patience": 5, "retrain_min_gap_s": 10,
+TRAINER = {"forecaster": "rnn", "n_steps": 12, "units": 16, "epochs": 40, "patience": 5,
+           "retrain_min_gap_s": 10,
            "retrain_history": 96, "keep_versions": 5, "log_level": "INFO"}
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "loop-results.json"
 
