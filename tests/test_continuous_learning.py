@@ -51,6 +51,8 @@ class Regimes:
         changed = self.switch_at is not None and t >= self.switch_at
         period, scale = (5.0, 2.5) if changed else (12.0, 1.0)
         season = np.sin(2 * np.pi * t / period + self.phase)
+        # a drifting level: neither the naive nor the seasonal-naive forecast is good
+        self.level *= np.exp(self.rng.normal(0, 0.01, SERIES))
         return self.level * scale * (1 + 0.3 * season + self.rng.normal(0, 0.02, SERIES))
 
     def round(self, t: int) -> list[Item]:
