@@ -6,7 +6,9 @@ The first training of an empty registry is published as current (through the gat
 beats the naive forecast and the current version on its holdout: workers score it live in
 shadow and promote it only on evidence (`forecast.evidence`). A retraining runs every
 `FORECAST_RETRAIN_EVERY_S` seconds, and sooner when a drift event arrives on
-`forecast:events` (at most one per `FORECAST_RETRAIN_MIN_GAP_S`). Old blobs are retired
+`forecast:events` (at most one per `FORECAST_RETRAIN_MIN_GAP_S`, and again at that pace
+while the gate refuses the retrained models: a new regime needs some history). Old blobs are
+retired
 (`FORECAST_KEEP_VERSIONS`). SIGTERM or SIGINT stops it between trainings.
 """
 
@@ -79,20 +81,27 @@ def run(client: Any, settings: Settings, verbose: int = 0,
     due = time.monotonic() if registry.current_version(client) is None else \
         time.monotonic() + settings.retrain_every_s
     last_train = float("-inf")
+    drift_pending = False  # a drift event not yet answered by a published candidate
     log.info("watching: retrain every %.0fs and on drift (at most every %.0fs)",
              settings.retrain_every_s, settings.retrain_min_gap_s)
     while not stop.is_set():
         now = time.monotonic()
         if now >= due:
+            published = None
             try:
-                train_once(client, settings, verbose)
+                published = train_once(client, settings, verbose)
             except DataError as exc:  # e.g. no history yet: try again later
                 log.warning("no training: %s", exc)
             last_train = time.monotonic()
-            due = last_train + settings.retrain_every_s
+            if drift_pending and published is None:  # the new regime is still young: again
+                due = last_train + settings.retrain_min_gap_s
+            else:
+                drift_pending = False
+                due = last_train + settings.retrain_every_s
             continue
         last_id, drifted = _drift_since(client, last_id, int(min(due - now, 1.0) * 1000))
         if drifted:
+            drift_pending = True
             soonest = last_train + settings.retrain_min_gap_s
             due = min(due, max(time.monotonic(), soonest))
             log.info("drift event: retraining in %.0fs", max(0.0, due - time.monotonic()))
