@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -31,6 +32,18 @@ def fresh_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """A private 3-master Redis Cluster for the tests of one module."""
+    from forecast.redis_server import LocalCluster
+
+    c = LocalCluster().start()
+    try:
+        yield c
+    finally:
+        c.stop()
 
 
 @pytest.fixture

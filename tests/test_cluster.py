@@ -30,15 +30,6 @@ N_STEPS = 3  # the example model's window: a series' first two values predict no
 pytestmark = pytest.mark.skipif(not cluster_available(), reason="redis-server/redis-cli missing")
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    c = LocalCluster().start()
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
 @pytest.fixture
 def rc(cluster: LocalCluster) -> Iterator[Any]:
     """A cluster client (bytes, RESP2 like the worker) on an emptied cluster."""

@@ -5,7 +5,6 @@ takes MOVED/ASK as an outage, refreshes the topology and carries on, exactly onc
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,15 +22,6 @@ from worker.loop import Worker
 
 SHARDS = 2
 pytestmark = pytest.mark.skipif(not cluster_available(), reason="redis-server/redis-cli missing")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    c = LocalCluster().start()
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def _node_ids(cluster: LocalCluster) -> dict[int, str]:
