@@ -89,6 +89,23 @@ class RetryingProducer(threading.Thread):
         self.join(10)
 
 
+def _predictions(client: Any) -> int:
+    """Length of the predictions stream; 0 while the sentinels do not agree on a primary."""
+    try:
+        return int(client.xlen(keys.PREDICTIONS))
+    except redis.RedisError:  # MasterNotFoundError for a moment after a failover
+        return 0
+
+
+def _committed(client: Any, streams: list[str]) -> bool:
+    """No input pending or unread in any stream."""
+    try:
+        return all(client.xpending(s, "forecast")["pending"] == 0
+                   and (client.xinfo_groups(s)[0]["lag"] or 0) == 0 for s in streams)
+    except redis.RedisError:
+        return False
+
+
 def _start(setup: Sentinels, name: str) -> WorkerProcess:
     return procs.start_worker(NOWHERE, name, sentinels=setup.spec, sentinel_master=MASTER,
                               shards=SHARDS, lease_ttl_ms=1500)
@@ -121,20 +138,18 @@ def test_failover_under_sentinel_is_exactly_once(tmp_path: Path) -> None:
             wait_until(lambda: setup.primary_port() != old, 30, 0.05, what="the failover")
             failover_s = time.monotonic() - killed
             workers.append(_start(setup, "s3"))
-            n = client.xlen(keys.PREDICTIONS)
-            wait_until(lambda: client.xlen(keys.PREDICTIONS) > n + 2000, 60,
+            n = wait_until(lambda: _predictions(client), 30, 0.05, what="the new primary")
+            wait_until(lambda: _predictions(client) > n + 2000, 60,
                        what="predictions from the new primary")
             resumed_s = time.monotonic() - killed
             setup.server(old).start()  # comes back empty; the sentinels make it a replica
             wait_until(setup.replicas_in_sync, 60, 0.1, what="the old primary a replica")
-            n = client.xlen(keys.PREDICTIONS)
-            wait_until(lambda: client.xlen(keys.PREDICTIONS) > n + 1000, 60, what="more")
+            n = wait_until(lambda: _predictions(client), 30, 0.05, what="the primary")
+            wait_until(lambda: _predictions(client) > n + 1000, 60, what="more")
         finally:
             producer.stop()
         try:
-            wait_until(lambda: all(client.xpending(s, "forecast")["pending"] == 0
-                                   and (client.xinfo_groups(s)[0]["lag"] or 0) == 0
-                                   for s in streams), 60, what="everything committed")
+            wait_until(lambda: _committed(client, streams), 60, what="everything committed")
             for w in workers:
                 if w is not workers[1]:
                     w.check_alive()

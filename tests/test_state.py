@@ -88,3 +88,14 @@ def test_adaptive_intervals_widen_after_misses_and_survive_a_checkpoint() -> Non
     restored = SeriesStore(width=3)
     slot = restored.add(b"s", store.encode([store.index[b"s"]])[0])
     assert restored.aci[slot] == store.aci[store.index[b"s"]]
+
+
+def test_forgotten_and_evicted_series_leave_no_unnamed_evidence() -> None:
+    store = SeriesStore(width=2, max_series=4, initial=4)
+    store.place([b"a", b"b", b"c", b"d"], lambda s: [None] * len(s))
+    store.ev[:, 0, 0] = 1.0  # every series has evidence waiting
+    assert store.forget([b"a"]) == 1
+    store.place([b"e"], lambda s: [None] * len(s))  # evicts the oldest tenth (one row)
+    names, sums = store.take_evidence(10)
+    assert None not in names and len(names) == len(sums) == len(store) - 1  # e has none
+    assert b"a" not in names and b"e" not in names

@@ -125,8 +125,7 @@ class SeriesStore:
             key = self.keys[slot]
             if key is not None:
                 del self.index[key]
-                self.keys[slot] = None
-                self.free.append(slot)
+                self._release(slot)
         self.evicted += n
         log.debug("evicted %d series (LRU), %d held", n, len(self.index))
 
@@ -249,10 +248,16 @@ class SeriesStore:
         for s in series:
             slot = self.index.pop(s, None)
             if slot is not None:
-                self.keys[slot] = None
-                self.free.append(slot)
+                self._release(slot)
                 n += 1
         return n
+
+    def _release(self, slot: int) -> None:
+        # Unflushed evidence of a dropped series goes with it: a free row has no name to
+        # flush it under (take_evidence only sees named rows).
+        self.keys[slot] = None
+        self.ev[slot] = 0.0
+        self.free.append(slot)
 
     def keys_of(self, slots: np.ndarray) -> list[bytes]:
         """Series ids of the given rows."""
