@@ -99,3 +99,16 @@ def test_forgotten_and_evicted_series_leave_no_unnamed_evidence() -> None:
     names, sums = store.take_evidence(10)
     assert None not in names and len(names) == len(sums) == len(store) - 1  # e has none
     assert b"a" not in names and b"e" not in names
+
+
+def test_version_columns_follow_the_served_versions() -> None:
+    store = SeriesStore(width=2)
+    row = store.set_window(b"s", [1.0, 2.0])
+    assert store.columns == 1 and store.pred.shape == (1024, 1)  # no shadow: one column
+    store.pred[row, 0] = 3.0
+    store.remap([0, None])  # a shadow arrives
+    assert store.columns == 2 and store.ev.shape[1] == 2 and store.pred[row].tolist()[0] == 3.0
+    store.remap([None, None, None, None])  # never more than COLUMNS, evidence for two
+    assert store.columns == 3 and store.ev.shape[1] == 2
+    store.remap([1])
+    assert store.columns == 1 and store.ev.shape == (1024, 1, 3)

@@ -1,4 +1,5 @@
-"""One owned shard: fenced reads, recovery of pending entries, and the atomic commit."""
+"""One owned shard: its state, the fenced pipelined read and the atomic commit (the recovery
+and housekeeping scripts are in `worker.recovery`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from forecast.errors import Fenced, error_code
 from forecast.keys import ShardKeys
 from worker import metrics
 from worker.batch import Commit, Entry, dead_letter
+from worker.recovery import FencedCalls, is_fenced, to_entries
 from worker.scripts import GUARD, Scripts, commit_args
 from worker.state import SeriesStore
 
@@ -37,11 +39,6 @@ class ReplicationTimeout(redis.ConnectionError):
                          f"within {timeout_ms} ms")
 
 
-def is_fenced(exc: redis.ResponseError) -> bool:
-    """Whether a script error is the lease check failing."""
-    return error_code(exc) == "FENCED"
-
-
 def ensure_group(client: Any, stream: str, group: str, start: bytes | str = "0") -> None:
     """Create the consumer group (and the stream) if missing; by default from the start."""
     try:
@@ -50,11 +47,6 @@ def ensure_group(client: Any, stream: str, group: str, start: bytes | str = "0")
     except redis.ResponseError as exc:
         if error_code(exc) != "BUSYGROUP":
             raise
-
-
-def _entries(raw: Any) -> list[Entry]:
-    """Flat `(id, fields)` list from an XREADGROUP/XAUTOCLAIM-style entry array."""
-    return [(e[0], e[1]) for e in raw or ()]
 
 
 @dataclass
@@ -161,35 +153,21 @@ class Shard:
         self.seen_recent.clear()
 
 
-class ShardIO:
-    """The Redis calls of a shard, every one fenced by its lease token."""
+class ShardIO(FencedCalls):
+    """The Redis calls of a shard, every one fenced by its lease token: the pipelined read and
+    commit here, the scripted recovery and housekeeping calls in `FencedCalls`."""
 
     def __init__(
         self, client: Any, scripts: Scripts, group: str, consumer: str, cluster: bool = False,
         *, input_maxlen: int = 0, input_retention_ms: int = 0, series_ttl_ms: int = 0,
         commit_replicas: int = 0, replicas_timeout_ms: int = 1000,
     ) -> None:
-        self.client = client
-        self.scripts = scripts
-        self.group = group
-        self.consumer = consumer
+        super().__init__(client, scripts, group, consumer, series_ttl_ms)
         self.cluster = cluster
         self.input_maxlen = input_maxlen
         self.input_retention_ms = input_retention_ms
-        self.series_ttl_ms = series_ttl_ms
         self.commit_replicas = commit_replicas
         self.replicas_timeout_ms = replicas_timeout_ms
-        # stream -> ids whose last counted delivery ended with a Redis error in this process
-        # (it never produced a commit because the connection broke): the next one is free.
-        self.refunds: dict[str, set[bytes]] = {}
-
-    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return script(keys=keys, args=args)
-        except redis.ResponseError as exc:
-            if is_fenced(exc):
-                raise Fenced(str(exc)) from None
-            raise
 
     def read(self, shard: Shard, count: int) -> list[Entry]:
         """New entries (`>`), at most `count`; only while the lease is ours."""
@@ -212,50 +190,6 @@ class ShardIO:
              "STREAMS", k.values, ">"),
             ("EXEC",),
         ]
-
-    def claim(self, shard: Shard, count: int, min_idle_ms: int) -> list[Entry] | None:
-        """The next pending entries of earlier owners; [] when done, None to wait."""
-        raw = self._call(
-            self.scripts.claim,
-            [shard.keys.values, shard.keys.lease],
-            [shard.token, self.group, self.consumer, min_idle_ms, shard.cursor, count],
-        )
-        if raw[0] == b"WAIT":
-            return None
-        shard.cursor = raw[0]
-        # Deliveries counted so far; one that ended with a Redis error here does not count.
-        free = self.refunds.get(shard.keys.values, set())
-        shard.deliveries = {d[0]: int(d[3]) - (d[0] in free) for d in raw[2]}
-        free.difference_update(shard.deliveries)
-        entries = _entries(raw[1])
-        if shard.cursor == b"0-0" and not entries:
-            shard.recovering = False
-        return entries
-
-    def bump(self, shard: Shard, ids: list[bytes]) -> None:
-        """Count a delivery of these claimed entries, right before they go to the model.
-
-        The claim itself counts nothing (XAUTOCLAIM JUSTID): a reset caused by a flapping
-        Redis re-claims entries that never reached the model, and those must not become
-        poison. An entry whose previous counted delivery ended with a Redis error in this
-        process (`refund`) was claimed with that delivery uncounted, so it keeps its count.
-        """
-        if not ids:
-            return
-        by_count: dict[int, list[bytes]] = {}
-        for eid in ids:
-            n = shard.deliveries.get(eid, 0) + 1
-            shard.deliveries[eid] = n
-            by_count.setdefault(n, []).append(eid)
-        args: list[Any] = [shard.token, self.group, self.consumer]
-        for n, group in by_count.items():
-            args += [n, len(group), *group]
-        self._call(self.scripts.bump, [shard.keys.values, shard.keys.lease], args)
-
-    def refund(self, shard: Shard, ids: list[bytes]) -> None:
-        """The delivery just counted for `ids` ended with a Redis error: do not count it again."""
-        if ids:
-            self.refunds.setdefault(shard.keys.values, set()).update(ids)
 
     def load(self, shard: Shard, series: list[bytes]) -> list[bytes | None]:
         """Checkpointed windows of series not in memory."""
@@ -304,23 +238,6 @@ class ShardIO:
         self._send(shard, commit, self._commit_commands(shard, commit, pred_maxlen,
                                                         dead_maxlen), [])
         self.finish(shard)
-
-    def forget_consumers(self, shard: Shard, min_idle_ms: int) -> int:
-        """Delete the group's consumers with nothing pending, idle for `min_idle_ms` (fenced)."""
-        return int(self._call(self.scripts.forget, [shard.keys.values, shard.keys.lease],
-                              [shard.token, self.group, self.consumer, min_idle_ms]))
-
-    def sweep(self, shard: Shard, limit: int = 2000) -> list[bytes]:
-        """Remove checkpoints of series idle longer than the series TTL (at most `limit`)."""
-        if self.series_ttl_ms <= 0:
-            return []
-        k = shard.keys
-        cursor, removed = self._call(
-            self.scripts.sweep, [k.state, k.seen, k.lease],
-            [shard.token, self.series_ttl_ms, limit, shard.backfill],
-        )
-        shard.backfill = cursor
-        return list(removed)
 
     def send_commit_and_read(
         self, shard: Shard, commit: Commit, pred_maxlen: int, dead_maxlen: int, count: int
@@ -399,7 +316,7 @@ class ShardIO:
         raw = result[0]
         if isinstance(raw, redis.ResponseError):
             self._raise(shard, raw)
-        return commit, (_entries(raw[0][1]) if raw else [])
+        return commit, (to_entries(raw[0][1]) if raw else [])
 
 
 def split_poison(

@@ -130,13 +130,15 @@ def score(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
     another version starts again (factor 0, no previous interval to score).
     """
     rows = adv.rows
+    cols = fc.point.shape[1]
+    if store.columns < cols:  # a store made before the shadows were known: add their columns
+        store.remap([*range(store.columns), *[None] * (cols - store.columns)])
     stale = store.aci_version[rows] != version
     if stale.any():
         at = rows[stale]
         store.aci[at] = 0.0
         store.pred[at, 0] = store.lo[at, 0] = store.hi[at, 0] = np.nan
         store.aci_version[at] = version
-    cols = fc.point.shape[1]
     y = values.astype(np.float64)[:, None]
     prev_pt = _previous(store.pred[:, :cols], adv, fc.point)
     prev_lo = _previous(store.lo[:, :cols], adv, fc.lo)

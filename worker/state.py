@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 COLUMNS = 3  # model versions scored per series: the current one and up to two shadows
 EV_COLUMNS = 2  # of which per-series evidence is kept for the current one and the first shadow
+# A store holds as many version columns as are served (1 without shadows: each column costs
+# 16 bytes per series, 28 with evidence), see `RowArrays.remap`.
 
 
 @dataclass
@@ -53,11 +55,11 @@ _FIELDS: dict[str, tuple[type, tuple[int, ...], float]] = {
     "last_used": (np.uint32, (), 0),
     "aci_version": (np.int32, (), -1),  # the version number `aci` (and column 0) belong to
     "aci": (np.float64, (), 0.0),  # log width factor of the current version's interval
-    "pred": (np.float32, (COLUMNS,), np.nan),  # last step-1 forecast per version column
-    "lo": (np.float32, (COLUMNS,), np.nan),  # its interval, as the model gave it
-    "hi": (np.float32, (COLUMNS,), np.nan),
+    "pred": (np.float32, (1,), np.nan),  # last step-1 forecast per version column
+    "lo": (np.float32, (1,), np.nan),  # its interval, as the model gave it
+    "hi": (np.float32, (1,), np.nan),
     # evidence and drift only (not checkpointed): see worker.scoring and worker.live
-    "ev": (np.float32, (EV_COLUMNS, 3), 0.0),  # per-series n, scaled err, scaled naive sums
+    "ev": (np.float32, (1, 3), 0.0),  # per-series n, scaled err, scaled naive sums
     "nscale": (np.float32, (), np.nan),  # EWMA of |y_t - y_t-1|
     "ph_n": (np.float32, (), 0.0),
     "ph_mean": (np.float32, (), 0.0),
@@ -66,8 +68,8 @@ _FIELDS: dict[str, tuple[type, tuple[int, ...], float]] = {
 }
 
 
-class SeriesStore:
-    """Rolling windows of many series in one shard, bounded to `max_series` rows."""
+class RowArrays:
+    """The row arrays of a store: allocation, growth, LRU eviction, width and column changes."""
 
     count: np.ndarray
     last_ts: np.ndarray
@@ -107,9 +109,10 @@ class SeriesStore:
             return
         self.keys.extend([None] * (new - old))
         self.vals = np.concatenate([self.vals, np.zeros((new - old, self.width), np.float32)])
-        for name, (dtype, shape, empty) in _FIELDS.items():
-            more: np.ndarray = np.full((new - old, *shape), empty, dtype=dtype)
-            setattr(self, name, np.concatenate([getattr(self, name), more]))
+        for name, (dtype, _, empty) in _FIELDS.items():
+            have = getattr(self, name)
+            more: np.ndarray = np.full((new - old, *have.shape[1:]), empty, dtype=dtype)
+            setattr(self, name, np.concatenate([have, more]))
         self.free.extend(range(new - 1, old - 1, -1))
 
     def _evict(self) -> None:
@@ -128,6 +131,51 @@ class SeriesStore:
                 self._release(slot)
         self.evicted += n
         log.debug("evicted %d series (LRU), %d held", n, len(self.index))
+
+    def _release(self, slot: int) -> None:
+        # Unflushed evidence of a dropped series goes with it: a free row has no name to
+        # flush it under (take_evidence only sees named rows).
+        self.keys[slot] = None
+        self.ev[slot] = 0.0
+        self.free.append(slot)
+
+    def keys_of(self, slots: np.ndarray) -> list[bytes]:
+        """Series ids of the given rows."""
+        keys = self.keys
+        return [keys[s] for s in slots.tolist()]
+
+    def resize(self, width: int) -> None:
+        """Change the window width (a model with another n_steps), keeping the newest values."""
+        if width == self.width:
+            return
+        keep = min(width, self.width)
+        vals = np.zeros((len(self.keys), width), dtype=np.float32)
+        vals[:, width - keep:] = self.vals[:, self.width - keep:]
+        self.vals = vals
+        np.minimum(self.count, width, out=self.count)
+        self.width = width
+
+    @property
+    def columns(self) -> int:
+        """Version columns held (the served versions, current first)."""
+        return int(self.pred.shape[1])
+
+    def remap(self, columns: list[int | None]) -> None:
+        """New version columns: column c takes old column `columns[c]` (None: starts empty)."""
+        n = min(max(1, len(columns)), COLUMNS)
+        for name in ("pred", "lo", "hi", "ev"):
+            old = getattr(self, name)
+            width = n if name != "ev" else min(n, EV_COLUMNS)
+            new = np.full((old.shape[0], width, *old.shape[2:]),
+                          np.nan if name != "ev" else 0.0, dtype=old.dtype)
+            for c, was in enumerate(columns[:width]):
+                if was is not None and was < old.shape[1]:
+                    new[:, c] = old[:, was]
+            setattr(self, name, new)
+
+
+class SeriesStore(RowArrays):
+    """Rolling windows of many series in one shard, bounded to `max_series` rows."""
 
     def add_many(self, series: list[bytes], blobs: list[bytes | None]) -> None:
         """Rows for many series at once, restoring same-width checkpoints in one numpy pass."""
@@ -251,39 +299,6 @@ class SeriesStore:
                 self._release(slot)
                 n += 1
         return n
-
-    def _release(self, slot: int) -> None:
-        # Unflushed evidence of a dropped series goes with it: a free row has no name to
-        # flush it under (take_evidence only sees named rows).
-        self.keys[slot] = None
-        self.ev[slot] = 0.0
-        self.free.append(slot)
-
-    def keys_of(self, slots: np.ndarray) -> list[bytes]:
-        """Series ids of the given rows."""
-        keys = self.keys
-        return [keys[s] for s in slots.tolist()]
-
-    def resize(self, width: int) -> None:
-        """Change the window width (a model with another n_steps), keeping the newest values."""
-        if width == self.width:
-            return
-        keep = min(width, self.width)
-        vals = np.zeros((len(self.keys), width), dtype=np.float32)
-        vals[:, width - keep:] = self.vals[:, self.width - keep:]
-        self.vals = vals
-        np.minimum(self.count, width, out=self.count)
-        self.width = width
-
-    def remap(self, columns: list[int | None]) -> None:
-        """New version columns: column c takes old column `columns[c]` (None: starts empty)."""
-        for name in ("pred", "lo", "hi", "ev"):
-            old = getattr(self, name)
-            new = np.full_like(old, np.nan if name != "ev" else 0.0)
-            for c, was in enumerate(columns[:old.shape[1]]):
-                if was is not None and was < old.shape[1]:
-                    new[:, c] = old[:, was]
-            setattr(self, name, new)
 
     def take_evidence(self, limit: int) -> tuple[list[bytes], np.ndarray]:
         """Up to `limit` series with per-series evidence waiting, and their sums (cleared)."""
