@@ -260,8 +260,10 @@ class SeriesStore(RowArrays):
         self.last_used[slots] = self.tick
         order = np.argsort(slots, kind="stable")
         s_sorted = slots[order]
-        starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
-        group_of = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, m]))
+        # np.r_ costs microseconds per call: in a small batch that is most of the time
+        starts = np.flatnonzero(np.concatenate(([True], s_sorted[1:] != s_sorted[:-1])))
+        bounds = np.append(starts, m)
+        group_of = np.repeat(np.arange(len(starts)), np.diff(bounds))
         rows = s_sorted[starts]
         pos = np.arange(m) - starts[group_of]  # position inside the group
 
@@ -273,7 +275,7 @@ class SeriesStore(RowArrays):
         windows = sliding_window_view(flat, width)[group_of * width + np.arange(m) + 1]
 
         filled = np.minimum(self.count[rows][group_of] + pos + 1, width)
-        ends = np.r_[starts[1:], m] - 1
+        ends = bounds[1:] - 1
         self.vals[rows] = windows[ends]
         self.count[rows] = filled[ends]
         return Advance(order, windows, filled, starts, ends, rows, group_of)
