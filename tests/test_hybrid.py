@@ -53,7 +53,11 @@ def test_hybrid_artifact_loads_in_safe_mode_and_scales() -> None:
     trained = tiny()
     m = trained.manifest
     assert m["forecaster"] == "hybrid" and m["outputs"] == "interval" and m["ensemble"] == 2
-    assert m["filter_len"] == 20 and m["experts"] == 20 and m["season_period"] == 12
+    # the filter length is the one of filter_choices(40, 1) == [20, 27] best on validation
+    losses = m["filter_val_loss"]
+    assert set(losses) == {"20", "27"} and m["filter_len"] == int(min(losses, key=losses.get))
+    # 27 values hold two seasons of 12, so the seasonal experts join (10 + 11, each twice)
+    assert m["experts"] == (42 if m["filter_len"] == 27 else 20) and m["season_period"] == 12
     loaded = load_bytes(trained.blob, m)
     x = np.stack([seasonal(40, 9)[None, :][0], seasonal(40, 10, level=5000.0)])
     out = loaded.predict(x.astype(np.float32)).astype(np.float64)

@@ -64,12 +64,13 @@ def _train_hybrid(ws: WindowSet, s: Settings, period: int, verbose: int
                   ) -> tuple[bytes, list[float] | None, dict[str, Any], dict[str, Any]]:
     from trainer import hybrid
 
-    h = hybrid.Hybrid(s.n_steps, s.horizon, period, s)
+    h, filter_losses = hybrid.build(ws, s, period)
     fit_summary = hybrid.fit(h, ws, s, verbose)
     q, offset = hybrid.calibrate(h, ws, s.coverage)
     blob = model.to_bytes(h.serving(q, offset))
     extra = {"scaling": hybrid.SCALING, "filter_len": h.filter_len, "ensemble": h.members,
-             "experts": h.bank.n_experts, "spread_offset": round(offset, 6)}
+             "experts": h.bank.n_experts, "spread_offset": round(offset, 6),
+             "filter_val_loss": {str(k): round(v, 6) for k, v in filter_losses.items()}}
     return blob, q, {**fit_summary, "params": h.params}, extra
 
 

@@ -31,26 +31,39 @@ MIN_TRAIN_WINDOWS = 8  # per series, for the longest series of the data set
 TRAIN_BUDGET_S = 360.0  # fitting stops (best weights kept) after this; the rest takes < 2 min
 
 
-def backtest_len(n_steps: int, horizon: int) -> int:
+def backtest_len(n_steps: int, horizon: int, share: int = 2) -> int:
     """How many of the window's values are in-window backtest targets (the rest feed filters).
 
-    Half the window (as many origins as the experts see values: selecting by a few recent
-    errors is noisy), and at least 2H + 4, so the last step still has a few origins.
+    A `share` of the window (a half by default: as many origins as the experts see values;
+    selecting by a few recent errors is noisy), and at least 2H + 4, so the last step still
+    has a few origins.
 
-    >>> backtest_len(48, 1), backtest_len(40, 6), backtest_len(4, 1)
-    (24, 20, 2)
+    >>> backtest_len(48, 1), backtest_len(40, 6), backtest_len(4, 1), backtest_len(72, 1, 3)
+    (24, 20, 2, 24)
     """
-    r = max(2 * horizon + 4, n_steps // 2)
+    r = max(2 * horizon + 4, n_steps // share)
     return min(r, max(1, n_steps - 2))
 
 
-def filter_len(n_steps: int, horizon: int) -> int:
+def filter_len(n_steps: int, horizon: int, share: int = 2) -> int:
     """Values each expert sees: the window minus its backtest part (at least 2).
 
-    >>> filter_len(72, 1), filter_len(40, 6), filter_len(4, 1)
-    (36, 20, 2)
+    >>> filter_len(72, 1), filter_len(40, 6), filter_len(4, 1), filter_len(72, 1, 3)
+    (36, 20, 2, 48)
     """
-    return max(2, n_steps - backtest_len(n_steps, horizon))
+    return max(2, n_steps - backtest_len(n_steps, horizon, share))
+
+
+def filter_choices(n_steps: int, horizon: int) -> list[int]:
+    """The filter lengths the trainer tries on validation: backtests on a half or a third.
+
+    A longer filter estimates seasonal indices from more seasons; more backtests weight the
+    experts by more errors. Which matters more depends on the data.
+
+    >>> filter_choices(72, 1), filter_choices(8, 1)
+    ([36, 48], [2])
+    """
+    return sorted({filter_len(n_steps, horizon, share) for share in (2, 3)})
 
 
 def window_for(period: int, horizon: int) -> int:

@@ -36,7 +36,7 @@ from forecast.layers import (
 )
 from forecast.settings import Settings
 from trainer import conformal
-from trainer.auto import filter_len
+from trainer.auto import filter_choices, filter_len
 from trainer.train import native_stderr_filtered
 from trainer.windows import WindowSet
 
@@ -65,10 +65,11 @@ def _recurrent(arch: str, units: int, name: str) -> keras.layers.Layer:
 class Hybrid:
     """The layers of one hybrid model, and the Keras models built from them."""
 
-    def __init__(self, n_steps: int, horizon: int, period: int, s: Settings) -> None:
+    def __init__(self, n_steps: int, horizon: int, period: int, s: Settings,
+                 filter_len_: int | None = None) -> None:
         keras.utils.set_random_seed(s.seed)
         self.n_steps, self.horizon, self.period = n_steps, horizon, period
-        self.filter_len = filter_len(n_steps, horizon)
+        self.filter_len = filter_len_ or filter_len(n_steps, horizon)
         if n_steps - self.filter_len < horizon:
             raise ValueError(f"n_steps={n_steps} is too short for horizon={horizon} "
                              f"(the hybrid needs at least {horizon + 2} values per window)")
@@ -123,6 +124,25 @@ class Hybrid:
     def params(self) -> int:
         """Trainable parameters."""
         return int(self.train_model.count_params())
+
+
+def build(ws: WindowSet, s: Settings, period: int) -> tuple[Hybrid, dict[int, float]]:
+    """The hybrid whose untrained expert selection does best on validation, among the
+    filter lengths of `filter_choices`; and each length's validation loss."""
+    choices = filter_choices(s.n_steps, s.horizon)
+    if len(choices) == 1 or not ws.has_val:
+        return Hybrid(s.n_steps, s.horizon, period, s), {}
+    losses: dict[int, float] = {}
+    best: Hybrid | None = None
+    for length in choices:
+        h = Hybrid(s.n_steps, s.horizon, period, s, filter_len_=length)
+        losses[length] = _best_start(h, (_inputs(ws.x_val),
+                                         _targets(ws.x_val, ws.y_val, h.members)))["val_loss"]
+        if best is None or losses[length] < losses[best.filter_len]:
+            best = h
+    assert best is not None
+    log.info("hybrid: filter of %d values (validation losses %s)", best.filter_len, losses)
+    return best, losses
 
 
 def _inputs(x: np.ndarray) -> np.ndarray:
