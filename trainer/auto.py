@@ -8,6 +8,8 @@ The settings' own defaults are the tutorial's (SimpleRNN(50), n_steps=3, 200 epo
 * the seasonal period most series show (autocorrelation, each series on its own);
 * the window: three seasons for the experts to see (at least 24 values) plus as many values
   (at least 2H + 4) for their in-window backtests, shrunk when the series are too short;
+  how the window splits between the two (backtests on a half or a third) is chosen on
+  validation by the trainer (`filter_choices`, `trainer.hybrid.build`);
 * epochs with early stopping on validation (100, patience 10, and a 6-minute budget), the
   starting sharpness of the expert selection picked on validation, and the untrained
   selection kept when training does not beat it; a batch size that grows with the data.
