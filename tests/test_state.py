@@ -112,3 +112,23 @@ def test_version_columns_follow_the_served_versions() -> None:
     assert store.columns == 3 and store.ev.shape[1] == 2
     store.remap([1])
     assert store.columns == 1 and store.ev.shape == (1024, 1, 3)
+
+
+def test_a_shadow_that_raises_does_not_stop_the_serving() -> None:
+    from forecast.grammar import Limits
+    from tests.helpers import LinearModel, NaiveModel
+    from worker import metrics
+    from worker.batch import Served, build_commit
+
+    class Broken(NaiveModel):
+        def predict(self, windows: np.ndarray) -> np.ndarray:
+            raise RuntimeError("broken candidate")
+
+    store = SeriesStore(width=3)
+    served = Served(LinearModel(has_interval=True), [Broken("v9")])
+    before = metrics.SHADOW_ERRORS._value.get()
+    entries = [(f"{i}-0".encode(), [b"series", b"s", b"value", str(i).encode()])
+               for i in range(1, 6)]
+    commit = build_commit(entries, store, served, Limits(), lambda s: [None] * len(s))
+    assert commit.n_predictions == 3 and not commit.deadletters  # from the third value on
+    assert metrics.SHADOW_ERRORS._value.get() == before + 1

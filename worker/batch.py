@@ -6,6 +6,7 @@ the `load` callback, and the result is a `Commit` that `worker.scripts` writes a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,8 +16,11 @@ import numpy as np
 
 from forecast.grammar import Limits, parse_fields
 from forecast.registry import version_number
+from worker import metrics
 from worker.scoring import Forecasts, Scores, score
 from worker.state import COLUMNS, SeriesStore
+
+log = logging.getLogger(__name__)
 
 Entry = tuple[bytes, list[bytes] | None]  # (entry id, flat fields); None = deleted entry
 DEADLETTER_FIELD_MAX = 1024  # bytes kept of each field of a dead letter (the input keeps all)
@@ -201,7 +205,16 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch) -
             continue
         x = np.ascontiguousarray(adv.windows[ok][:, store.width - model.n_steps:])
         t0 = time.perf_counter()
-        rows = model.predict(x)
+        if c == 0:
+            rows = model.predict(x)
+        else:
+            try:
+                rows = model.predict(x)
+            except Exception as exc:  # a broken candidate must not stop the serving
+                metrics.SHADOW_ERRORS.inc()
+                log.warning("shadow %s failed on a batch: %s: %s", model.version,
+                            type(exc).__name__, exc)
+                continue
         if c == 0:
             commit.model_seconds = time.perf_counter() - t0
             rows = _drop_non_finite(commit, batch, adv.order, ok, rows)

@@ -92,6 +92,8 @@ LIVE_WIDTH = Gauge("forecast_live_interval_width",
 MODEL_EVENTS = Counter("forecast_model_events_total",
                        "Promotions and rollbacks decided by this worker", ["event"])
 SHADOWS = Gauge("forecast_shadow_models", "Model versions this worker runs in shadow")
+SHADOW_ERRORS = Counter("forecast_shadow_errors_total",
+                        "Batches a shadowed version raised on (its forecasts are not scored)")
 
 
 def drop_version(version: str) -> None:
