@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 COLUMNS = 3  # model versions scored per series: the current one and up to two shadows
 EV_COLUMNS = 2  # of which per-series evidence is kept for the current one and the first shadow
 # A store holds as many version columns as are served (1 without shadows: each column costs
-# 16 bytes per series, 28 with evidence), see `RowArrays.remap`.
+# 12 bytes per series, 24 with evidence), see `RowArrays.remap`.
 
 
 @dataclass
