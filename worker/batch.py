@@ -17,7 +17,7 @@ import numpy as np
 from forecast.grammar import Limits, parse_fields
 from forecast.registry import version_number
 from worker import metrics
-from worker.scoring import Forecasts, Scores, score
+from worker.scoring import Forecasts, Joined, Scores, adapt, evaluate
 from worker.state import COLUMNS, SeriesStore
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class Commit:
     model_seconds: float = 0.0
     lags_ms: list[int] = field(default_factory=list)
     scores: Scores | None = None  # the live evidence of this batch (worker.scoring)
+    pending: tuple[SeriesStore, Joined] | None = None  # scored by `finish_scores`
     versions: tuple[str, ...] = ()  # the versions of the score columns
 
 
@@ -170,8 +171,13 @@ def build_commit(
     limits: Limits,
     load: Callable[[list[bytes]], list[bytes | None]],
     commit: Commit | None = None,
+    defer: bool = False,
 ) -> Commit:
-    """Process one batch of one shard's entries (in stream order) into a `Commit`."""
+    """Process one batch of one shard's entries (in stream order) into a `Commit`.
+
+    With `defer`, the live scores are left to `finish_scores` (call it before the next batch
+    of the same store): the worker sends the commit first, then scores.
+    """
     served = model if isinstance(model, Served) else Served(model)
     commit = commit if commit is not None else Commit()
     commit.version = served.current.version
@@ -189,7 +195,20 @@ def build_commit(
         commit.n_values = len(batch)
     if batch:
         _predict(commit, store, served, batch)
+    if not defer:
+        finish_scores(commit)
     return commit
+
+
+def finish_scores(commit: Commit) -> None:
+    """Score the batch of a commit built with `defer` (no-op when done or nothing to score)."""
+    if commit.pending is None:
+        return
+    store, joined = commit.pending
+    commit.pending = None
+    scores = evaluate(store, joined)
+    commit.scores = scores
+    commit.abs_err_sum, commit.abs_err_n = float(scores.abs_err[0]), int(scores.forecast_n[0])
 
 
 def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch) -> None:
@@ -225,10 +244,9 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch) -
         fc.point[ok, c] = rows[:, 0]
         if model.has_interval:
             fc.lo[ok, c], fc.hi[ok, c] = rows[:, model.horizon], rows[:, 2 * model.horizon]
-    scores, factor = score(store, adv, batch.values[adv.order], fc, served.gamma, served.alpha,
+    joined, factor = adapt(store, adv, batch.values[adv.order], fc, served.gamma, served.alpha,
                            version_number(served.current.version))
-    commit.scores = scores
-    commit.abs_err_sum, commit.abs_err_n = float(scores.abs_err[0]), int(scores.forecast_n[0])
+    commit.pending = (store, joined)
     pairs = zip(store.keys_of(adv.rows), store.encode(adv.rows), strict=True)
     commit.state = [b for pair in pairs for b in pair]
     if out is not None and len(out):

@@ -21,7 +21,7 @@ from forecast.grammar import Limits
 from forecast.redis_conn import group_info
 from forecast.settings import Settings
 from worker import metrics
-from worker.batch import Commit, Entry, Served, build_commit
+from worker.batch import Commit, Entry, Served, build_commit, finish_scores
 from worker.consumer import Shard, ShardIO, split_poison
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,9 @@ class BatchPath:
         return self._live(shard, model)
 
     def _build(self, shard: Shard, model: Any, entries: list[Entry],
-               commit: Commit | None = None) -> Commit:
+               commit: Commit | None = None, defer: bool = False) -> Commit:
         return build_commit(entries, shard.store, model, self.limits,
-                            lambda series: self.io.load(shard, series), commit)
+                            lambda series: self.io.load(shard, series), commit, defer)
 
     def _commit_now(self, shard: Shard, commit: Commit) -> None:
         s = self.settings
@@ -91,7 +91,7 @@ class BatchPath:
                 return 0
             shard.ahead.append(self.settle(shard))
             return len(shard.ahead[-1])
-        commit = self._build(shard, model, entries)
+        commit = self._build(shard, model, entries, defer=True)  # scored once it is sent
         commit.entries = len(entries)
         if shard.inflight is not None:
             shard.ahead.append(self.settle(shard))
@@ -103,6 +103,7 @@ class BatchPath:
         s = self.settings
         self.io.send_commit_and_read(shard, commit, s.predictions_maxlen, s.deadletter_maxlen,
                                      self.batch_size)
+        finish_scores(commit)  # while Redis runs the commit, before the shard's next batch
         return len(entries)
 
     def _read(self, shard: Shard) -> list[Entry]:

@@ -117,12 +117,26 @@ def _per_group(x: np.ndarray, adv: Advance) -> np.ndarray:
     return np.add.reduceat(np.asarray(x, dtype=np.float64), adv.starts, axis=0)
 
 
-def score(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
-          gamma: float, alpha: float, version: int = -1) -> tuple[Scores, np.ndarray]:
-    """Score the batch, adapt the current version's intervals, keep the new forecasts.
+@dataclass
+class Joined:
+    """A batch's values next to the forecasts made one value earlier, waiting to be scored."""
 
-    `fc` has one column per served version. Returns the scores and, per value, the factor
-    the current forecast's interval made at that value is widened by (sorted order).
+    adv: Advance
+    y: np.ndarray  # (m, 1) values, float64
+    prev_pt: np.ndarray  # (m, columns)
+    prev_lo: np.ndarray
+    prev_hi: np.ndarray
+    rho: np.ndarray  # log distance from the previous forecast in half-widths
+    a_before: np.ndarray  # the current version's adaptive factor in force at each value
+
+
+def adapt(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
+          gamma: float, alpha: float, version: int = -1) -> tuple[Joined, np.ndarray]:
+    """Join the batch with the previous forecasts, adapt the current version's intervals and
+    keep the new forecasts: what the commit needs. `evaluate` does the rest, later.
+
+    `fc` has one column per served version. Returns the joined batch and, per value, the
+    factor the current forecast's interval made at that value is widened by (sorted order).
     `version` is the current version's number: a series whose interval state belongs to
     another version starts again (factor 0, no previous interval to score).
     """
@@ -140,38 +154,56 @@ def score(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
     prev_pt = _previous(store.pred[:, :cols], adv, fc.point)
     prev_lo = _previous(store.lo[:, :cols], adv, fc.lo)
     prev_hi = _previous(store.hi[:, :cols], adv, fc.hi)
-    naive_err = np.abs(y[:, 0] - np.where(adv.filled >= 2, adv.windows[:, -2], np.nan))
-    scale = _scales(store, adv, naive_err)
     with np.errstate(invalid="ignore", divide="ignore"):
-        err = np.abs(y - prev_pt)
-        scaled = err / scale[:, None]
-        scaled_naive = naive_err / scale
         below = y < prev_pt
         dist = np.where(below, prev_pt - y, y - prev_pt) / np.where(below, prev_pt - prev_lo,
                                                                     prev_hi - prev_pt)
         rho = np.log(dist)
-    a_before, a_after = aci_factors(rho[:, 0], adv.starts, store.aci[adv.rows], gamma, alpha)
-    joined = ~np.isnan(scaled) & (~np.isnan(scaled_naive) & (scale > 0))[:, None]
-    has_iv = ~np.isnan(rho)
-    threshold = np.zeros_like(rho)
-    threshold[:, 0] = a_before  # the current version's interval was the adaptive one
+    a_before, a_after = aci_factors(rho[:, 0], adv.starts, store.aci[rows], gamma, alpha)
+    # the newest raw forecasts (and the factor) for the next values of each series
+    store.pred[rows, :cols] = fc.point[adv.ends]
+    store.lo[rows, :cols] = fc.lo[adv.ends]
+    store.hi[rows, :cols] = fc.hi[adv.ends]
+    store.aci[rows] = a_after[adv.ends]
+    return Joined(adv, y, prev_pt, prev_lo, prev_hi, rho, a_before), np.exp(a_after)
+
+
+def evaluate(store: SeriesStore, j: Joined) -> Scores:
+    """Score a joined batch: sums per version, per-series evidence, drift.
+
+    Off the commit path (the worker runs it once the commit is sent), but before the next
+    batch of the same store: the naive-error scales and drift state are per series.
+    """
+    adv = j.adv
+    naive_err = np.abs(j.y[:, 0] - np.where(adv.filled >= 2, adv.windows[:, -2], np.nan))
+    scale = _scales(store, adv, naive_err)
     with np.errstate(invalid="ignore", divide="ignore"):
-        covered = has_iv & (rho <= threshold)
-        scaled_width = (prev_hi - prev_lo) * np.exp(threshold) / scale[:, None]
+        err = np.abs(j.y - j.prev_pt)
+        scaled = err / scale[:, None]
+        scaled_naive = naive_err / scale
+    joined = ~np.isnan(scaled) & (~np.isnan(scaled_naive) & (scale > 0))[:, None]
+    has_iv = ~np.isnan(j.rho)
+    threshold = np.zeros_like(j.rho)
+    threshold[:, 0] = j.a_before  # the current version's interval was the adaptive one
+    with np.errstate(invalid="ignore", divide="ignore"):
+        covered = has_iv & (j.rho <= threshold)
+        scaled_width = (j.prev_hi - j.prev_lo) * np.exp(threshold) / scale[:, None]
     z = np.where(joined, scaled, 0.0)
     zn = np.where(joined, scaled_naive[:, None], 0.0)
     scores = _sums(err, z, zn, joined, has_iv, covered, scaled_width)
     per_series = np.stack([_per_group(joined * 1.0, adv), _per_group(z, adv),
                            _per_group(zn, adv)], axis=-1)
-    ev = min(cols, store.ev.shape[1])
-    store.ev[rows, :ev] += per_series[:, :ev]  # flushed by worker.live, per series
+    ev = min(z.shape[1], store.ev.shape[1])
+    store.ev[adv.rows, :ev] += per_series[:, :ev]  # flushed by worker.live, per series
     scores.drifted = _page_hinkley(store, adv, z[:, 0], joined[:, 0])
-    # the newest raw forecasts (and the factor) for the next values of each series
-    store.pred[adv.rows, :cols] = fc.point[adv.ends]
-    store.lo[adv.rows, :cols] = fc.lo[adv.ends]
-    store.hi[adv.rows, :cols] = fc.hi[adv.ends]
-    store.aci[adv.rows] = a_after[adv.ends]
-    return scores, np.exp(a_after)
+    return scores
+
+
+def score(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
+          gamma: float, alpha: float, version: int = -1) -> tuple[Scores, np.ndarray]:
+    """`adapt` then `evaluate` at once: the scores and the interval factors."""
+    joined, factor = adapt(store, adv, values, fc, gamma, alpha, version)
+    return evaluate(store, joined), factor
 
 
 def _scales(store: SeriesStore, adv: Advance, naive_err: np.ndarray) -> np.ndarray:
