@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -98,10 +99,12 @@ def test_raw_redis_scenario_writes_row_and_json(tmp_path: Path) -> None:
 def test_throughput_scenario_runs_a_real_worker(tmp_path: Path) -> None:
     """A tiny throughput run: a real worker process, pause/preload/resume, every value acked."""
     out = tmp_path / "results.json"
-    data = run_bench(TINY, ["throughput"], out, quick=True)
+    # enough values for the worker to use measurable CPU (/proc counts 10 ms ticks)
+    plan = dataclasses.replace(TINY, values=30_000)
+    data = run_bench(plan, ["throughput"], out, quick=True)
     assert data["errors"] == {}
     run0 = data["scenarios"]["throughput"]["runs"][0]
-    assert run0["values"] == TINY.values
+    assert run0["values"] == plan.values
     assert run0["values_per_s"] > 0 and run0["worker_cpu_us_per_value"] > 0
     verdicts = {r["scenario"]: r["verdict"] for r in data["table"]}
     assert verdicts["throughput: 1 worker, 1,000 series, SimpleRNN n=3"] in ("PASS", "FAIL")
