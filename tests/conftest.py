@@ -14,24 +14,24 @@ from forecast.redis_server import RedisServer, redis_server_binary
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A private redis-server on a free port (never the machine's shared one)."""
+def _private_server() -> Iterator[RedisServer]:
     if redis_server_binary() is None:
         pytest.skip("redis-server is not on PATH")
     server = RedisServer().start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server on a free port (never the machine's shared one)."""
+    yield from _private_server()
 
 
 @pytest.fixture
 def fresh_server() -> Iterator[RedisServer]:
     """A private redis-server for this test only (stopped and deleted after it)."""
-    if redis_server_binary() is None:
-        pytest.skip("redis-server is not on PATH")
-    server = RedisServer().start()
-    yield server
-    server.cleanup()
+    yield from _private_server()
 
 
 @pytest.fixture(scope="module")

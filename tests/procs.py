@@ -10,10 +10,12 @@ import json
 import os
 import subprocess
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import redis
 
 from forecast import harness, keys
@@ -103,3 +105,15 @@ def reference_predictions(model: Any, entries: list[tuple[bytes, dict[bytes, byt
         return {}
     out = model.predict(np.asarray(rows, dtype=np.float32))
     return {eid: float(v) for eid, v in zip(ids, out[:, 0].tolist(), strict=True)}
+
+
+def assert_predicted_once(preds: list[dict[bytes, bytes]],
+                          reference: dict[tuple[bytes, bytes], float]) -> None:
+    """Every input of `reference` has exactly one prediction (and no other input has one),
+    equal to the uninterrupted replay's."""
+    seen = Counter((f[b"series"], f[b"source_id"]) for f in preds)
+    assert set(seen) == set(reference), f"lost {len(set(reference) - set(seen))}"
+    assert set(seen.values()) == {1}, "duplicated predictions"
+    for f in preds:
+        assert float(f[b"prediction"]) == pytest.approx(
+            reference[(f[b"series"], f[b"source_id"])], rel=1e-5, abs=1e-5)

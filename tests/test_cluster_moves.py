@@ -4,7 +4,6 @@ takes MOVED/ASK as an outage, refreshes the topology and carries on, exactly onc
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import pytest
@@ -100,10 +99,6 @@ def test_a_shard_whose_slot_moves_stays_exactly_once(cluster: LocalCluster) -> N
     entries = [e for s in streams for e in client.xrange(s)]
     reference = procs.reference_predictions(LinearModel(), entries)
     preds = [f for s in outs for _, f in client.xrange(s)]
-    seen = Counter((f[b"series"], f[b"source_id"]) for f in preds)
-    assert set(seen) == set(reference) and set(seen.values()) == {1}
-    for f in preds:
-        assert float(f[b"prediction"]) == pytest.approx(
-            reference[(f[b"series"], f[b"source_id"])], rel=1e-5, abs=1e-5)
+    procs.assert_predicted_once(preds, reference)
     assert sum(client.xlen(s) for s in keys.deadletter_streams(SHARDS, True)) == 0
     assert w.telemetry.totals["values"] > 0

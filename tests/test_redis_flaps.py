@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -43,26 +42,38 @@ def _ghost_pending(client: Any, n: int) -> list[bytes]:
     return ids
 
 
+def _break_first(w: Worker, call: str, times: int) -> None:
+    """The worker's `w.io.<call>` raises a connection reset the first `times` times."""
+    real, broken = getattr(w.io, call), {"n": 0}
+
+    def flaky(*args: Any) -> Any:
+        if broken["n"] < times:
+            broken["n"] += 1
+            raise redis.ConnectionError("connection reset by peer")
+        return real(*args)
+
+    setattr(w.io, call, flaky)
+
+
+def _recover_through_breaks(w: Worker, times: int,
+                            check: Callable[[], bool] = lambda: True) -> None:
+    """`times` recoveries that each end with a connection error, then the outage path;
+    `check` holds after each."""
+    for _ in range(times):
+        with pytest.raises(redis.ConnectionError):
+            w.step()
+            w.step()
+        w._disconnected(redis.ConnectionError("reset"))
+        assert check()
+
+
 def test_a_lost_claim_reply_counts_no_delivery(redis_url: str, r: redis.Redis) -> None:
     """Ten recoveries that break between the claim and the model leave the counts at 1."""
     client: Any = r
     ids = _ghost_pending(client, 6)
     w = make_worker(redis_url, "heir", max_deliveries=2)
-    real_bump, broken = w.io.bump, {"n": 0}
-
-    def bump(shard: Any, eids: list[bytes]) -> None:
-        if broken["n"] < 10:  # the connection breaks before the bump reaches Redis
-            broken["n"] += 1
-            raise redis.ConnectionError("connection reset by peer")
-        real_bump(shard, eids)
-
-    w.io.bump = bump  # type: ignore[method-assign]
-    for _ in range(10):
-        with pytest.raises(redis.ConnectionError):
-            w.step()
-            w.step()
-        w._disconnected(redis.ConnectionError("reset"))
-        assert set(_pending_counts(client).values()) == {1}
+    _break_first(w, "bump", 10)  # the connection breaks before the bump reaches Redis
+    _recover_through_breaks(w, 10, lambda: set(_pending_counts(client).values()) == {1})
     wait_until(lambda: (w.step(), client.xlen(keys.PREDICTIONS) == 4)[1], 10, 0.01,
                what="the recovered entries predicted")
     assert client.xlen(keys.DEADLETTER) == 0
@@ -77,20 +88,8 @@ def test_a_delivery_broken_by_redis_is_not_counted_twice(redis_url: str,
     client: Any = r
     _ghost_pending(client, 5)
     w = make_worker(redis_url, "heir", max_deliveries=2)
-    real_load, broken = w.io.load, {"n": 0}
-
-    def load(shard: Any, series: list[bytes]) -> list[bytes | None]:
-        if broken["n"] < 10:
-            broken["n"] += 1
-            raise redis.ConnectionError("connection reset by peer")
-        return real_load(shard, series)
-
-    w.io.load = load  # type: ignore[method-assign]
-    for _ in range(10):
-        with pytest.raises(redis.ConnectionError):
-            w.step()
-            w.step()
-        w._disconnected(redis.ConnectionError("reset"))
+    _break_first(w, "load", 10)  # the checkpoint load breaks after the delivery counted
+    _recover_through_breaks(w, 10)
     assert max(_pending_counts(client).values()) == 2  # counted once, then refunded
     wait_until(lambda: (w.step(), client.xlen(keys.PREDICTIONS) == 3)[1], 10, 0.01,
                what="the recovered entries predicted")
@@ -143,12 +142,7 @@ def _check(client: Any) -> int:
     entries = client.xrange(keys.VALUES)
     reference = procs.reference_predictions(LinearModel(), entries)
     preds = client.xrange(keys.PREDICTIONS)
-    seen = Counter((f[b"series"], f[b"source_id"]) for _, f in preds)
-    assert set(seen) == set(reference), f"lost {len(set(reference) - set(seen))}"
-    assert set(seen.values()) == {1}, "duplicated predictions"
-    for _, f in preds:
-        assert float(f[b"prediction"]) == pytest.approx(
-            reference[(f[b"series"], f[b"source_id"])], rel=1e-5, abs=1e-5)
+    procs.assert_predicted_once([f for _, f in preds], reference)
     assert client.xlen(keys.DEADLETTER) == 0, client.xrange(keys.DEADLETTER, count=3)
     return len(preds)
 

@@ -7,7 +7,6 @@ In-process workers with the TensorFlow-free LinearModel against a private redis-
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,12 +45,7 @@ def _fields(item: Any) -> dict[bytes, bytes]:
 def _all_predicted_once(client: Any, pushed: list[Any]) -> int:
     reference = _reference(pushed)
     preds = client.xrange(keys.PREDICTIONS)
-    seen = Counter((f[b"series"], f[b"source_id"]) for _, f in preds)
-    assert set(seen) == set(reference), f"lost {len(set(reference) - set(seen))}"
-    assert set(seen.values()) == {1}, "duplicated"
-    for _, f in preds:
-        assert float(f[b"prediction"]) == pytest.approx(
-            reference[(f[b"series"], f[b"source_id"])], rel=1e-5, abs=1e-5)
+    procs.assert_predicted_once([f for _, f in preds], reference)
     return len(preds)
 
 

@@ -64,8 +64,8 @@ def _train_hybrid(ws: WindowSet, s: Settings, period: int, verbose: int
                   ) -> tuple[bytes, list[float] | None, dict[str, Any], dict[str, Any]]:
     from trainer import hybrid
 
-    h, filter_losses = hybrid.build(ws, s, period)
-    fit_summary = hybrid.fit(h, ws, s, verbose)
+    h, filter_losses, start = hybrid.build(ws, s, period)
+    fit_summary = hybrid.fit(h, ws, s, verbose, start)
     q, offset = hybrid.calibrate(h, ws, s.coverage)
     blob = model.to_bytes(h.serving(q, offset))
     extra = {"scaling": hybrid.SCALING, "filter_len": h.filter_len, "ensemble": h.members,

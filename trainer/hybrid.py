@@ -37,7 +37,7 @@ from forecast.layers import (
 from forecast.settings import Settings
 from trainer import conformal
 from trainer.auto import filter_choices, filter_len
-from trainer.train import native_stderr_filtered
+from trainer.train import history_summary, native_stderr_filtered
 from trainer.windows import WindowSet
 
 log = logging.getLogger(__name__)
@@ -126,23 +126,25 @@ class Hybrid:
         return int(self.train_model.count_params())
 
 
-def build(ws: WindowSet, s: Settings, period: int) -> tuple[Hybrid, dict[int, float]]:
+def build(ws: WindowSet, s: Settings, period: int
+          ) -> tuple[Hybrid, dict[int, float], dict[str, Any]]:
     """The hybrid whose untrained expert selection does best on validation, among the
-    filter lengths of `filter_choices`; and each length's validation loss."""
+    filter lengths of `filter_choices`; each length's validation loss; the chosen start
+    (see `_best_start`, empty when nothing was compared)."""
     choices = filter_choices(s.n_steps, s.horizon)
     if len(choices) == 1 or not ws.has_val:
-        return Hybrid(s.n_steps, s.horizon, period, s), {}
+        return Hybrid(s.n_steps, s.horizon, period, s), {}, {}
     losses: dict[int, float] = {}
-    best: Hybrid | None = None
+    best: tuple[Hybrid, dict[str, Any]] | None = None
     for length in choices:
         h = Hybrid(s.n_steps, s.horizon, period, s, filter_len_=length)
-        losses[length] = _best_start(h, (_inputs(ws.x_val),
-                                         _targets(ws.x_val, ws.y_val, h.members)))["val_loss"]
-        if best is None or losses[length] < losses[best.filter_len]:
-            best = h
+        start = _best_start(h, (_inputs(ws.x_val), _targets(ws.x_val, ws.y_val, h.members)))
+        losses[length] = start["val_loss"]
+        if best is None or start["val_loss"] < best[1]["val_loss"]:
+            best = (h, start)
     assert best is not None
-    log.info("hybrid: filter of %d values (validation losses %s)", best.filter_len, losses)
-    return best, losses
+    log.info("hybrid: filter of %d values (validation losses %s)", best[0].filter_len, losses)
+    return best[0], losses, best[1]
 
 
 def _inputs(x: np.ndarray) -> np.ndarray:
@@ -186,8 +188,12 @@ class BestOnValidation(keras.callbacks.Callback):
             self.model.set_weights(self.best_weights)
 
 
-def fit(h: Hybrid, ws: WindowSet, s: Settings, verbose: int = 0) -> dict[str, Any]:
-    """Train every member on the scaled targets (MAE), early stopping on validation."""
+def fit(h: Hybrid, ws: WindowSet, s: Settings, verbose: int = 0,
+        start: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train every member on the scaled targets (MAE), early stopping on validation.
+
+    `start`: the untrained selection `build` already picked (else it is picked here).
+    """
     xs, ys = _inputs(ws.x_train), _targets(ws.x_train, ws.y_train, h.members)
     callbacks: list[keras.callbacks.Callback] = []
     val = None
@@ -197,8 +203,9 @@ def fit(h: Hybrid, ws: WindowSet, s: Settings, verbose: int = 0) -> dict[str, An
         stopper = BestOnValidation(s.patience, s.train_budget_s)
         callbacks.append(stopper)
     started = time.monotonic()
-    start: dict[str, Any] = {}
-    if val is not None:
+    if val is None:
+        start = {}
+    elif not start:
         start = _best_start(h, val)
     with native_stderr_filtered():
         hist = h.train_model.fit(xs, ys, validation_data=val, epochs=s.epochs,
@@ -221,11 +228,7 @@ def fit(h: Hybrid, ws: WindowSet, s: Settings, verbose: int = 0) -> dict[str, An
         "start_val_loss": start.get("val_loss"),
         "kept_start": kept_start,
         "out_of_time": bool(stopper and stopper.out_of_time),
-        "epochs_run": len(losses),
-        "best_epoch": best + 1,
-        "train_loss": float(losses[best]) if losses else None,
-        "val_loss": float(val_losses[best]) if val_losses else None,
-        "seconds": round(time.monotonic() - started, 2),
+        **history_summary(losses, val_losses, best, started),
     }
     log.info("hybrid: trained %d epochs (best %d) in %.1fs", summary["epochs_run"], best + 1,
              summary["seconds"])

@@ -91,13 +91,19 @@ def fit(core: keras.Model, ws: WindowSet, mode: str, settings: Settings, verbose
     losses = hist.history.get("loss", [])
     val_losses = hist.history.get("val_loss", [])
     best = int(np.argmin(val_losses)) if val_losses else len(losses) - 1
-    summary = {
+    summary = history_summary(losses, val_losses, best, started)
+    log.info("trained %d epochs (best %d) in %.1fs", summary["epochs_run"], best + 1,
+             summary["seconds"])
+    return summary
+
+
+def history_summary(losses: list[float], val_losses: list[float], best: int,
+                    started: float) -> dict[str, Any]:
+    """What a fit leaves in the manifest: epochs run, the best epoch, its losses, seconds."""
+    return {
         "epochs_run": len(losses),
         "best_epoch": best + 1,
         "train_loss": float(losses[best]) if losses else None,
         "val_loss": float(val_losses[best]) if val_losses else None,
         "seconds": round(time.monotonic() - started, 2),
     }
-    log.info("trained %d epochs (best %d) in %.1fs", summary["epochs_run"], best + 1,
-             summary["seconds"])
-    return summary

@@ -223,24 +223,17 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch) -
         if not ok.any():
             continue
         x = np.ascontiguousarray(adv.windows[ok][:, store.width - model.n_steps:])
-        t0 = time.perf_counter()
         if c == 0:
+            t0 = time.perf_counter()
             rows = model.predict(x)
-        else:
-            try:
-                rows = model.predict(x)
-            except Exception as exc:  # a broken candidate must not stop the serving
-                metrics.SHADOW_ERRORS.inc()
-                log.warning("shadow %s failed on a batch: %s: %s", model.version,
-                            type(exc).__name__, exc)
-                continue
-        if c == 0:
             commit.model_seconds = time.perf_counter() - t0
             rows = _drop_non_finite(commit, batch, adv.order, ok, rows)
             ready, out = ok, rows
-        else:  # a shadow's non-finite forecast is simply not scored
-            bad = ~np.isfinite(rows).all(axis=1)
-            rows = np.where(bad[:, None], np.nan, rows)
+        else:
+            shadow = _shadow_forecasts(model, x)
+            if shadow is None:
+                continue
+            rows = shadow
         fc.point[ok, c] = rows[:, 0]
         if model.has_interval:
             fc.lo[ok, c], fc.hi[ok, c] = rows[:, model.horizon], rows[:, 2 * model.horizon]
@@ -253,6 +246,19 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch) -
         if served.current.has_interval:
             out = _widen(out, served.current.horizon, factor[ready])
         _predictions(commit, served.current, out, adv.order[ready], batch)
+
+
+def _shadow_forecasts(model: Predictor, x: np.ndarray) -> np.ndarray | None:
+    """A shadow's forecasts, NaN where not finite (not scored); None when it raised."""
+    try:
+        rows = model.predict(x)
+    except Exception as exc:  # a broken candidate must not stop the serving
+        metrics.SHADOW_ERRORS.inc()
+        log.warning("shadow %s failed on a batch: %s: %s", model.version,
+                    type(exc).__name__, exc)
+        return None
+    bad = ~np.isfinite(rows).all(axis=1)
+    return np.where(bad[:, None], np.nan, rows)
 
 
 def _widen(out: np.ndarray, h: int, factor: np.ndarray) -> np.ndarray:
