@@ -74,6 +74,19 @@ def test_version_1_checkpoints_still_load() -> None:
     assert int.from_bytes(new[:4], "little") & FLAG and decode_blob(new).count == 2
 
 
+def test_version_2_checkpoints_of_739b6de_still_load() -> None:
+    """Their header is 8 bytes shorter: a width-6 version-2 blob is as long as a width-4
+    current one, and must not be read as one."""
+    old = np.zeros(1, dtype=blob_dtype(6, version=2))
+    old["count"], old["last_ts"], old["aci"], old["v"] = 5 | FLAG, 42, 0.7, [0, 3, 4, 5, 6, 7]
+    assert len(old.tobytes()) == blob_dtype(4).itemsize
+    store = SeriesStore(width=4)
+    slot = store.add(b"s", old.tobytes())
+    assert store.vals[slot].tolist() == [4, 5, 6, 7] and store.count[slot] == 4
+    assert store.last_ts[slot] == 42 and store.aci_version[slot] == -1  # starts again
+    assert decode_blob(store.encode([slot])[0]).values.tolist() == [4, 5, 6, 7]
+
+
 def test_adaptive_intervals_widen_after_misses_and_survive_a_checkpoint() -> None:
     """Every value outside a too-narrow interval widens it; the factor is checkpointed."""
     store = SeriesStore(width=3)

@@ -1,10 +1,12 @@
 """The per-series checkpoint blob in `forecast:state`: the window and the interval state.
 
-Version 2 (written since the adaptive intervals): `count | FLAG`, `last_ts`, then the
-served version's adaptive-interval state (`aci_version`: the version number it belongs to;
-`aci`: log width factor; `pred`, `lo`, `hi`: its last forecast and interval, which the next
-value is scored against), then `width` float32 values, newest last. Version 1 blobs
-(`count`, `last_ts`, values) are still read: their interval state starts neutral.
+Version 3 (written now): `count | FLAG | FLAG3`, `last_ts`, then the served version's
+adaptive-interval state (`aci_version`: the version number it belongs to; `aci`: log width
+factor, float64; `pred`, `lo`, `hi`: its last forecast and interval, which the next value is
+scored against), then `width` float32 values, newest last. Older blobs are still read:
+version 2 (`count | FLAG`, `last_ts`, a float32 `aci`, `pred`, `lo`, `hi`, values; written
+by workers of 739b6de) and version 1 (`count`, `last_ts`, values); their interval state
+starts again (it has no version number).
 """
 
 from __future__ import annotations
@@ -14,16 +16,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FLAG = 1 << 30  # set in `count` of a version-2 blob (a window never holds 2**30 values)
+FLAG = 1 << 30  # set in `count` of a version-2 or -3 blob (a window never holds 2**29 values)
+FLAG3 = 1 << 29  # also set in a version-3 blob
 _V1 = [("count", "<i4"), ("last_ts", "<i8")]
-_V2 = [*_V1, ("aci_version", "<i4"), ("aci", "<f8"), ("pred", "<f4"), ("lo", "<f4"),
+_V2 = [*_V1, ("aci", "<f4"), ("pred", "<f4"), ("lo", "<f4"), ("hi", "<f4")]
+_V3 = [*_V1, ("aci_version", "<i4"), ("aci", "<f8"), ("pred", "<f4"), ("lo", "<f4"),
        ("hi", "<f4")]
+_HEADERS = {1: _V1, 2: _V2, 3: _V3}
+CURRENT = 3
 
 
 @functools.lru_cache(maxsize=64)
-def blob_dtype(width: int, version: int = 2) -> np.dtype:
+def blob_dtype(width: int, version: int = CURRENT) -> np.dtype:
     """The packed dtype of one checkpoint row of `width` values."""
-    return np.dtype([*(_V2 if version == 2 else _V1), ("v", "<f4", (width,))])
+    return np.dtype([*_HEADERS[version], ("v", "<f4", (width,))])
 
 
 @dataclass
@@ -41,12 +47,15 @@ class Checkpoint:
 
 
 def blob_version(blob: bytes) -> int:
-    """1 or 2, from the flag in the leading count."""
-    return 2 if int.from_bytes(blob[:4], "little") & FLAG else 1
+    """1, 2 or 3, from the flags in the leading count."""
+    head = int.from_bytes(blob[:4], "little")
+    if not head & FLAG:
+        return 1
+    return 3 if head & FLAG3 else 2
 
 
 def decode_blob(blob: bytes) -> Checkpoint:
-    """Any blob, either version.
+    """Any blob, of any version.
 
     >>> nan = np.full(1, np.nan)
     >>> raw = encode_rows(np.array([2]), np.array([5]), np.ones(1), np.zeros(1), nan, nan, nan,
@@ -55,12 +64,12 @@ def decode_blob(blob: bytes) -> Checkpoint:
     (2, 5, [7.0, 8.0])
     """
     version = blob_version(blob)
-    header = np.dtype(_V2 if version == 2 else _V1).itemsize
+    header = np.dtype(_HEADERS[version]).itemsize
     width = (len(blob) - header) // 4
     row = np.frombuffer(blob, dtype=blob_dtype(width, version), count=1)[0]
-    count = int(row["count"]) & ~FLAG
+    count = int(row["count"]) & ~(FLAG | FLAG3)
     values = np.array(row["v"][width - count:], dtype=np.float32)
-    if version == 1:
+    if version < CURRENT:  # no version number for the interval state: it starts again
         return Checkpoint(count, int(row["last_ts"]), values)
     return Checkpoint(count, int(row["last_ts"]), values, int(row["aci_version"]),
                       float(row["aci"]), float(row["pred"]), float(row["lo"]), float(row["hi"]))
@@ -69,9 +78,9 @@ def decode_blob(blob: bytes) -> Checkpoint:
 def encode_rows(count: np.ndarray, last_ts: np.ndarray, aci_version: np.ndarray,
                 aci: np.ndarray, pred: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                 vals: np.ndarray) -> list[bytes]:
-    """Version-2 blobs of many rows (one bytes object each)."""
+    """Current-version blobs of many rows (one bytes object each)."""
     rows = np.empty(len(count), dtype=blob_dtype(vals.shape[1]))
-    rows["count"] = count | FLAG
+    rows["count"] = count | FLAG | FLAG3
     rows["last_ts"] = last_ts
     rows["aci_version"] = aci_version
     rows["aci"], rows["pred"], rows["lo"], rows["hi"] = aci, pred, lo, hi
@@ -82,7 +91,8 @@ def encode_rows(count: np.ndarray, last_ts: np.ndarray, aci_version: np.ndarray,
 
 
 def decode_same(blobs: list[bytes], width: int) -> np.ndarray:
-    """Version-2 blobs of exactly `width` values, decoded in one numpy pass (count unflagged)."""
+    """Current-version blobs of exactly `width` values, decoded in one numpy pass (count
+    unflagged)."""
     rows = np.frombuffer(b"".join(blobs), dtype=blob_dtype(width)).copy()
-    rows["count"] &= ~FLAG
+    rows["count"] &= ~(FLAG | FLAG3)
     return rows

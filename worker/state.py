@@ -20,7 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from worker.checkpoint import blob_dtype, blob_version, decode_blob, decode_same, encode_rows
+from worker.checkpoint import (
+    CURRENT,
+    blob_dtype,
+    blob_version,
+    decode_blob,
+    decode_same,
+    encode_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +204,7 @@ class SeriesStore(RowArrays):
         self.last_used[idx] = self.tick
         size = blob_dtype(self.width).itemsize
         same = [i for i, b in enumerate(blobs)
-                if b is not None and len(b) == size and blob_version(b) == 2]
+                if b is not None and len(b) == size and blob_version(b) == CURRENT]
         if same:
             rows = decode_same([blobs[i] for i in same], self.width)  # type: ignore[misc]
             at = idx[same]
@@ -207,7 +214,7 @@ class SeriesStore(RowArrays):
             self.pred[at, 0] = rows["pred"]
             self.lo[at, 0], self.hi[at, 0] = rows["lo"], rows["hi"]
         done = set(same)
-        for i, blob in enumerate(blobs):  # other widths (a model change) or version 1
+        for i, blob in enumerate(blobs):  # other widths (a model change) or older versions
             if blob is not None and i not in done:
                 self._restore(slots[i], blob)
 
