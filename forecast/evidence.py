@@ -175,8 +175,8 @@ def decide(current: str, shadows: dict[str, str], pairs: dict[str, Pair], live: 
     mase = live.mase
     if live.n >= min_n and worse > z and mase is not None and mase >= 1 + margin:
         # ...to a previous version that does no worse on the same actuals (never a chain)
-        prev = [v for v, s in shadows.items()
-                if s == "previous" and (pairs[v].ratio or float("inf")) < 1.0]
+        prev = [v for v, s in shadows.items() if s == "previous"
+                and (ratio := pairs[v].ratio) is not None and ratio < 1.0]
         if prev:
             return Decision("rollback", prev[0], "worse_than_naive", int(live.n), None, mase,
                             round(worse, 3), "naive")

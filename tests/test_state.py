@@ -145,3 +145,23 @@ def test_a_shadow_that_raises_does_not_stop_the_serving() -> None:
     commit = build_commit(entries, store, served, Limits(), lambda s: [None] * len(s))
     assert commit.n_predictions == 3 and not commit.deadletters  # from the third value on
     assert metrics.SHADOW_ERRORS._value.get() == before + 1
+
+
+def test_a_shadow_with_the_wrong_output_shape_is_not_scored() -> None:
+    from forecast.grammar import Limits
+    from tests.helpers import LinearModel, NaiveModel
+    from worker import metrics
+    from worker.batch import Served, build_commit
+
+    class Narrow(NaiveModel):
+        def predict(self, windows: np.ndarray) -> np.ndarray:
+            return super().predict(windows)[:, :1]  # declares an interval, gives none
+
+    served = Served(LinearModel(has_interval=True), [Narrow("v8")])
+    before = metrics.SHADOW_ERRORS._value.get()
+    entries = [(f"{i}-0".encode(), [b"series", b"s", b"value", str(i).encode()])
+               for i in range(1, 6)]
+    commit = build_commit(entries, SeriesStore(width=3), served, Limits(),
+                          lambda s: [None] * len(s))
+    assert commit.n_predictions == 3 and not commit.deadletters
+    assert metrics.SHADOW_ERRORS._value.get() == before + 1

@@ -21,6 +21,7 @@ from worker.scoring import Forecasts, Joined, Scores, adapt, evaluate
 from worker.state import COLUMNS, SeriesStore
 
 log = logging.getLogger(__name__)
+_FAILED_SHADOWS: set[str] = set()  # versions whose failure was logged
 
 Entry = tuple[bytes, list[bytes] | None]  # (entry id, flat fields); None = deleted entry
 DEADLETTER_FIELD_MAX = 1024  # bytes kept of each field of a dead letter (the input keeps all)
@@ -84,6 +85,16 @@ class Commit:
     scores: Scores | None = None  # the live evidence of this batch (worker.scoring)
     pending: tuple[SeriesStore, Joined] | None = None  # scored by `finish_scores`
     versions: tuple[str, ...] = ()  # the versions of the score columns
+
+
+def id_key(entry_id: bytes) -> tuple[int, int]:
+    """A stream entry id as (ms, seq), which orders ids as Redis does (bytes do not).
+
+    >>> sorted([b"5-10", b"5-9", b"40-0"], key=id_key)
+    [b'5-9', b'5-10', b'40-0']
+    """
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 def entry_ms(entry_id: bytes) -> int:
@@ -249,16 +260,21 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch) -
 
 
 def _shadow_forecasts(model: Predictor, x: np.ndarray) -> np.ndarray | None:
-    """A shadow's forecasts, NaN where not finite (not scored); None when it raised."""
+    """A shadow's forecasts, NaN where not finite (not scored); None when it raised or gave
+    another shape than it declares."""
+    width = model.horizon * (3 if model.has_interval else 1)
     try:
-        rows = model.predict(x)
+        rows = np.asarray(model.predict(x), dtype=np.float64)
+        if rows.shape != (len(x), width):
+            raise ValueError(f"output shape {rows.shape}, expected {(len(x), width)}")
     except Exception as exc:  # a broken candidate must not stop the serving
         metrics.SHADOW_ERRORS.inc()
-        log.warning("shadow %s failed on a batch: %s: %s", model.version,
-                    type(exc).__name__, exc)
+        if model.version not in _FAILED_SHADOWS:  # once per version: it fails every batch
+            _FAILED_SHADOWS.add(model.version)
+            log.warning("shadow %s failed on a batch (not scored while it fails): %s: %s",
+                        model.version, type(exc).__name__, exc)
         return None
-    bad = ~np.isfinite(rows).all(axis=1)
-    return np.where(bad[:, None], np.nan, rows)
+    return np.where(np.isfinite(rows).all(axis=1, keepdims=True), rows, np.nan)
 
 
 def _widen(out: np.ndarray, h: int, factor: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, NoScriptErr
 from forecast.errors import Fenced, error_code
 from forecast.keys import ShardKeys
 from worker import metrics
-from worker.batch import Commit, Entry, dead_letter
+from worker.batch import Commit, Entry, dead_letter, id_key
 from worker.recovery import FencedCalls, is_fenced, to_entries
 from worker.scripts import GUARD, Scripts, commit_args
 from worker.state import SeriesStore
@@ -198,7 +198,7 @@ class ShardIO(FencedCalls):
     def _commit_args(self, shard: Shard, commit: Commit, pred_maxlen: int,
                      dead_maxlen: int) -> list[Any]:
         if commit.ack_ids and self.input_maxlen:
-            first = min(commit.ack_ids) if shard.recovering else commit.ack_ids[0]
+            first = min(commit.ack_ids, key=id_key) if shard.recovering else commit.ack_ids[0]
             shard.note_batch(first, len(commit.ack_ids), self.input_maxlen)
         return commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen,
                            self.scripts.msgpack_ok, self.input_retention_ms,
