@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from worker.checkpoint import FLAG, blob_dtype, decode_blob
@@ -165,3 +167,29 @@ def test_a_shadow_with_the_wrong_output_shape_is_not_scored() -> None:
                           lambda s: [None] * len(s))
     assert commit.n_predictions == 3 and not commit.deadletters
     assert metrics.SHADOW_ERRORS._value.get() == before + 1
+
+
+def test_evidence_is_taken_round_robin() -> None:
+    store = SeriesStore(width=2)
+    store.place([b"a", b"b", b"c"], lambda s: [None] * len(s))
+    store.ev[:3, 0, 0] = 1.0
+    first, _ = store.take_evidence(2)
+    store.ev[:3, 0, 0] = 1.0  # everyone has evidence again
+    second, _ = store.take_evidence(2)
+    assert len(set(first) | set(second)) == 3  # the one left out first goes first now
+
+
+def test_a_final_flush_sends_every_series(monkeypatch: Any) -> None:
+    import fakeredis
+
+    from forecast import keys
+    from worker import live
+
+    monkeypatch.setattr(live, "SERIES_CAP", 2)  # 5 series: three round trips
+    store = SeriesStore(width=2)
+    store.place([b"a", b"b", b"c", b"d", b"e"], lambda s: [None] * len(s))
+    store.ev[:5, 0] = [1.0, 0.5, 1.0]
+    client = fakeredis.FakeRedis()
+    live.LiveBuffer().flush(client, [store], ["v1"], final=True)
+    sent = client.hgetall(keys.live_series("v1"))
+    assert {k.split(b":")[0] for k in sent} == {b"a", b"b", b"c", b"d", b"e"}

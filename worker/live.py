@@ -41,6 +41,7 @@ class LiveBuffer:
         self.overall = drift.PageHinkley(min_instances=30, delta=0.005, threshold=50.0)
         self.overall_alarms: list[float] = []
         self.next_series_flush = time.monotonic() + SERIES_FLUSH_S
+        self.first_store = 0  # stores take turns at the head of the per-series flush
 
     def add(self, commit: Commit) -> None:
         """Fold one committed batch's scores in."""
@@ -63,7 +64,8 @@ class LiveBuffer:
     def flush(self, client: Any, stores: list[Any], versions: list[str],
               final: bool = False) -> None:
         """Add the sums to Redis, write drift events. Per-series sums (kept in the stores'
-        rows) go out every SERIES_FLUSH_S or when `final`, at most SERIES_CAP series a time."""
+        rows) go out every SERIES_FLUSH_S, at most SERIES_CAP series a time (round robin over
+        series and stores); when `final`, all of them, SERIES_CAP series per round trip."""
         series_due = (final or time.monotonic() >= self.next_series_flush) and versions
         if not (self.versions or self.drifted or self.overall_alarms or series_due):
             return
@@ -79,20 +81,32 @@ class LiveBuffer:
         if series_due:
             self.next_series_flush = time.monotonic() + SERIES_FLUSH_S
             left = SERIES_CAP
-            for store in stores:
-                names, sums = store.take_evidence(left)
-                left -= len(names)
-                for name, row in zip(names, sums.tolist(), strict=True):
-                    text = name.decode("utf-8", "replace")
-                    for v, (n, err, naive) in zip(versions, row, strict=False):
-                        if n:
-                            pipe.hincrbyfloat(keys.live_series(v), f"{text}:n", n)
-                            pipe.hincrbyfloat(keys.live_series(v), f"{text}:err", err)
-                            pipe.hincrbyfloat(keys.live_series(v), f"{text}:naive", naive)
+            turn = self.first_store % max(1, len(stores))
+            self.first_store += 1
+            for store in [*stores[turn:], *stores[:turn]]:
+                while left > 0 or final:
+                    if left <= 0:  # final: everything goes, one round trip per SERIES_CAP
+                        pipe.execute()
+                        left = SERIES_CAP
+                    names, sums = store.take_evidence(left)
+                    if not names:
+                        break
+                    left -= len(names)
+                    self._series_sums(pipe, versions, names, sums)
         self._drift_events(pipe)
         self.versions.clear()
         self.pairs.clear()
         pipe.execute()
+
+    @staticmethod
+    def _series_sums(pipe: Any, versions: list[str], names: list[bytes], sums: Any) -> None:
+        for name, row in zip(names, sums.tolist(), strict=True):
+            text = name.decode("utf-8", "replace")
+            for v, (n, err, naive) in zip(versions, row, strict=False):
+                if n:
+                    pipe.hincrbyfloat(keys.live_series(v), f"{text}:n", n)
+                    pipe.hincrbyfloat(keys.live_series(v), f"{text}:err", err)
+                    pipe.hincrbyfloat(keys.live_series(v), f"{text}:naive", naive)
 
     def _drift_events(self, pipe: Any) -> None:
         now = str(int(time.time() * 1000))

@@ -105,6 +105,7 @@ class RowArrays:
         self.free: list[int] = list(range(cap - 1, -1, -1))
         self.tick = 1
         self.evicted = 0
+        self.ev_cursor = 0  # the row take_evidence continues from
 
     def __len__(self) -> int:
         return len(self.index)
@@ -310,8 +311,16 @@ class SeriesStore(RowArrays):
         return n
 
     def take_evidence(self, limit: int) -> tuple[list[bytes], np.ndarray]:
-        """Up to `limit` series with per-series evidence waiting, and their sums (cleared)."""
-        rows = np.flatnonzero((self.ev[:, :, 0] > 0).any(axis=1))[:limit]
+        """Up to `limit` series with per-series evidence waiting, and their sums (cleared).
+
+        Round robin over the rows (from where the last call stopped), so that with more
+        series than `limit` every one of them is sent in turn.
+        """
+        waiting = np.flatnonzero((self.ev[:, :, 0] > 0).any(axis=1))
+        start = int(np.searchsorted(waiting, self.ev_cursor))
+        rows = np.concatenate([waiting[start:], waiting[:start]])[:limit]
+        if len(rows):
+            self.ev_cursor = int(rows[-1]) + 1
         sums = self.ev[rows].copy()
         self.ev[rows] = 0.0
         return self.keys_of(rows), sums
