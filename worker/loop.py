@@ -207,9 +207,9 @@ class Worker:
             except redis.RedisError as exc:  # an outage must not lose the new lineup
                 log.warning("live evidence not flushed before the model swap: %s", exc)
         old = self.model
-        before = [m.version for m in ([old, *self.shadows] if old is not None else [])]
+        before = self._versions()
         self.model, self.shadows = lineup.current, lineup.shadows[:COLUMNS - 1]
-        after = [m.version for m in [self.model, *self.shadows]]
+        after = self._versions()
         if old is None or old.version != self.model.version:
             self.telemetry.new_model()
         self.next_maintenance = 0.0  # acquire shards right away

@@ -191,11 +191,13 @@ def evaluate(store: SeriesStore, j: Joined) -> Scores:
     z = np.where(joined, scaled, 0.0)
     zn = np.where(joined, scaled_naive[:, None], 0.0)
     scores = _sums(err, z, zn, joined, has_iv, covered, scaled_width)
-    per_series = np.stack([_per_group(joined * 1.0, adv), _per_group(z, adv),
-                           _per_group(zn, adv)], axis=-1)
+    # per series: joined values, scaled errors, scaled naive errors (the evidence columns)
     ev = min(z.shape[1], store.ev.shape[1])
-    store.ev[adv.rows, :ev] += per_series[:, :ev]  # flushed by worker.live, per series
-    scores.drifted = _page_hinkley(store, adv, z[:, 0], joined[:, 0])
+    per_series = _per_group(np.concatenate([joined[:, :ev], z[:, :ev], zn[:, :ev]], axis=1,
+                                           dtype=np.float64), adv).reshape(-1, 3, ev)
+    per_series = per_series.transpose(0, 2, 1)  # (groups, ev, 3)
+    store.ev[adv.rows, :ev] += per_series  # flushed by worker.live, per series
+    scores.drifted = _page_hinkley(store, adv, per_series[:, 0, 1], per_series[:, 0, 0])
     return scores
 
 
@@ -243,11 +245,10 @@ def _sums(err: np.ndarray, z: np.ndarray, zn: np.ndarray, joined: np.ndarray,
         pair_a=cols[11], pair_b=cols[12], naive_d=cols[13], naive_d2=cols[14])
 
 
-def _page_hinkley(store: SeriesStore, adv: Advance, x: np.ndarray, ok: np.ndarray
+def _page_hinkley(store: SeriesStore, adv: Advance, total: np.ndarray, cnt: np.ndarray
                   ) -> list[tuple[bytes, float]]:
-    """Update each series' Page-Hinkley state with its scaled errors; the series that alarm."""
-    cnt = _per_group(ok * 1.0, adv)
-    total = _per_group(x, adv)
+    """Update each series' Page-Hinkley state with the sum and count of its batch's scaled
+    errors (current version); the series that alarm."""
     rows = adv.rows
     n0 = store.ph_n[rows].astype(np.float64)
     n1 = n0 + cnt
