@@ -142,9 +142,10 @@ def test_commit_refuses_before_writing_when_an_output_key_has_a_wrong_type(
     r.set(keys.DEADLETTER, "not a stream")  # an operator mistake
     w = running()
     wait_until(lambda: w.shards, what="shard acquired")
-    for v in (1, 2, 3):
-        r.xadd(keys.VALUES, {"series": "t", "value": str(v)})
-    r.xadd(keys.VALUES, {"series": "t", "value": "bad"})
+    pipe = r.pipeline(transaction=True)  # all four in one read: a batch that cannot commit
+    for v in ("1", "2", "3", "bad"):     # is retried, and a later entry would never be read
+        pipe.xadd(keys.VALUES, {"series": "t", "value": v})
+    pipe.execute()
     wait_until(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 4, what="batch read")
     assert not r.exists(keys.PREDICTIONS)  # nothing half-written, nothing acked
     r.delete(keys.DEADLETTER)
