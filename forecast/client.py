@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
+
+import redis
 
 from forecast import csvio, keys
 from forecast.errors import ReplicasBehind, UsageError
@@ -17,15 +20,24 @@ Item = tuple[str, float | str, int | None]  # series, value, ts (epoch ms) or No
 
 
 class Producer:
-    """Pushes values into the right input shard (crc32(series) mod shards), pipelined."""
+    """Pushes values into the right input shard (crc32(series) mod shards), pipelined.
+
+    Every value carries a producer sequence number `seq` (microseconds since the epoch,
+    strictly increasing across the values this producer sends), so a chunk that is sent again
+    after a connection error is safe: whatever of it had landed already is recognised by the
+    worker and dead-lettered as `duplicate`, never predicted twice. A chunk is sent at most
+    `1 + retries` times; the client itself never re-sends anything (`forecast.redis_conn`).
+    """
 
     def __init__(
         self, client: Any, shards: int = 1, cluster: bool = False, chunk: int = 1000,
-        wait_replicas: int = 0, wait_timeout_ms: int = 1000,
+        wait_replicas: int = 0, wait_timeout_ms: int = 1000, retries: int = 3,
+        retry_wait_s: float = 0.2, sequence: bool = True,
     ) -> None:
         """`wait_replicas=N`: each pipelined chunk ends with `WAIT N wait_timeout_ms`, and
         `push`/`push_many` raise `ReplicasBehind` when fewer replicas confirmed it (the values
-        are on the primary then, but a failover may lose them)."""
+        are on the primary then, but a failover may lose them). `sequence=False` sends no
+        `seq` (and then never retries: a retry could duplicate a value)."""
         if wait_replicas and cluster:
             raise UsageError("waiting for replicas (WAIT) is not supported with --cluster")
         self.client = client
@@ -34,47 +46,76 @@ class Producer:
         self.chunk = chunk
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
+        self.sequence = sequence
+        self.retries = retries if sequence else 0
+        self.retry_wait_s = retry_wait_s
+        self.last_seq = 0
 
     def stream_of(self, series: str) -> str:
         """The input stream a series is routed to."""
         return keys.values_stream(keys.shard_of(series, self.shards), self.shards, self.cluster)
 
+    def next_seq(self) -> int:
+        """A sequence number above every earlier one of this producer (and of earlier
+        producers on a clock that does not go back): microseconds since the epoch."""
+        self.last_seq = max(time.time_ns() // 1000, self.last_seq + 1)
+        return self.last_seq
+
     @staticmethod
-    def fields(series: str, value: float | str, ts: int | None = None) -> dict[str, str]:
+    def fields(series: str, value: float | str, ts: int | None = None,
+               seq: int | None = None) -> dict[str, str]:
         """The entry fields of one value.
 
         >>> Producer.fields("s1", 7)
         {'series': 's1', 'value': '7'}
-        >>> Producer.fields("s1", 0.5, ts=1700000000000)
-        {'series': 's1', 'value': '0.5', 'ts': '1700000000000'}
+        >>> Producer.fields("s1", 0.5, ts=1700000000000, seq=12)
+        {'series': 's1', 'value': '0.5', 'ts': '1700000000000', 'seq': '12'}
         """
         out = {"series": series, "value": value if isinstance(value, str) else repr(value)}
         if isinstance(value, int):
             out["value"] = str(value)
         if ts is not None:
             out["ts"] = str(ts)
+        if seq is not None:
+            out["seq"] = str(seq)
         return out
+
+    def _entry(self, series: str, value: float | str, ts: int | None) -> tuple[str, Any]:
+        seq = self.next_seq() if self.sequence else None
+        return self.stream_of(series), self.fields(series, value, ts, seq)
 
     def push(self, series: str, value: float | str, ts: int | None = None) -> bytes:
         """Push one value; returns the entry id."""
-        if self.wait_replicas:
-            return self.push_many([(series, value, ts)])[0]
-        return self.client.xadd(self.stream_of(series), self.fields(series, value, ts))
+        return self._send([self._entry(series, value, ts)], 0)[0]
 
     def push_many(self, items: Iterable[Item]) -> list[bytes]:
         """Push many values in pipelined chunks; returns the entry ids in order."""
         ids: list[bytes] = []
-        pipe = self.client.pipeline(transaction=False)
-        n = 0
-        for n, (series, value, ts) in enumerate(items, start=1):
-            pipe.xadd(self.stream_of(series), self.fields(series, value, ts))
-            if n % self.chunk == 0:
-                ids += self._execute(pipe, ids)
-        if not self.wait_replicas or n % self.chunk:
-            ids += self._execute(pipe, ids)
+        chunk: list[tuple[str, Any]] = []
+        for series, value, ts in items:
+            chunk.append(self._entry(series, value, ts))
+            if len(chunk) == self.chunk:
+                ids += self._send(chunk, len(ids))
+                chunk = []
+        if chunk:
+            ids += self._send(chunk, len(ids))
         return ids
 
-    def _execute(self, pipe: Any, done: list[bytes]) -> list[bytes]:
+    def _send(self, chunk: list[tuple[str, Any]], done: int) -> list[bytes]:
+        """One chunk in one round trip, sent again (same fields) after a connection error."""
+        for attempt in range(self.retries + 1):
+            pipe = self.client.pipeline(transaction=False)
+            for stream, fields in chunk:
+                pipe.xadd(stream, fields)
+            try:
+                return self._execute(pipe, done)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if attempt == self.retries:
+                    raise
+                time.sleep(self.retry_wait_s * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def _execute(self, pipe: Any, done: int) -> list[bytes]:
         if not self.wait_replicas:
             return list(pipe.execute())
         # WAIT on the connection that wrote: the pipeline's, in the same round trip
@@ -82,7 +123,7 @@ class Producer:
         *ids, confirmed = pipe.execute()
         if int(confirmed) < self.wait_replicas:
             raise ReplicasBehind(int(confirmed), self.wait_replicas, self.wait_timeout_ms,
-                                 pushed=len(done) + len(ids))
+                                 pushed=done + len(ids))
         return ids
 
 
@@ -150,13 +191,21 @@ def format_prediction(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
     return line + f"  model={f.get('model_version', '?')}  source={f.get('source_id', '?')}"
 
 
+def newest_id(client: Any, stream: str) -> bytes | str:
+    """The id of the newest entry of `stream` ("0-0" when it is empty or missing)."""
+    newest = client.xrevrange(stream, count=1)
+    return newest[0][0] if newest else "0-0"
+
+
 def run_tail(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) -> int:
     """`forecast tail`: follow predictions (or dead letters) until Ctrl-C or --count."""
     client = connect(settings, timeout=None)
     streams = (keys.deadletter_streams if args.deadletter else keys.output_streams)(
         settings.shards, settings.cluster
     )
-    last = {s: "0-0" if args.from_start else "$" for s in streams}
+    # Concrete ids, never "$": reading one stream at a time (a cluster), "$" would skip what
+    # arrived in the others since their last read.
+    last = {s: "0-0" if args.from_start else newest_id(client, s) for s in streams}
     want = args.series.encode() if args.series else None
     shown = 0
     try:

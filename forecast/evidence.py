@@ -103,8 +103,13 @@ def t_stat(n: float, total: float, squares: float) -> float:
 
 
 def _floats(raw: dict[Any, Any], names: tuple[str, ...]) -> dict[str, float]:
-    got = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
-    return {n: got.get(n, 0.0) for n in names}
+    """The named sums of an evidence hash (other fields, such as flush markers, ignored).
+
+    >>> _floats({b"n": b"2", b"flush:w1": b"17"}, ("n", "d"))
+    {'n': 2.0, 'd': 0.0}
+    """
+    got = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+    return {n: float(got.get(n, 0.0)) for n in names}
 
 
 def read_live(client: Any, versions: list[str]) -> dict[str, Live]:

@@ -26,13 +26,16 @@ def connect(settings: Settings, *, timeout: float | None = 10.0) -> AnyRedis:
         "health_check_interval": 30,
         "decode_responses": False,
         "protocol": 2,  # raw stream replies are parsed as RESP2 arrays
+        # No silent re-sends, on every kind of client: a command whose reply was lost (an
+        # XADD, a commit, a claim) must not run twice behind the caller's back. Whoever
+        # retries does so on purpose: the worker's and trainer's except ladders (the worker
+        # recovers from the checkpoint), the Producer with its sequence numbers.
+        "retry": Retry(NoBackoff(), 0),
     }
     if settings.sentinels:
         return _sentinel_master(settings, kwargs)
     if settings.cluster:
-        # No silent re-sends: a commit whose reply was lost must not run twice; the worker
-        # recovers from the checkpoint instead (single-node clients never retry by default).
-        return RedisCluster.from_url(settings.redis_url, retry=Retry(NoBackoff(), 0), **kwargs)
+        return RedisCluster.from_url(settings.redis_url, **kwargs)
     return redis.Redis.from_url(settings.redis_url, **kwargs)
 
 

@@ -66,6 +66,23 @@ def tiny_model() -> tuple[bytes, dict[str, Any]]:
     return trained.blob, dict(trained.manifest)
 
 
+def stale_model(manifest: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """A deliberately worse model of the same shape as `manifest`'s: it forecasts the oldest
+    value of its window (two steps stale at n_steps=3), with a zero-width interval."""
+    import keras
+
+    from trainer.model import to_bytes
+
+    n = int(manifest["n_steps"])
+    x = keras.Input((n, 1))
+    first = keras.layers.Flatten()(keras.layers.Cropping1D((0, n - 1))(x))
+    outputs = [first] * (3 if manifest.get("outputs") == "interval" else 1)
+    out = keras.layers.Concatenate()(outputs) if len(outputs) > 1 else first
+    model = keras.Model(x, out)
+    plain = {k: v for k, v in manifest.items() if k not in ("sha256", "version", "hmac")}
+    return to_bytes(model), {**plain, "arch": "stale"}
+
+
 def publish_tiny_model(url: str) -> str:
     """Publish the tiny model to the Redis at `url`; its version."""
     from forecast import registry
@@ -87,6 +104,7 @@ def reference_predictions(model: Any, entries: list[tuple[bytes, dict[bytes, byt
     the series too. Bad entries are skipped, as the worker dead-letters them.
     """
     windows: dict[bytes, list[float]] = {}
+    last_seq: dict[bytes, int] = {}
     ids: list[tuple[bytes, bytes]] = []
     rows: list[list[float]] = []
     n = model.n_steps
@@ -95,6 +113,10 @@ def reference_predictions(model: Any, entries: list[tuple[bytes, dict[bytes, byt
         parsed = parse_fields(flat, limits)
         if isinstance(parsed, str):
             continue
+        if parsed[3] >= 0:  # a producer's sequence number: a repeat is a duplicate
+            if parsed[3] <= last_seq.get(parsed[0], -1):
+                continue
+            last_seq[parsed[0]] = parsed[3]
         window = windows.setdefault(parsed[0], [])
         window.append(float(np.float32(parsed[1])))
         del window[:-n]

@@ -71,9 +71,7 @@ def test_a_better_candidate_is_promoted_on_live_evidence(r: redis.Redis, redis_u
     assert live["v1"].mase is not None and live["v1"].mase > 1.2
     # only the current version's forecasts are written
     assert {f[b"model_version"] for _, f in r.xrange(keys.PREDICTIONS)} == {b"v1"}
-    w.live.next_series_flush = 0.0  # per-series sums go out every 30 s: now
-    per_series = wait_until(lambda: r.hgetall(keys.live_series("v1")), 10, what="per series")
-    assert b"rw0:n" in per_series and float(per_series[b"rw0:err"]) > 0
+    assert not r.exists(keys.live_series("v1"))  # no per-series evidence is written
 
 
 def test_an_equal_candidate_is_never_promoted(r: redis.Redis, redis_url: str,

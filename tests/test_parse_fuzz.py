@@ -50,14 +50,15 @@ def is_decimal(s: bytes) -> bool:
     return j == len(s)
 
 
-def oracle(fields: list[bytes], limits: Limits = LIMITS) -> tuple[bytes, float, int] | str:
+def oracle(fields: list[bytes], limits: Limits = LIMITS) -> tuple[bytes, float, int, int] | str:
     """What the documented grammar says about an entry."""
     named: dict[bytes, list[bytes]] = {}
     for name, raw in zip(fields[0::2], fields[1::2], strict=False):
         named.setdefault(name, []).append(raw)
-    if any(len(named.get(n, [])) > 1 for n in (b"series", b"value", b"ts")):
+    if any(len(named.get(n, [])) > 1 for n in (b"series", b"value", b"ts", b"seq")):
         return "duplicate_field"
-    series, value, ts = (named[n][0] if n in named else None for n in (b"series", b"value", b"ts"))
+    series, value, ts, seq = (named[n][0] if n in named else None
+                              for n in (b"series", b"value", b"ts", b"seq"))
     if series is None:
         return "missing_series"
     if series == b"":
@@ -81,11 +82,17 @@ def oracle(fields: list[bytes], limits: Limits = LIMITS) -> tuple[bytes, float, 
         return "value_not_finite"
     if abs(number) > 1e30:  # README: at most 1e30 in absolute value
         return "value_out_of_range"
-    if ts is None:
-        return series, number, -1
-    if not (1 <= len(ts) <= min(15, limits.max_value_bytes) and all(b in DIGITS for b in ts)):
-        return "bad_ts"
-    return series, number, int(ts)
+    stamp = -1
+    if ts is not None:
+        if not (1 <= len(ts) <= min(15, limits.max_value_bytes)
+                and all(b in DIGITS for b in ts)):
+            return "bad_ts"
+        stamp = int(ts)
+    if seq is None:
+        return series, number, stamp, -1
+    if not (1 <= len(seq) <= 18 and all(b in DIGITS for b in seq)):  # README: an int64
+        return "bad_seq"
+    return series, number, stamp, int(seq)
 
 
 # --- strategies ----------------------------------------------------------------------------
@@ -110,7 +117,9 @@ SERIES = st.one_of(
 TS = st.one_of(st.integers(0, 10**15 - 1).map(lambda n: str(n).encode()),
                st.sampled_from([b"", b"-5", b"1.5", b"1e3", b"0x10", b" 5", b"1" * 16, b"\xff"]),
                st.binary(max_size=20))
-NAME = st.sampled_from([b"series", b"value", b"ts", b"extra", b"Series", b"\xff", b""])
+SEQ = st.one_of(st.integers(0, 10**18 - 1).map(lambda n: str(n).encode()),
+                st.sampled_from([b"", b"-1", b"1.0", b"1" * 19, b"0", b" 1", b"\xff"]))
+NAME = st.sampled_from([b"series", b"value", b"ts", b"seq", b"extra", b"Series", b"\xff", b""])
 
 
 @st.composite
@@ -123,9 +132,12 @@ def entries(draw: st.DrawFn) -> list[bytes]:
         pairs.append((b"value", draw(VALUE)))
     if draw(st.booleans()):
         pairs.append((b"ts", draw(TS)))
+    if draw(st.booleans()):
+        pairs.append((b"seq", draw(SEQ)))
     for _ in range(draw(st.integers(0, 3))):
         name = draw(NAME)
-        gen = {b"series": SERIES, b"value": VALUE, b"ts": TS}.get(name, st.binary(max_size=8))
+        gen = {b"series": SERIES, b"value": VALUE, b"ts": TS, b"seq": SEQ}.get(
+            name, st.binary(max_size=8))
         pairs.append((name, draw(gen)))
     pairs = draw(st.permutations(pairs))
     flat = [b for pair in pairs for b in pair]
@@ -163,7 +175,7 @@ def test_valid_entries_round_trip(value: bytes, series: str, ts: int | None) -> 
         fields += [b"ts", str(ts).encode()]
     result = parse_fields(fields)
     if len(value) <= 64 and abs(float(value)) <= 1e30:
-        assert result == (series.encode(), float(value), -1 if ts is None else ts)
+        assert result == (series.encode(), float(value), -1 if ts is None else ts, -1)
     else:
         assert result in ("value_too_long", "value_not_finite", "value_out_of_range")
 
@@ -184,5 +196,8 @@ def test_oracle_itself_on_known_cases() -> None:
     assert not any(is_decimal(v) for v in bad)
     assert oracle([b"series", b"s", b"value", b"1e999"]) == "value_not_finite"
     assert oracle([b"series", "a\u0085".encode(), b"value", b"1"]) == "bad_series"
-    assert oracle([b"value", b"1", b"series", b"s", b"ts", b"0"]) == (b"s", 1.0, 0)
+    assert oracle([b"value", b"1", b"series", b"s", b"ts", b"0"]) == (b"s", 1.0, 0, -1)
+    assert oracle([b"series", b"s", b"value", b"1", b"seq", b"9" * 18]) == (b"s", 1.0, -1,
+                                                                            10**18 - 1)
+    assert oracle([b"series", b"s", b"value", b"1", b"seq", b"9" * 19]) == "bad_seq"
     assert oracle([b"series", b"s", b"series", b"s", b"value", b"1"]) == "duplicate_field"

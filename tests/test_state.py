@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from worker.checkpoint import FLAG, blob_dtype, decode_blob
+from worker.checkpoint import decode_blob
 from worker.scoring import Forecasts, score
 from worker.state import SeriesStore
 
@@ -65,30 +63,6 @@ def test_accept_in_order_drops_older_timestamps_only() -> None:
     assert ok.tolist() == [True, False, True, True]
 
 
-def test_version_1_checkpoints_still_load() -> None:
-    old = np.zeros(1, dtype=blob_dtype(3, version=1))
-    old["count"], old["last_ts"], old["v"] = 2, 42, [0, 7, 8]
-    store = SeriesStore(width=3)
-    slot = store.add(b"s", old.tobytes())
-    assert store.vals[slot].tolist() == [0, 7, 8] and store.count[slot] == 2
-    assert store.last_ts[slot] == 42 and store.aci[slot] == 0.0
-    new = store.encode([slot])[0]
-    assert int.from_bytes(new[:4], "little") & FLAG and decode_blob(new).count == 2
-
-
-def test_version_2_checkpoints_of_739b6de_still_load() -> None:
-    """Their header is 8 bytes shorter: a width-6 version-2 blob is as long as a width-4
-    current one, and must not be read as one."""
-    old = np.zeros(1, dtype=blob_dtype(6, version=2))
-    old["count"], old["last_ts"], old["aci"], old["v"] = 5 | FLAG, 42, 0.7, [0, 3, 4, 5, 6, 7]
-    assert len(old.tobytes()) == blob_dtype(4).itemsize
-    store = SeriesStore(width=4)
-    slot = store.add(b"s", old.tobytes())
-    assert store.vals[slot].tolist() == [4, 5, 6, 7] and store.count[slot] == 4
-    assert store.last_ts[slot] == 42 and store.aci_version[slot] == -1  # starts again
-    assert decode_blob(store.encode([slot])[0]).values.tolist() == [4, 5, 6, 7]
-
-
 def test_adaptive_intervals_widen_after_misses_and_survive_a_checkpoint() -> None:
     """Every value outside a too-narrow interval widens it; the factor is checkpointed."""
     store = SeriesStore(width=3)
@@ -105,28 +79,17 @@ def test_adaptive_intervals_widen_after_misses_and_survive_a_checkpoint() -> Non
     assert restored.aci[slot] == store.aci[store.index[b"s"]]
 
 
-def test_forgotten_and_evicted_series_leave_no_unnamed_evidence() -> None:
-    store = SeriesStore(width=2, max_series=4, initial=4)
-    store.place([b"a", b"b", b"c", b"d"], lambda s: [None] * len(s))
-    store.ev[:, 0, 0] = 1.0  # every series has evidence waiting
-    assert store.forget([b"a"]) == 1
-    store.place([b"e"], lambda s: [None] * len(s))  # evicts the oldest tenth (one row)
-    names, sums = store.take_evidence(10)
-    assert None not in names and len(names) == len(sums) == len(store) - 1  # e has none
-    assert b"a" not in names and b"e" not in names
-
-
 def test_version_columns_follow_the_served_versions() -> None:
     store = SeriesStore(width=2)
     row = store.set_window(b"s", [1.0, 2.0])
     assert store.columns == 1 and store.pred.shape == (1024, 1)  # no shadow: one column
     store.pred[row, 0] = 3.0
     store.remap([0, None])  # a shadow arrives
-    assert store.columns == 2 and store.ev.shape[1] == 2 and store.pred[row].tolist()[0] == 3.0
-    store.remap([None, None, None, None])  # never more than COLUMNS, evidence for two
-    assert store.columns == 3 and store.ev.shape[1] == 2
+    assert store.columns == 2 and store.pred[row].tolist()[0] == 3.0
+    store.remap([None, None, None, None])  # never more than COLUMNS
+    assert store.columns == 3
     store.remap([1])
-    assert store.columns == 1 and store.ev.shape == (1024, 1, 3)
+    assert store.columns == 1 and store.pred.shape == (1024, 1)
 
 
 def test_a_shadow_that_raises_does_not_stop_the_serving() -> None:
@@ -169,27 +132,15 @@ def test_a_shadow_with_the_wrong_output_shape_is_not_scored() -> None:
     assert metrics.SHADOW_ERRORS._value.get() == before + 1
 
 
-def test_evidence_is_taken_round_robin() -> None:
-    store = SeriesStore(width=2)
-    store.place([b"a", b"b", b"c"], lambda s: [None] * len(s))
-    store.ev[:3, 0, 0] = 1.0
-    first, _ = store.take_evidence(2)
-    store.ev[:3, 0, 0] = 1.0  # everyone has evidence again
-    second, _ = store.take_evidence(2)
-    assert len(set(first) | set(second)) == 3  # the one left out first goes first now
+def test_lru_ticks_never_overflow_and_keep_their_order() -> None:
+    from worker.state import TICK_LIMIT
 
-
-def test_a_final_flush_sends_every_series(monkeypatch: Any) -> None:
-    import fakeredis
-
-    from forecast import keys
-    from worker import live
-
-    monkeypatch.setattr(live, "SERIES_CAP", 2)  # 5 series: three round trips
-    store = SeriesStore(width=2)
-    store.place([b"a", b"b", b"c", b"d", b"e"], lambda s: [None] * len(s))
-    store.ev[:5, 0] = [1.0, 0.5, 1.0]
-    client = fakeredis.FakeRedis()
-    live.LiveBuffer().flush(client, [store], ["v1"], final=True)
-    sent = client.hgetall(keys.live_series("v1"))
-    assert {k.split(b":")[0] for k in sent} == {b"a", b"b", b"c", b"d", b"e"}
+    store = SeriesStore(width=2, max_series=4, initial=4)
+    no_load = lambda s: [None] * len(s)  # noqa: E731
+    store.place([b"old"], no_load)
+    store.tick = TICK_LIMIT - 3  # as after 2**31 batches
+    for name in (b"a", b"b", b"c", b"d", b"e"):  # past the limit: rebased, no OverflowError
+        store.place([name], no_load)
+    assert store.tick < TICK_LIMIT and store.last_used.max() <= store.tick
+    # the least recently used went first: "old", then "a" (rows of the same tick are ties)
+    assert b"old" not in store.index and {b"c", b"d", b"e"} <= set(store.index)

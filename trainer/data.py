@@ -71,6 +71,7 @@ def from_stream(client: Any, settings: Settings, page: int = PAGE) -> Dataset:
     """Every valid entry of every input stream (XRANGE paged by COUNT), grouped by series."""
     limits = Limits(settings.max_series_bytes, settings.max_value_bytes)
     values: dict[str, list[float]] = defaultdict(list)
+    last_seq: dict[bytes, int] = {}
     skipped = 0
     streams = [keys.values_stream(k, settings.shards, settings.cluster)
                for k in range(settings.shards)]
@@ -84,6 +85,11 @@ def from_stream(client: Any, settings: Settings, page: int = PAGE) -> Dataset:
                 if isinstance(parsed, str):
                     skipped += 1
                     continue
+                if parsed[3] >= 0:  # a producer's sequence number: a repeat is a duplicate
+                    if parsed[3] <= last_seq.get(parsed[0], -1):
+                        skipped += 1
+                        continue
+                    last_seq[parsed[0]] = parsed[3]
                 values[parsed[0].decode("utf-8")].append(parsed[1])
             if len(entries) < page:
                 break

@@ -136,6 +136,7 @@ class Batch:
     series: list[bytes]
     values: np.ndarray  # float32, what the windows hold
     stamps: np.ndarray  # int64 epoch ms, -1 without ts
+    seqs: np.ndarray  # int64 producer sequence numbers, -1 without seq
     slots: np.ndarray  # int64 store rows (set by `SeriesStore.place`)
 
     def __len__(self) -> int:
@@ -148,7 +149,7 @@ class Batch:
         idx = np.flatnonzero(keep).tolist()
         return Batch([self.ids[i] for i in idx], [self.fields[i] for i in idx],
                      [self.series[i] for i in idx], self.values[keep], self.stamps[keep],
-                     self.slots[keep])
+                     self.seqs[keep], self.slots[keep])
 
 
 def parse_batch(entries: Sequence[Entry], limits: Limits, commit: Commit) -> Batch:
@@ -158,6 +159,7 @@ def parse_batch(entries: Sequence[Entry], limits: Limits, commit: Commit) -> Bat
     series: list[bytes] = []
     values: list[float] = []
     stamps: list[int] = []
+    seqs: list[int] = []
     for eid, fields in entries:
         commit.ack_ids.append(eid)
         if fields is None:  # deleted from the stream while pending: nothing to predict
@@ -171,8 +173,10 @@ def parse_batch(entries: Sequence[Entry], limits: Limits, commit: Commit) -> Bat
         series.append(parsed[0])
         values.append(parsed[1])
         stamps.append(parsed[2])
+        seqs.append(parsed[3])
     return Batch(ids, kept, series, np.asarray(values, dtype=np.float32),
-                 np.asarray(stamps, dtype=np.int64), np.zeros(len(ids), dtype=np.int64))
+                 np.asarray(stamps, dtype=np.int64), np.asarray(seqs, dtype=np.int64),
+                 np.zeros(len(ids), dtype=np.int64))
 
 
 def build_commit(
@@ -198,17 +202,25 @@ def build_commit(
     if not batch:
         return commit
     batch.slots = store.place(batch.series, load)
-    in_order = store.accept_in_order(batch.slots, batch.stamps)
-    if not in_order.all():
-        for i in np.flatnonzero(~in_order).tolist():
-            dead_letter(commit, batch.ids[i], batch.fields[i], "ts_out_of_order")
-        batch = batch.where(in_order)
-        commit.n_values = len(batch)
+    batch = _keep(commit, batch, store.accept_new(batch.slots, batch.seqs), "duplicate")
+    batch = _keep(commit, batch, store.accept_in_order(batch.slots, batch.stamps),
+                  "ts_out_of_order")
     if batch:
         _predict(commit, store, served, batch)
     if not defer:
         finish_scores(commit)
     return commit
+
+
+def _keep(commit: Commit, batch: Batch, ok: np.ndarray, reason: str) -> Batch:
+    """The values where `ok`; the others are dead-lettered with `reason`."""
+    if ok.all():
+        return batch
+    for i in np.flatnonzero(~ok).tolist():
+        dead_letter(commit, batch.ids[i], batch.fields[i], reason)
+    batch = batch.where(ok)
+    commit.n_values = len(batch)
+    return batch
 
 
 def finish_scores(commit: Commit) -> None:

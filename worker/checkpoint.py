@@ -1,12 +1,18 @@
-"""The per-series checkpoint blob in `forecast:state`: the window and the interval state.
+"""The per-series checkpoint blob in `forecast:state`: the window and the per-series state.
 
-Version 3 (written now): `count | FLAG | FLAG3`, `last_ts`, then the served version's
-adaptive-interval state (`aci_version`: the version number it belongs to; `aci`: log width
-factor, float64; `pred`, `lo`, `hi`: its last forecast and interval, which the next value is
-scored against), then `width` float32 values, newest last. Older blobs are still read:
-version 2 (`count | FLAG`, `last_ts`, a float32 `aci`, `pred`, `lo`, `hi`, values; written
-by workers of 739b6de) and version 1 (`count`, `last_ts`, values); their interval state
-starts again (it has no version number).
+A blob is one packed little-endian row. Its layout version is known from its first 32 bits:
+
+* version 4 and later (written now): `head` carries the flags `FLAG | FLAG3 | FLAG4` and the
+  layout number in bits 20-27; then `count`, `last_ts`, the served version's interval state
+  (`aci_version`, `aci`, `pred`, `lo`, `hi`), the producer sequence number last accepted
+  (`seq`, -1: none), then `width` float32 values, newest last;
+* version 3: `count | FLAG | FLAG3`, `last_ts`, the interval state, values;
+* version 2 (`count | FLAG`, a float32 `aci`, no version number) and version 1 (`count`,
+  `last_ts`, values): their interval state starts again.
+
+Decoding is strict: a blob whose length does not fit its layout exactly, whose count is not
+within its width, whose values are not finite or whose layout number is unknown raises
+`CheckpointError` (never misread); the worker then starts that series afresh.
 """
 
 from __future__ import annotations
@@ -16,14 +22,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FLAG = 1 << 30  # set in `count` of a version-2 or -3 blob (a window never holds 2**29 values)
-FLAG3 = 1 << 29  # also set in a version-3 blob
+FLAG = 1 << 30  # set in the head of a version 2+ blob (a window never holds 2**28 values)
+FLAG3 = 1 << 29  # also set from version 3 on
+FLAG4 = 1 << 28  # also set from version 4 on: the layout number is in bits 20-27
+_NUMBER_SHIFT = 20
 _V1 = [("count", "<i4"), ("last_ts", "<i8")]
 _V2 = [*_V1, ("aci", "<f4"), ("pred", "<f4"), ("lo", "<f4"), ("hi", "<f4")]
 _V3 = [*_V1, ("aci_version", "<i4"), ("aci", "<f8"), ("pred", "<f4"), ("lo", "<f4"),
        ("hi", "<f4")]
-_HEADERS = {1: _V1, 2: _V2, 3: _V3}
-CURRENT = 3
+_V4 = [("head", "<u4"), ("count", "<i4"), ("last_ts", "<i8"), ("aci_version", "<i4"),
+       ("aci", "<f8"), ("pred", "<f4"), ("lo", "<f4"), ("hi", "<f4"), ("seq", "<i8")]
+_HEADERS = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+CURRENT = 4
+HEAD = FLAG | FLAG3 | FLAG4 | (CURRENT << _NUMBER_SHIFT)
+
+
+class CheckpointError(ValueError):
+    """A blob that cannot be read: garbage, truncated, an unknown layout."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -44,55 +59,98 @@ class Checkpoint:
     pred: float = float("nan")
     lo: float = float("nan")
     hi: float = float("nan")
+    seq: int = -1
 
 
 def blob_version(blob: bytes) -> int:
-    """1, 2 or 3, from the flags in the leading count."""
+    """The layout number of a blob, from the flags of its first 32 bits.
+
+    >>> blob_version((3).to_bytes(4, "little")), blob_version(HEAD.to_bytes(4, "little"))
+    (1, 4)
+    """
+    if len(blob) < 4:
+        raise CheckpointError(f"a blob of {len(blob)} bytes has no header")
     head = int.from_bytes(blob[:4], "little")
     if not head & FLAG:
         return 1
-    return 3 if head & FLAG3 else 2
+    if not head & FLAG3:
+        return 2
+    if not head & FLAG4:
+        return 3
+    return (head >> _NUMBER_SHIFT) & 0xFF
+
+
+def _row(blob: bytes) -> tuple[int, int, np.void]:
+    """(version, width, the packed row) of a blob whose length fits its layout exactly."""
+    version = blob_version(blob)
+    if version not in _HEADERS:
+        raise CheckpointError(f"unknown checkpoint layout version {version} (this worker reads "
+                              f"1 to {CURRENT})")
+    header = np.dtype(_HEADERS[version]).itemsize
+    width, extra = divmod(len(blob) - header, 4)
+    if width < 1 or extra:
+        raise CheckpointError(f"a version-{version} blob of {len(blob)} bytes is not a "
+                              f"{header}-byte header and whole float32 values")
+    if version == CURRENT and int.from_bytes(blob[:4], "little") != HEAD:
+        raise CheckpointError(f"unknown flags in the header of a version-{version} blob")
+    return version, width, np.frombuffer(blob, dtype=blob_dtype(width, version), count=1)[0]
 
 
 def decode_blob(blob: bytes) -> Checkpoint:
-    """Any blob, of any version.
+    """Any readable blob, of any version; `CheckpointError` for anything else.
 
     >>> nan = np.full(1, np.nan)
     >>> raw = encode_rows(np.array([2]), np.array([5]), np.ones(1), np.zeros(1), nan, nan, nan,
-    ...                   np.array([[0, 7, 8]]))[0]
+    ...                   np.full(1, -1), np.array([[0, 7, 8]]))[0]
     >>> c = decode_blob(raw); (c.count, c.last_ts, c.values.tolist())
     (2, 5, [7.0, 8.0])
+    >>> decode_blob(b"xyz")
+    Traceback (most recent call last):
+    ...
+    worker.checkpoint.CheckpointError: a blob of 3 bytes has no header
     """
-    version = blob_version(blob)
-    header = np.dtype(_HEADERS[version]).itemsize
-    width = (len(blob) - header) // 4
-    row = np.frombuffer(blob, dtype=blob_dtype(width, version), count=1)[0]
-    count = int(row["count"]) & ~(FLAG | FLAG3)
+    version, width, row = _row(blob)
+    count = int(row["count"]) & ~(FLAG | FLAG3) if version in (2, 3) else int(row["count"])
+    if not 0 <= count <= width:
+        raise CheckpointError(f"a version-{version} blob counts {count} values in a window "
+                              f"of {width}")
     values = np.array(row["v"][width - count:], dtype=np.float32)
-    if version < CURRENT:  # no version number for the interval state: it starts again
-        return Checkpoint(count, int(row["last_ts"]), values)
-    return Checkpoint(count, int(row["last_ts"]), values, int(row["aci_version"]),
-                      float(row["aci"]), float(row["pred"]), float(row["lo"]), float(row["hi"]))
+    if not np.isfinite(values).all():
+        raise CheckpointError(f"a version-{version} blob holds values that are not finite")
+    last_ts = int(row["last_ts"])
+    if version < 3:  # no version number for the interval state: it starts again
+        return Checkpoint(count, last_ts, values)
+    aci = float(row["aci"])
+    if not np.isfinite(aci):
+        raise CheckpointError(f"a version-{version} blob has an interval factor of {aci}")
+    seq = int(row["seq"]) if version >= 4 else -1
+    return Checkpoint(count, last_ts, values, int(row["aci_version"]), aci, float(row["pred"]),
+                      float(row["lo"]), float(row["hi"]), seq)
 
 
 def encode_rows(count: np.ndarray, last_ts: np.ndarray, aci_version: np.ndarray,
                 aci: np.ndarray, pred: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                vals: np.ndarray) -> list[bytes]:
+                seq: np.ndarray, vals: np.ndarray) -> list[bytes]:
     """Current-version blobs of many rows (one bytes object each)."""
     rows = np.empty(len(count), dtype=blob_dtype(vals.shape[1]))
-    rows["count"] = count | FLAG | FLAG3
+    rows["head"] = HEAD
+    rows["count"] = count
     rows["last_ts"] = last_ts
     rows["aci_version"] = aci_version
     rows["aci"], rows["pred"], rows["lo"], rows["hi"] = aci, pred, lo, hi
+    rows["seq"] = seq
     rows["v"] = vals
     raw = rows.tobytes()
     size = rows.dtype.itemsize
     return [raw[i:i + size] for i in range(0, len(raw), size)]
 
 
-def decode_same(blobs: list[bytes], width: int) -> np.ndarray:
-    """Current-version blobs of exactly `width` values, decoded in one numpy pass (count
-    unflagged)."""
+def decode_same(blobs: list[bytes], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Current-version blobs of exactly `width` values, decoded in one numpy pass: the rows,
+    and a mask of those that are valid (the others go through `decode_blob` to say why)."""
     rows = np.frombuffer(b"".join(blobs), dtype=blob_dtype(width)).copy()
-    rows["count"] &= ~(FLAG | FLAG3)
-    return rows
+    count = rows["count"]
+    values_ok = np.isfinite(rows["v"]) | (np.arange(width) < (width - count)[:, None])
+    ok = ((rows["head"] == HEAD) & (count >= 0) & (count <= width) & values_ok.all(axis=1)
+          & np.isfinite(rows["aci"]))
+    return rows, ok

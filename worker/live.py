@@ -1,10 +1,16 @@
 """The live evidence a worker gathers, added to Redis at each maintenance (forecast.evidence).
 
 Per batch, `add` folds a commit's scores into per-version and per-pair sums and drift
-alarms; per-series sums accumulate in the shards' `SeriesStore` rows (`worker.scoring`).
-`flush` adds them to `forecast:live:*` with HINCRBYFLOAT and writes drift events to
+alarms. `flush` adds the sums to `forecast:live:*` and writes drift events to
 `forecast:events` (at most `EVENTS_PER_FLUSH` per-series ones each time); an overall
 Page-Hinkley detector (River) sees each batch's mean scaled error.
+
+Exactly once: the sums of a flush are sent as one numbered flush, each key by the ADD_ONCE
+script, which adds them only if that key has not recorded this flush number yet (the field
+`flush:<consumer>`). A flush that fails half-way (the connection broke, a reply was lost) is
+sent again, with the same number and sums, until every key has it; new sums wait for the
+next flush. A flush is a few keys per served version, whatever the number of series, so a
+model swap or a shutdown never waits on it for long.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,24 +31,33 @@ from worker.batch import Commit
 
 log = logging.getLogger(__name__)
 
-SERIES_CAP = 50_000
-SERIES_FLUSH_S = 30.0  # per-series sums are added less often: they are many small writes
 EVENTS_PER_FLUSH = 20
 EVENTS_MAXLEN = 100_000
+
+
+@dataclass
+class Flush:
+    """One numbered flush: key -> flat field/increment pairs, and the keys that have it."""
+
+    number: int
+    sums: dict[str, list[Any]] = field(default_factory=dict)
+    done: set[str] = field(default_factory=set)
 
 
 class LiveBuffer:
     """Evidence not yet added to Redis."""
 
-    def __init__(self) -> None:
+    def __init__(self, consumer: str = "worker") -> None:
+        self.marker = f"flush:{consumer}"
         self.versions: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(len(LIVE_FIELDS)))
         self.pairs: dict[tuple[str, str], np.ndarray] = defaultdict(
             lambda: np.zeros(len(PAIR_FIELDS)))
         self.drifted: list[tuple[bytes, float]] = []
         self.overall = drift.PageHinkley(min_instances=30, delta=0.005, threshold=50.0)
         self.overall_alarms: list[float] = []
-        self.next_series_flush = time.monotonic() + SERIES_FLUSH_S
-        self.first_store = 0  # stores take turns at the head of the per-series flush
+        self.unsent: Flush | None = None  # a flush not yet confirmed by every key
+        self.number = time.time_ns()  # flush numbers only grow, also across restarts
+        self.touched: set[str] = set()  # keys holding this worker's marker
 
     def add(self, commit: Commit) -> None:
         """Fold one committed batch's scores in."""
@@ -61,52 +77,46 @@ class LiveBuffer:
             if self.overall.drift_detected:
                 self.overall_alarms.append(float(sc.scaled_err[0] / sc.n[0]))
 
-    def flush(self, client: Any, stores: list[Any], versions: list[str],
-              final: bool = False) -> None:
-        """Add the sums to Redis, write drift events. Per-series sums (kept in the stores'
-        rows) go out every SERIES_FLUSH_S, at most SERIES_CAP series a time (round robin over
-        series and stores); when `final`, all of them, SERIES_CAP series per round trip."""
-        series_due = (final or time.monotonic() >= self.next_series_flush) and versions
-        if not (self.versions or self.drifted or self.overall_alarms or series_due):
-            return
-        pipe = client.pipeline(transaction=False)
-        for v, sums in self.versions.items():
-            for name, value in zip(LIVE_FIELDS, sums.tolist(), strict=True):
-                if value:
-                    pipe.hincrbyfloat(keys.live(v), name, value)
-        for (v, against), sums in self.pairs.items():
-            for name, value in zip(PAIR_FIELDS, sums.tolist(), strict=True):
-                if value:
-                    pipe.hincrbyfloat(keys.live_pair(v, against), name, value)
-        if series_due:
-            self.next_series_flush = time.monotonic() + SERIES_FLUSH_S
-            left = SERIES_CAP
-            turn = self.first_store % max(1, len(stores))
-            self.first_store += 1
-            for store in [*stores[turn:], *stores[:turn]]:
-                while left > 0 or final:
-                    if left <= 0:  # final: everything goes, one round trip per SERIES_CAP
-                        pipe.execute()
-                        left = SERIES_CAP
-                    names, sums = store.take_evidence(left)
-                    if not names:
-                        break
-                    left -= len(names)
-                    self._series_sums(pipe, versions, names, sums)
-        self._drift_events(pipe)
+    def _next_flush(self) -> Flush | None:
+        """The sums gathered so far as a new numbered flush (None: nothing to add)."""
+        sums: dict[str, list[Any]] = {}
+        for v, row in self.versions.items():
+            sums[keys.live(v)] = _pairs(LIVE_FIELDS, row)
+        for (v, against), row in self.pairs.items():
+            sums[keys.live_pair(v, against)] = _pairs(PAIR_FIELDS, row)
         self.versions.clear()
         self.pairs.clear()
-        pipe.execute()
+        sums = {k: p for k, p in sums.items() if p}
+        if not sums:
+            return None
+        self.number += 1
+        return Flush(self.number, sums)
 
-    @staticmethod
-    def _series_sums(pipe: Any, versions: list[str], names: list[bytes], sums: Any) -> None:
-        for name, row in zip(names, sums.tolist(), strict=True):
-            text = name.decode("utf-8", "replace")
-            for v, (n, err, naive) in zip(versions, row, strict=False):
-                if n:
-                    pipe.hincrbyfloat(keys.live_series(v), f"{text}:n", n)
-                    pipe.hincrbyfloat(keys.live_series(v), f"{text}:err", err)
-                    pipe.hincrbyfloat(keys.live_series(v), f"{text}:naive", naive)
+    def flush(self, client: Any, script: Any) -> None:
+        """Add the sums to Redis exactly once (`script`: the registered ADD_ONCE), write drift
+        events. A failure leaves the flush to be sent again by the next call."""
+        if self.unsent is None:
+            self.unsent = self._next_flush()
+        if self.unsent is not None:
+            todo = self.unsent
+            for key in sorted(set(todo.sums) - todo.done):
+                script(keys=[key], args=[self.marker, todo.number, *todo.sums[key]])
+                todo.done.add(key)
+                self.touched.add(key)
+            self.unsent = None
+        if self.drifted or self.overall_alarms:
+            pipe = client.pipeline(transaction=False)
+            self._drift_events(pipe)
+            pipe.execute()
+
+    def forget_markers(self, client: Any) -> None:
+        """Remove this worker's flush markers (a clean shutdown: its flushes are all in)."""
+        if self.unsent is None and self.touched:
+            pipe = client.pipeline(transaction=False)
+            for key in self.touched:
+                pipe.hdel(key, self.marker)
+            pipe.execute()
+            self.touched.clear()
 
     def _drift_events(self, pipe: Any) -> None:
         now = str(int(time.time() * 1000))
@@ -127,3 +137,16 @@ class LiveBuffer:
             log.info("drift detected in the overall error stream")
         self.drifted.clear()
         self.overall_alarms.clear()
+
+
+def _pairs(names: tuple[str, ...], row: np.ndarray) -> list[Any]:
+    """Flat field/increment pairs of the non-zero sums.
+
+    >>> _pairs(("n", "d"), np.array([2.0, 0.0]))
+    ['n', 2.0]
+    """
+    out: list[Any] = []
+    for name, value in zip(names, row.tolist(), strict=True):
+        if value:
+            out += [name, value]
+    return out

@@ -19,10 +19,10 @@ from typing import Any
 
 import redis
 
+from forecast.backoff import Backoff
 from forecast.errors import Fenced, error_code
 from forecast.settings import Settings
 from worker import metrics
-from worker.backoff import Backoff
 from worker.batch import Commit, Served
 from worker.consumer import Shard, ShardIO, ensure_group
 from worker.live import LiveBuffer
@@ -64,7 +64,7 @@ class Worker:
             client, settings.model_poll_s, settings.model_hmac_key
         )
         self.telemetry = Telemetry(settings.summary_interval_s)
-        self.live = LiveBuffer()
+        self.live = LiveBuffer(self.consumer)
         self.promoter = Promoter(self.client, settings.promote == "auto", settings.promote_min_n)
         self.path = BatchPath(self.client, self.io, settings, self._account)
         self.ownership = Ownership(self.client, self.scripts, settings, self.consumer, self.io)
@@ -181,12 +181,9 @@ class Worker:
         streams = [shard.keys.values for shard in self.shards.values()]
         self.telemetry.group_gauges(self.client, streams, self.settings.group)
         self.telemetry.flush_accuracy(self.client, getattr(self.model, "version", None))
-        self.live.flush(self.client, self._stores(), self._versions())
+        self.live.flush(self.client, self.scripts.add_once)
         if self.model is not None:
             self.promoter.tick(self.model.version, [m.version for m in self.shadows])
-
-    def _stores(self) -> list[Any]:
-        return [shard.store for shard in self.shards.values()]
 
     def _versions(self) -> list[str]:
         """The served versions, current first (the score columns)."""
@@ -201,11 +198,6 @@ class Worker:
     def _swap_model(self, new: Any) -> None:
         """Serve a new lineup from the next batch on; windows are kept (resized if needed)."""
         lineup = new if isinstance(new, Lineup) else Lineup(new)
-        if self.model is not None:  # per-series sums belong to the columns as they are
-            try:
-                self.live.flush(self.client, self._stores(), self._versions(), final=True)
-            except redis.RedisError as exc:  # an outage must not lose the new lineup
-                log.warning("live evidence not flushed before the model swap: %s", exc)
         old = self.model
         before = self._versions()
         self.model, self.shadows = lineup.current, lineup.shadows[:COLUMNS - 1]
@@ -249,7 +241,8 @@ class Worker:
         self.ownership.release_all(self.path.settle)
         try:
             self.telemetry.flush_accuracy(self.client, getattr(self.model, "version", None))
-            self.live.flush(self.client, self._stores(), self._versions(), final=True)
+            self.live.flush(self.client, self.scripts.add_once)
+            self.live.forget_markers(self.client)
             self.ownership.leases.leave()
         except redis.RedisError as exc:
             log.warning("could not leave cleanly: %s", exc)

@@ -69,6 +69,10 @@ REPLICA_TIMEOUTS = Counter(
     "forecast_commit_replica_timeouts_total",
     "Commits that fewer than FORECAST_COMMIT_REPLICAS replicas confirmed in time",
 )
+CHECKPOINT_ERRORS = Counter(
+    "forecast_checkpoint_errors_total",
+    "Series checkpoints that could not be read (the series started a fresh window)",
+)
 RECONNECTS = Counter("forecast_redis_reconnects_total", "Reconnections to Redis after an error")
 ONLINE_MAE = Gauge(
     "forecast_online_mae", "Mean absolute error of served predictions, per version", ["version"]

@@ -42,7 +42,7 @@ class Forecasts:
 
 @dataclass
 class Scores:
-    """One batch's evidence: sums per version column, per series, and drift alarms."""
+    """One batch's evidence: sums per version column, and drift alarms per series."""
 
     forecast_n: np.ndarray  # per column: values with a forecast one value earlier
     abs_err: np.ndarray  # their absolute errors, summed
@@ -169,7 +169,7 @@ def adapt(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
 
 
 def evaluate(store: SeriesStore, j: Joined) -> Scores:
-    """Score a joined batch: sums per version, per-series evidence, drift.
+    """Score a joined batch: sums per version, and drift per series.
 
     Off the commit path (the worker runs it once the commit is sent), but before the next
     batch of the same store: the naive-error scales and drift state are per series.
@@ -191,13 +191,9 @@ def evaluate(store: SeriesStore, j: Joined) -> Scores:
     z = np.where(joined, scaled, 0.0)
     zn = np.where(joined, scaled_naive[:, None], 0.0)
     scores = _sums(err, z, zn, joined, has_iv, covered, scaled_width)
-    # per series: joined values, scaled errors, scaled naive errors (the evidence columns)
-    ev = min(z.shape[1], store.ev.shape[1])
-    per_series = _per_group(np.concatenate([joined[:, :ev], z[:, :ev], zn[:, :ev]], axis=1,
-                                           dtype=np.float64), adv).reshape(-1, 3, ev)
-    per_series = per_series.transpose(0, 2, 1)  # (groups, ev, 3)
-    store.ev[adv.rows, :ev] += per_series  # flushed by worker.live, per series
-    scores.drifted = _page_hinkley(store, adv, per_series[:, 0, 1], per_series[:, 0, 0])
+    # per series: the current version's joined values and their scaled errors (drift)
+    per_series = _per_group(np.stack([joined[:, 0], z[:, 0]], axis=1), adv)
+    scores.drifted = _page_hinkley(store, adv, per_series[:, 1], per_series[:, 0])
     return scores
 
 

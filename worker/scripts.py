@@ -159,6 +159,16 @@ return gone
 """
 )
 
+ADD_ONCE = """
+-- KEYS: a live-evidence hash. ARGV: marker field, flush number, then field/increment pairs.
+-- Adds the increments unless this hash recorded this flush number already (a flush sent
+-- again after a failure), then records it: each flush counts exactly once.
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 COMMIT = (
     _FENCE.format(lease=5)
     + """
@@ -313,6 +323,7 @@ class Scripts:
         self.sweep = client.register_script(SWEEP)
         self.forget = client.register_script(FORGET)
         self.commit = client.register_script(COMMIT)
+        self.add_once = client.register_script(ADD_ONCE)
 
     def probe(self) -> None:
         """Whether the server's Lua has cmsgpack (real Redis does; fakeredis does not)."""
@@ -328,7 +339,7 @@ class Scripts:
         the same round trip, and some servers (fakeredis' TCP server) drop the connection.
         """
         for script in (self.acquire, self.renew, self.release, self.claim, self.bump,
-                       self.sweep, self.forget, self.commit):
+                       self.sweep, self.forget, self.commit, self.add_once):
             self.client.script_load(script.script)
 
 

@@ -20,21 +20,25 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from worker import metrics
 from worker.checkpoint import (
-    CURRENT,
+    HEAD,
+    CheckpointError,
     blob_dtype,
-    blob_version,
     decode_blob,
     decode_same,
     encode_rows,
 )
 
+_HEAD_BYTES = HEAD.to_bytes(4, "little")
 log = logging.getLogger(__name__)
+_LOGGED_UNREADABLE: set[bytes] = set()  # series whose unreadable checkpoint was logged
+_LOGGED_MAX = 100_000
 
+TICK_LIMIT = 1 << 31  # `last_used` is uint32: ticks are rebased well before 2**32
 COLUMNS = 3  # model versions scored per series: the current one and up to two shadows
-EV_COLUMNS = 2  # of which per-series evidence is kept for the current one and the first shadow
 # A store holds as many version columns as are served (1 without shadows: each column costs
-# 12 bytes per series, 24 with evidence), see `RowArrays.remap`.
+# 12 bytes per series), see `RowArrays.remap`.
 
 
 @dataclass
@@ -59,14 +63,14 @@ class Advance:
 _FIELDS: dict[str, tuple[type, tuple[int, ...], float]] = {
     "count": (np.int32, (), 0),
     "last_ts": (np.int64, (), -1),
+    "seq": (np.int64, (), -1),  # the producer sequence number last accepted (-1: none)
     "last_used": (np.uint32, (), 0),
     "aci_version": (np.int32, (), -1),  # the version number `aci` (and column 0) belong to
     "aci": (np.float64, (), 0.0),  # log width factor of the current version's interval
     "pred": (np.float32, (1,), np.nan),  # last step-1 forecast per version column
     "lo": (np.float32, (1,), np.nan),  # its interval, as the model gave it
     "hi": (np.float32, (1,), np.nan),
-    # evidence and drift only (not checkpointed): see worker.scoring and worker.live
-    "ev": (np.float32, (1, 3), 0.0),  # per-series n, scaled err, scaled naive sums
+    # drift only (not checkpointed): see worker.scoring
     "nscale": (np.float32, (), np.nan),  # EWMA of |y_t - y_t-1|
     "ph_n": (np.float32, (), 0.0),
     "ph_mean": (np.float32, (), 0.0),
@@ -80,13 +84,13 @@ class RowArrays:
 
     count: np.ndarray
     last_ts: np.ndarray
+    seq: np.ndarray
     last_used: np.ndarray
     aci_version: np.ndarray
     aci: np.ndarray
     pred: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
-    ev: np.ndarray
     nscale: np.ndarray
     ph_n: np.ndarray
     ph_mean: np.ndarray
@@ -105,7 +109,6 @@ class RowArrays:
         self.free: list[int] = list(range(cap - 1, -1, -1))
         self.tick = 1
         self.evicted = 0
-        self.ev_cursor = 0  # the row take_evidence continues from
 
     def __len__(self) -> int:
         return len(self.index)
@@ -141,11 +144,19 @@ class RowArrays:
         log.debug("evicted %d series (LRU), %d held", n, len(self.index))
 
     def _release(self, slot: int) -> None:
-        # Unflushed evidence of a dropped series goes with it: a free row has no name to
-        # flush it under (take_evidence only sees named rows).
         self.keys[slot] = None
-        self.ev[slot] = 0.0
         self.free.append(slot)
+
+    def next_tick(self) -> None:
+        """Start a new LRU tick (one per batch); ticks are rebased before `last_used` (uint32)
+        would overflow, keeping the order of the rows used in the last 2**30 ticks."""
+        self.tick += 1
+        if self.tick >= TICK_LIMIT:
+            shift = self.tick - TICK_LIMIT // 2
+            recent = self.last_used > shift
+            self.last_used[recent] -= shift
+            self.last_used[~recent] = 0
+            self.tick -= shift
 
     def keys_of(self, slots: np.ndarray) -> list[bytes]:
         """Series ids of the given rows."""
@@ -171,12 +182,10 @@ class RowArrays:
     def remap(self, columns: list[int | None]) -> None:
         """New version columns: column c takes old column `columns[c]` (None: starts empty)."""
         n = min(max(1, len(columns)), COLUMNS)
-        for name in ("pred", "lo", "hi", "ev"):
+        for name in ("pred", "lo", "hi"):
             old = getattr(self, name)
-            width = n if name != "ev" else min(n, EV_COLUMNS)
-            new = np.full((old.shape[0], width, *old.shape[2:]),
-                          np.nan if name != "ev" else 0.0, dtype=old.dtype)
-            for c, was in enumerate(columns[:width]):
+            new = np.full((old.shape[0], n), np.nan, dtype=old.dtype)
+            for c, was in enumerate(columns[:n]):
                 if was is not None and was < old.shape[1]:
                     new[:, c] = old[:, was]
             setattr(self, name, new)
@@ -205,26 +214,34 @@ class SeriesStore(RowArrays):
         self.last_used[idx] = self.tick
         size = blob_dtype(self.width).itemsize
         same = [i for i, b in enumerate(blobs)
-                if b is not None and len(b) == size and blob_version(b) == CURRENT]
+                if b is not None and len(b) == size and b[:4] == _HEAD_BYTES]
+        done = set()
         if same:
-            rows = decode_same([blobs[i] for i in same], self.width)  # type: ignore[misc]
-            at = idx[same]
+            rows, ok = decode_same([blobs[i] for i in same], self.width)  # type: ignore[misc]
+            good = [i for i, fine in zip(same, ok.tolist(), strict=True) if fine]
+            rows = rows[ok]
+            at = idx[good]
             self.vals[at], self.count[at], self.last_ts[at] = rows["v"], rows["count"], \
                 rows["last_ts"]
             self.aci_version[at], self.aci[at] = rows["aci_version"], rows["aci"]
             self.pred[at, 0] = rows["pred"]
             self.lo[at, 0], self.hi[at, 0] = rows["lo"], rows["hi"]
-        done = set(same)
-        for i, blob in enumerate(blobs):  # other widths (a model change) or older versions
+            self.seq[at] = rows["seq"]
+            done = set(good)
+        for i, blob in enumerate(blobs):  # other widths (a model change), older versions, errors
             if blob is not None and i not in done:
-                self._restore(slots[i], blob)
+                self._restore(series[i], slots[i], blob)
 
-    def _restore(self, slot: int, blob: bytes) -> None:
-        c = decode_blob(blob)
+    def _restore(self, series: bytes, slot: int, blob: bytes) -> None:
+        try:
+            c = decode_blob(blob)
+        except CheckpointError as exc:  # that series starts afresh; its next commit rewrites it
+            _unreadable(series, exc)
+            return
         keep = min(c.count, self.width)
         if keep:
             self.vals[slot, self.width - keep:] = c.values[c.count - keep:]
-        self.count[slot], self.last_ts[slot] = keep, c.last_ts
+        self.count[slot], self.last_ts[slot], self.seq[slot] = keep, c.last_ts, c.seq
         self.aci_version[slot], self.aci[slot] = c.aci_version, c.aci
         self.pred[slot, 0], self.lo[slot, 0], self.hi[slot, 0] = c.pred, c.lo, c.hi
 
@@ -239,7 +256,7 @@ class SeriesStore(RowArrays):
 
         Starts a new LRU tick: rows of this batch are never evicted to make room for it.
         """
-        self.tick += 1
+        self.next_tick()
         index = self.index
         unknown = list({s for s in series if s not in index})
         if unknown:
@@ -249,18 +266,16 @@ class SeriesStore(RowArrays):
         return np.asarray([index[s] for s in series], dtype=np.int64)
 
     def accept_in_order(self, slots: np.ndarray, stamps: np.ndarray) -> np.ndarray:
-        """Which values keep their series' ts order (no ts: always); records the accepted ts."""
-        ok = np.ones(len(slots), dtype=bool)
-        if len(stamps) == 0 or stamps.max() < 0:
-            return ok
-        last_ts = self.last_ts
-        for i in np.flatnonzero(stamps >= 0).tolist():
-            slot, ts = int(slots[i]), int(stamps[i])
-            if ts < last_ts[slot]:
-                ok[i] = False
-            else:
-                last_ts[slot] = ts
-        return ok
+        """Which values keep their series' ts order (no ts: always); records the accepted ts.
+
+        An equal ts is accepted: only an older one is out of order.
+        """
+        return _accept(self.last_ts, slots, stamps, strict=False)
+
+    def accept_new(self, slots: np.ndarray, seqs: np.ndarray) -> np.ndarray:
+        """Which values carry a producer sequence number above their series' last one (no
+        seq: always); records the accepted ones. Equal or lower: a duplicate."""
+        return _accept(self.seq, slots, seqs, strict=True)
 
     def advance(self, slots: np.ndarray, values: np.ndarray) -> Advance:
         """Append each value to its series' window, for a whole batch at once."""
@@ -310,24 +325,59 @@ class SeriesStore(RowArrays):
                 n += 1
         return n
 
-    def take_evidence(self, limit: int) -> tuple[list[bytes], np.ndarray]:
-        """Up to `limit` series with per-series evidence waiting, and their sums (cleared).
-
-        Round robin over the rows (from where the last call stopped), so that with more
-        series than `limit` every one of them is sent in turn.
-        """
-        waiting = np.flatnonzero((self.ev[:, :, 0] > 0).any(axis=1))
-        start = int(np.searchsorted(waiting, self.ev_cursor))
-        rows = np.concatenate([waiting[start:], waiting[:start]])[:limit]
-        if len(rows):
-            self.ev_cursor = int(rows[-1]) + 1
-        sums = self.ev[rows].copy()
-        self.ev[rows] = 0.0
-        return self.keys_of(rows), sums
-
     def encode(self, slots: list[int] | np.ndarray) -> list[bytes]:
         """Checkpoint blobs of the given rows (one bytes object each)."""
         idx = np.asarray(slots, dtype=np.int64)
         return encode_rows(self.count[idx], self.last_ts[idx], self.aci_version[idx],
                            self.aci[idx], self.pred[idx, 0], self.lo[idx, 0], self.hi[idx, 0],
-                           self.vals[idx])
+                           self.seq[idx], self.vals[idx])
+
+
+def _unreadable(series: bytes, exc: CheckpointError) -> None:
+    """Count an unreadable checkpoint; log it once per series (a bounded memory of them)."""
+    metrics.CHECKPOINT_ERRORS.inc()
+    if series in _LOGGED_UNREADABLE:
+        return
+    if len(_LOGGED_UNREADABLE) >= _LOGGED_MAX:
+        _LOGGED_UNREADABLE.clear()
+    _LOGGED_UNREADABLE.add(series)
+    log.warning("checkpoint of series %r cannot be read (%s): it starts a fresh window",
+                series.decode("utf-8", "replace"), exc)
+
+
+def running_max_before(slots: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per value, the largest `x` of the earlier values of its slot in this batch (-1: none),
+    and the order that sorts the batch by slot (the result is in that order).
+
+    >>> before, order = running_max_before(np.array([0, 1, 0, 0]), np.array([5, 9, 3, 7]))
+    >>> before.tolist(), order.tolist()
+    ([-1, 5, 5, -1], [0, 2, 3, 1])
+    """
+    order = np.argsort(slots, kind="stable")
+    g, v = slots[order], x[order].astype(np.int64)
+    prev = np.full(len(v), -1, dtype=np.int64)
+    if len(v) > 1:
+        same = g[1:] == g[:-1]
+        prev[1:] = np.where(same, v[:-1], -1)
+        k = 1
+        while k < len(v):  # prefix maximum inside each group, by doubling
+            joined = g[k:] == g[:-k]
+            prev[k:] = np.where(joined, np.maximum(prev[k:], prev[:-k]), prev[k:])
+            k *= 2
+    return prev, order
+
+
+def _accept(last: np.ndarray, slots: np.ndarray, x: np.ndarray, strict: bool) -> np.ndarray:
+    """Values whose `x` is at least (`strict`: above) the largest before it, both in `last`
+    (per row) and earlier in the batch; `last` takes the new maxima. x < 0: no value."""
+    ok = np.ones(len(slots), dtype=bool)
+    if len(x) == 0 or x.max() < 0:
+        return ok
+    prev, order = running_max_before(slots, x)
+    before = np.maximum(prev, last[slots[order]])
+    xs = x[order]
+    bad = (xs >= 0) & ((xs <= before) if strict else (xs < before))
+    ok[order[bad]] = False
+    np.maximum.at(last, slots[ok], x[ok])
+    return ok
+

@@ -1,0 +1,99 @@
+"""Checkpoint blobs: every layout still read, anything unreadable refused (never misread),
+and a series with an unreadable checkpoint starts afresh without touching its batch-mates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from forecast.grammar import Limits
+from tests.helpers import LinearModel
+from worker import metrics
+from worker.batch import build_commit
+from worker.checkpoint import (
+    FLAG,
+    FLAG3,
+    FLAG4,
+    CheckpointError,
+    blob_dtype,
+    blob_version,
+    decode_blob,
+)
+from worker.state import SeriesStore
+
+
+def _old(version: int, width: int, count: int, values: list[float]) -> bytes:
+    row = np.zeros(1, dtype=blob_dtype(width, version=version))
+    flags = {1: 0, 2: FLAG, 3: FLAG | FLAG3}[version]
+    row["count"], row["last_ts"], row["v"] = count | flags, 42, values
+    if version >= 2:
+        row["aci"] = 0.7
+    return row.tobytes()
+
+
+def test_version_1_checkpoints_still_load() -> None:
+    store = SeriesStore(width=3)
+    slot = store.add(b"s", _old(1, 3, 2, [0, 7, 8]))
+    assert store.vals[slot].tolist() == [0, 7, 8] and store.count[slot] == 2
+    assert store.last_ts[slot] == 42 and store.aci[slot] == 0.0
+    assert blob_version(store.encode([slot])[0]) == 4
+    assert decode_blob(store.encode([slot])[0]).count == 2
+
+
+@pytest.mark.parametrize("version, width", [(2, 9), (3, 7)])
+def test_older_layouts_as_long_as_a_current_blob_are_read_by_their_layout(
+        version: int, width: int) -> None:
+    """A width-9 version-2 blob and a width-7 version-3 blob are exactly as long as a width-4
+    current one: each must be read by its own layout, never as the current one."""
+    blob = _old(version, width, 5, [0, 0, 0, 0, 3, 4, 5, 6, 7][-width:])
+    assert len(blob) == blob_dtype(4).itemsize
+    store = SeriesStore(width=4)
+    slot = store.add(b"s", blob)
+    assert store.vals[slot].tolist() == [4, 5, 6, 7] and store.count[slot] == 4
+    assert store.last_ts[slot] == 42
+    assert decode_blob(store.encode([slot])[0]).values.tolist() == [4, 5, 6, 7]
+
+
+def _current(width: int = 3) -> bytes:
+    store = SeriesStore(width=width)
+    return store.encode([store.set_window(b"s", [1, 2, 3][-width:], last_ts=5)])[0]
+
+
+def _with_count(blob: bytes, count: int) -> bytes:
+    return blob[:4] + count.to_bytes(4, "little", signed=True) + blob[8:]
+
+
+@pytest.mark.parametrize("blob, reason", [
+    (b"xyz", "no header"),
+    (b"\x00" * 7, "not a 12-byte header"),
+    (_current()[:-2], "whole float32 values"),
+    (_with_count(_current(), 4), "counts 4 values in a window of 3"),
+    (_with_count(_current(), -1), "counts -1 values"),
+    (_current()[:-4] + np.float32(np.nan).tobytes(), "not finite"),
+    ((FLAG | FLAG3 | FLAG4 | (9 << 20)).to_bytes(4, "little") + _current()[4:],
+     "unknown checkpoint layout version 9"),
+    ((FLAG | FLAG3 | FLAG4 | (4 << 20) | 1).to_bytes(4, "little") + _current()[4:],
+     "unknown flags"),
+])
+def test_unreadable_blobs_are_refused_with_a_reason(blob: bytes, reason: str) -> None:
+    with pytest.raises(CheckpointError, match=reason):
+        decode_blob(blob)
+
+
+def test_an_unreadable_checkpoint_starts_that_series_afresh_and_no_other() -> None:
+    good = SeriesStore(width=3)
+    blobs = {s: good.encode([good.set_window(s, [1, 2, 3])])[0] for s in (b"a", b"c")}
+    blobs[b"b"] = b"xyz"  # garbage
+    blobs[b"d"] = _with_count(blobs[b"a"], 99)  # right length, impossible count
+    before = metrics.CHECKPOINT_ERRORS._value.get()
+    store = SeriesStore(width=3)
+    entries = [(f"{i}-0".encode(), [b"series", s, b"value", b"4"])
+               for i, s in enumerate([b"a", b"b", b"c", b"d"], start=1)]
+    commit = build_commit(entries, store, LinearModel(), Limits(),
+                          lambda names: [blobs[n] for n in names])
+    assert metrics.CHECKPOINT_ERRORS._value.get() == before + 2
+    assert commit.n_predictions == 2 and not commit.deadletters  # a and c: [2, 3, 4]
+    written = dict(zip(commit.state[0::2], commit.state[1::2], strict=True))
+    assert decode_blob(written[b"b"]).values.tolist() == [4.0]  # rewritten, fresh window
+    assert decode_blob(written[b"d"]).values.tolist() == [4.0]
+    assert decode_blob(written[b"a"]).values.tolist() == [2.0, 3.0, 4.0]
