@@ -97,27 +97,72 @@ def test_a_delivery_broken_by_redis_is_not_counted_twice(redis_url: str,
     w.shutdown()
 
 
-def test_an_entry_that_breaks_the_worker_is_still_poison(redis_url: str,
-                                                         r: redis.Redis) -> None:
-    """A failure that is not Redis's (the model raises) still counts every delivery."""
+def test_a_model_that_always_raises_makes_every_entry_poison_one_by_one(
+        redis_url: str, r: redis.Redis) -> None:
+    """A failure that is not Redis's is isolated down to single entries; each then counts its
+    deliveries until it is dead-lettered as poison (nothing is predicted, nothing lost)."""
     client: Any = r
-    _ghost_pending(client, 3)
+    _ghost_pending(client, 5)
 
     class Broken(LinearModel):
         def predict(self, windows: Any) -> Any:
             raise RuntimeError("model crashed")
 
     w = make_worker(redis_url, "heir", max_deliveries=3, model=Broken())
-    for _ in range(2):  # deliveries 2 and 3 reach the model, which fails
-        with pytest.raises(RuntimeError):
-            w.step()
-            w.step()
-        w.ownership.reset_all()
-    w.step()
+    wait_until(lambda: (w.step(), client.xlen(keys.DEADLETTER) == 3)[1], 30, 0.001,
+               what="three poison entries")
     dead = client.xrange(keys.DEADLETTER)
-    assert len(dead) == 3 and {f[b"reason"] for _, f in dead} == {b"poison"}
+    assert {f[b"reason"] for _, f in dead} == {b"poison"}
+    # 0 and 1 only fill the window (the model never sees them); 2, 3, 4 break it
+    assert [f[b"value"] for _, f in dead] == [b"2", b"3", b"4"]  # in stream order
     assert {f[b"deliveries"] for _, f in dead} == {b"4"}
+    assert client.xpending(keys.VALUES, "forecast")["pending"] == 0
+    assert client.xlen(keys.PREDICTIONS) == 0
     w.shutdown()
+
+
+class Picky(LinearModel):
+    """Raises on any window that holds the value 666."""
+
+    def predict(self, windows: Any) -> Any:
+        if (windows == 666).any():
+            raise ValueError("cannot forecast a window with 666")
+        return super().predict(windows)
+
+
+def test_poison_is_judged_per_entry_not_per_batch(redis_url: str, r: redis.Redis) -> None:
+    """One entry that breaks the model takes nothing else with it: its batch-mates (other
+    series, and its own series before it) are predicted once each, in order."""
+    client: Any = r
+    client.xgroup_create(keys.VALUES, "forecast", id="0", mkstream=True)
+    pipe = client.pipeline(transaction=True)
+    for t in range(40):
+        for s in ("a", "b", "c"):
+            value = 666 if (s, t) == ("b", 20) else t
+            pipe.xadd(keys.VALUES, {"series": s, "value": str(value)})
+    pipe.execute()
+    w = make_worker(redis_url, "w1", max_deliveries=3, model=Picky())
+
+    def settled() -> bool:
+        w.step()
+        return client.xpending(keys.VALUES, "forecast")["pending"] == 0 and \
+            client.xlen(keys.DEADLETTER) + client.xlen(keys.PREDICTIONS) >= 40 * 3 - 3 * 2
+    wait_until(settled, 60, 0.001, what="every entry predicted or dead-lettered")
+    w.shutdown()
+    dead = client.xrange(keys.DEADLETTER)
+    # only the 666 breaks the model; dead-lettered, it never enters b's window
+    assert [(f[b"series"], f[b"value"], f[b"reason"]) for _, f in dead] == [
+        (b"b", b"666", b"poison")]
+    preds = [f for _, f in client.xrange(keys.PREDICTIONS)]
+    per_series: dict[bytes, list[bytes]] = {}
+    for f in preds:
+        per_series.setdefault(f[b"series"], []).append(f[b"source_id"])
+    sources = {eid: dict(f) for eid, f in client.xrange(keys.VALUES)}
+    assert len(per_series[b"a"]) == len(per_series[b"c"]) == 38  # from the third value on
+    for ids in per_series.values():
+        assert ids == sorted(set(ids), key=lambda e: tuple(map(int, e.split(b"-"))))
+    b_values = [int(sources[e][b"value"]) for e in per_series[b"b"]]
+    assert b_values == [*range(2, 20), *range(21, 40)]
 
 
 # --- real processes ---------------------------------------------------------------------

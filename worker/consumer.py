@@ -80,6 +80,15 @@ class Shard:
     seen_recent: set[bytes] = field(default_factory=set)
     seen_window: float = 0.0  # time.monotonic() when the current window began
     consumers_checked: float = 0.0  # time.monotonic() of the last clean-up of dead consumers
+    # Isolating entries that break the worker (see `worker.pipeline`): while `probe` > 0 the
+    # pending entries are recovered `probe` at a time; `attempt` are the ids of the batch
+    # being built (`bumped`: their delivery was counted); `retry_at` (monotonic) delays the
+    # shard after a failure, `failures` in a row.
+    probe: int = 0
+    attempt: list[bytes] = field(default_factory=list)
+    bumped: bool = False
+    retry_at: float = 0.0
+    failures: int = 0
 
     @property
     def index(self) -> int:
@@ -317,6 +326,28 @@ class ShardIO(FencedCalls):
         if isinstance(raw, redis.ResponseError):
             self._raise(shard, raw)
         return commit, (to_entries(raw[0][1]) if raw else [])
+
+
+CRASH_SUSPECT = 2  # deliveries without a commit after which a pending entry is tried alone
+
+
+def alone_if_suspect(shard: Shard, entries: list[Entry]) -> list[Entry]:
+    """The claimed entries to process now: all of them, unless one was delivered
+    `CRASH_SUSPECT` times without a commit (a worker may have died on it): then the entries
+    before it, or it alone, and the claim cursor rewinds to the first entry left out.
+
+    A process that dies cannot isolate the entry that killed it, so entries suspected of
+    that go one at a time; their deliveries count until `split_poison` takes the culprit.
+    """
+    first = next((i for i, (eid, _) in enumerate(entries)
+                  if shard.deliveries.get(eid, 0) >= CRASH_SUSPECT), None)
+    if first is None:
+        return entries
+    keep = entries[:max(first, 1)]
+    if len(keep) < len(entries):
+        shard.cursor = entries[len(keep)][0]  # XAUTOCLAIM's start is inclusive
+        shard.recovering = True
+    return keep
 
 
 def split_poison(

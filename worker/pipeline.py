@@ -17,16 +17,19 @@ from typing import Any
 
 import redis
 
+from forecast.errors import Fenced
 from forecast.grammar import Limits
 from forecast.redis_conn import group_info
 from forecast.settings import Settings
 from worker import metrics
 from worker.batch import Commit, Entry, Served, build_commit, finish_scores
-from worker.consumer import Shard, ShardIO, split_poison
+from worker.consumer import Shard, ShardIO, alone_if_suspect, split_poison
 
 log = logging.getLogger(__name__)
 
 RETRYABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+FAILURE_WAIT_S = 0.005  # a shard whose batch failed waits this, doubling per failure in a row
+FAILURE_WAIT_CAP_S = 2.0
 
 
 class BatchPath:
@@ -44,10 +47,46 @@ class BatchPath:
         self.block_ms = max(1, min(settings.block_ms, settings.lease_ttl_ms // 4))
 
     def process(self, shard: Shard, model: Served) -> int:
-        """Handle one batch of a shard; the number of entries handled."""
-        if shard.recovering:
-            return self._recover(shard, model)
-        return self._live(shard, model)
+        """Handle one batch of a shard; the number of entries handled.
+
+        A failure that is not Redis's (the model or the parser raised on some entry) resets
+        the shard and isolates the entries that cause it (`_failed`); Redis errors and a lost
+        lease propagate to the worker's except ladder.
+        """
+        if shard.retry_at and time.monotonic() < shard.retry_at:
+            return 0
+        try:
+            if shard.recovering:
+                return self._recover(shard, model)
+            return self._live(shard, model)
+        except (Fenced, redis.RedisError):
+            raise
+        except Exception as exc:
+            self._failed(shard, exc)
+            return 0
+
+    def _failed(self, shard: Shard, exc: Exception) -> None:
+        """Reset the shard and recover its pending entries in smaller parts: half of the batch
+        that failed (the delivery it counted is refunded: that part may be healthy), down to
+        one entry at a time, whose deliveries count until it is dead-lettered as poison."""
+        attempt, bumped = shard.attempt, shard.bumped
+        n, first = len(attempt), shard.probe == 0
+        shard.reset()
+        if n > 1:
+            if bumped:
+                self.io.refund(shard, attempt)
+            shard.probe = max(1, n // 2)
+        elif n == 1:
+            shard.probe = 1
+        shard.failures += 1
+        shard.retry_at = time.monotonic() + min(FAILURE_WAIT_CAP_S,
+                                                FAILURE_WAIT_S * 2 ** min(shard.failures, 10))
+        what = f"a batch of {n} entries of shard {shard.index} failed"
+        if first:
+            log.exception("%s; retrying it in parts of %d to isolate the entries that break it",
+                          what, shard.probe)
+        else:
+            log.warning("%s (%s: %s); next part %d", what, type(exc).__name__, exc, shard.probe)
 
     def _build(self, shard: Shard, model: Any, entries: list[Entry],
                commit: Commit | None = None, defer: bool = False) -> Commit:
@@ -64,22 +103,34 @@ class BatchPath:
     def _recover(self, shard: Shard, model: Any) -> int:
         """Claim pending entries of earlier owners (in id order) and commit them, synchronously."""
         commit = Commit()
-        entries = self.io.claim(shard, self.batch_size, self.settings.claim_min_idle_ms)
+        entries = self.io.claim(shard, shard.probe or self.batch_size,
+                                self.settings.claim_min_idle_ms)
         if entries is None:
             return 0
+        if not shard.recovering:
+            shard.probe = 0  # every pending entry is done: back to whole batches
+        entries = alone_if_suspect(shard, entries)
         entries = split_poison(shard, entries, self.settings.max_deliveries, commit)
         if not entries and not commit.ack_ids:
             return 0
         ids = [eid for eid, _ in entries]
+        shard.attempt, shard.bumped = ids, False
         try:
             self.io.bump(shard, ids)  # this delivery counts from here: the model sees them next
+            shard.bumped = True
             commit = self._build(shard, model, entries, commit)
             commit.entries = len(entries)
             self._commit_now(shard, commit)
         except RETRYABLE:
             self.io.refund(shard, ids)  # the connection broke, not these entries
             raise
+        self._succeeded(shard)
         return len(commit.ack_ids)
+
+    def _succeeded(self, shard: Shard) -> None:
+        shard.attempt, shard.failures, shard.retry_at = [], 0, 0.0
+        if shard.probe:
+            shard.probe = min(self.batch_size, 2 * shard.probe)
 
     def _live(self, shard: Shard, model: Any) -> int:
         """Process the next batch while Redis runs the previous commit and the next read."""
@@ -91,6 +142,7 @@ class BatchPath:
                 return 0
             shard.ahead.append(self.settle(shard))
             return len(shard.ahead[-1])
+        shard.attempt, shard.bumped = [eid for eid, _ in entries], False
         commit = self._build(shard, model, entries, defer=True)  # scored once it is sent
         commit.entries = len(entries)
         if shard.inflight is not None:
@@ -104,6 +156,7 @@ class BatchPath:
         self.io.send_commit_and_read(shard, commit, s.predictions_maxlen, s.deadletter_maxlen,
                                      self.batch_size)
         finish_scores(commit)  # while Redis runs the commit, before the shard's next batch
+        self._succeeded(shard)
         return len(entries)
 
     def _read(self, shard: Shard) -> list[Entry]:

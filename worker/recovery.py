@@ -61,7 +61,6 @@ class FencedCalls:
         # Deliveries counted so far; one that ended with a Redis error here does not count.
         free = self.refunds.get(shard.keys.values, set())
         shard.deliveries = {d[0]: int(d[3]) - (d[0] in free) for d in raw[2]}
-        free.difference_update(shard.deliveries)
         entries = to_entries(raw[1])
         if shard.cursor == b"0-0" and not entries:
             shard.recovering = False
@@ -77,6 +76,7 @@ class FencedCalls:
         """
         if not ids:
             return
+        self.refunds.get(shard.keys.values, set()).difference_update(ids)
         by_count: dict[int, list[bytes]] = {}
         for eid in ids:
             n = shard.deliveries.get(eid, 0) + 1
