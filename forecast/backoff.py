@@ -1,4 +1,4 @@
-"""Capped exponential backoff with full jitter, for Redis outages."""
+"""Capped exponential backoff with full jitter, for Redis outages (worker and trainer)."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ MODEL_SEQ = "forecast:model:seq"  # counter for new version numbers
 MODEL_HISTORY = "forecast:model:history"  # list: earlier current versions, newest first (rollback)
 MODEL_STATES = "forecast:model:states"  # hash: version -> candidate, previous, rejected, retired
 EVENTS = "forecast:events"  # stream: drift events (event=drift, series, detector, statistic)
+TRAINER = "forecast:trainer"  # string: the watching trainer's JSON status (with a TTL)
 
 # Workers.
 WORKERS = "forecast:workers"  # sorted set: consumer -> last heartbeat (ms)

@@ -210,6 +210,10 @@ class Settings(BaseSettings):
         10, "Versions whose blobs the registry keeps (current, candidates, rollback always)",
         cli=(*TRAINER, "models"), ge=1,
     )
+    trainer_metrics_port: int = setting(
+        0, "train --watch: port of the trainer's /metrics (0 disables)", cli=TRAINER,
+        ge=0, le=65535,
+    )
 
     @field_validator("redis_url")
     @classmethod

@@ -49,13 +49,41 @@ def collect(client: Any, settings: Settings) -> dict[str, Any]:
             }
         )
     current = client.get(keys.MODEL_CURRENT)
-    return {"model": current.decode() if current else None, "shards": shards, "workers": workers}
+    trainer = client.get(keys.TRAINER)
+    return {"model": current.decode() if current else None, "shards": shards, "workers": workers,
+            "trainer": json.loads(trainer) if trainer else None}
+
+
+def trainer_line(t: dict[str, Any] | None, now_ms: int) -> str:
+    """One line on the watching trainer.
+
+    >>> line = trainer_line({"state": "watching", "first_model_refused": True, "reason": "no",
+    ...                      "next_training_at": 61_000, "last_version": "v1"}, 1_000)
+    >>> for part in line.split("; "): print(part)
+    watching trainer: watching
+    FIRST MODEL REFUSED (v1: no): nothing is current
+    next training in 60s
+    >>> trainer_line(None, 0)
+    'watching trainer: (none running)'
+    """
+    if not t:
+        return "watching trainer: (none running)"
+    line = f"watching trainer: {t.get('state')}"
+    if t.get("first_model_refused"):
+        line += (f"; FIRST MODEL REFUSED ({t.get('last_version')}: {t.get('reason')}): "
+                 "nothing is current")
+    elif t.get("last_version"):
+        line += f"; last trained {t['last_version']} ({t.get('last_result')})"
+    if t.get("next_training_at"):
+        line += f"; next training in {max(0, (t['next_training_at'] - now_ms) // 1000)}s"
+    return line
 
 
 def render(data: dict[str, Any]) -> str:
     """The status as a readable table."""
     lines = [
         f"current model: {data['model'] or '(none published)'}",
+        trainer_line(data.get("trainer"), int(time.time() * 1000)),
         "",
         f"{'shard':>5}  {'stream':<24} {'length':>9} {'lag':>9} {'pending':>8}  owner",
     ]
