@@ -91,6 +91,14 @@ def wait_until(what: str, cond: Callable[[], Any], timeout: float, interval: flo
         time.sleep(interval)
 
 
+def eventually(cond: Callable[[], Any], timeout: float, interval: float = 0.5) -> bool:
+    """Whether `cond` became truthy within `timeout` (a check's verdict, never an exception)."""
+    try:
+        return bool(wait_until("", cond, timeout, interval))
+    except TimeoutError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -405,8 +413,9 @@ def up(t: Checks, st: Stack) -> None:
     start = time.monotonic()
     st.c("up", "-d", timeout=600)
     redis_c = wait_until("redis container", lambda: st.containers("redis"), 60)[0]
-    wait_until("redis healthy", lambda: st.health(redis_c) == "healthy", 120)
-    t.check("redis healthy (redis-cli ping)", True, f"{time.monotonic() - start:.0f} s after up")
+    healthy = eventually(lambda: st.health(redis_c) == "healthy", 120)
+    t.check("redis healthy (redis-cli ping)", healthy,
+            f"{time.monotonic() - start:.0f} s after up", fatal=True)
     aof = st.cli("CONFIG", "GET", "appendonly").split()
     t.check("redis runs with AOF on its volume", aof[-1:] == ["yes"], " ".join(aof))
     trainer = st.containers("trainer", all_=True)
@@ -424,9 +433,9 @@ def up(t: Checks, st: Stack) -> None:
             fatal=True)
     worker = st.containers("worker")
     t.check("one worker container", len(worker) == 1, str(len(worker)), fatal=True)
-    wait_until("worker healthy", lambda: st.health(worker[0]) == "healthy", 180, interval=1)
-    t.check("worker healthy by its healthcheck (forecast worker --check)", True,
-            f"{time.monotonic() - start:.0f} s after up")
+    healthy = eventually(lambda: st.health(worker[0]) == "healthy", 180, interval=1)
+    t.check("worker healthy by its healthcheck (forecast worker --check)", healthy,
+            f"{time.monotonic() - start:.0f} s after up", fatal=True)
     image_contents(t, st, worker[0])
     for name, cid in (("worker", worker[0]), ("trainer", trainer[0])):
         ro = st.inspect(cid, "{{.HostConfig.ReadonlyRootfs}}")

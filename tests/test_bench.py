@@ -106,6 +106,9 @@ def test_throughput_scenario_runs_a_real_worker(tmp_path: Path) -> None:
     run0 = data["scenarios"]["throughput"]["runs"][0]
     assert run0["values"] == plan.values
     assert run0["values_per_s"] > 0 and run0["worker_cpu_us_per_value"] > 0
-    verdicts = {r["scenario"]: r["verdict"] for r in data["table"]}
-    assert verdicts["throughput: 1 worker, 1,000 series, SimpleRNN n=3"] in ("PASS", "FAIL")
-    assert json.loads(out.read_text())["scenarios"]["throughput"]["median"]["values_per_s"] > 0
+    rate = json.loads(out.read_text())["scenarios"]["throughput"]["median"]["values_per_s"]
+    row = {r["scenario"]: r for r in data["table"]}["throughput: 1 worker, 1,000 series, " \
+                                                    "SimpleRNN n=3"]
+    # the row is the measured median, judged against the target
+    assert row["figure"].startswith(f"{rate:,.0f} values/s")
+    assert row["verdict"] == ("PASS" if rate >= 150_000 else "FAIL")
