@@ -4,9 +4,11 @@ Write order: a version's blob and manifest are stored before it is listed and be
 current pointer can name it, so a reader never sees a current version without its bytes.
 A switch (SET current, push the previous one onto the history, XADD the announcement) is
 one MULTI/EXEC under WATCH on a single Redis. Those keys carry no hash tag, so on a Redis
-Cluster they live in different slots: there the same writes run one by one, history first, so
-a crash between them leaves at worst a history entry equal to the current version (skipped
-by rollback). This module does not import TensorFlow.
+Cluster they live in different slots: there the switch itself is a compare-and-set script on
+`forecast:model:current` (so of two workers deciding the same switch, one wins, once), and
+only its winner makes the other writes, one by one; a crash between them leaves at worst a
+history entry equal to the current version (skipped by rollback) or a stale state.
+This module does not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -34,9 +36,18 @@ HISTORY_LEN = 100  # earlier current versions kept for rollback
 ANNOUNCE_MAXLEN = 10_000
 _NUMBER = re.compile(r"(\d+)")
 
-# A switch reads the registry, then returns the writes to make and its result.
+# A switch reads the registry, then returns its steps: the writes to make before setting
+# the current version (harmless if another switch wins), the version to make current (None:
+# no switch), the writes after it, and its result.
 Write = Callable[[Any], Any]
-Plan = Callable[[Any], tuple[list[Write], Any]]
+Steps = tuple[list[Write], str | None, list[Write], Any]
+Plan = Callable[[Any], Steps]
+# KEYS: current. ARGV: the version seen as current ('' for none), the new one.
+_CAS_CURRENT = """
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
 
 
 def _text(raw: bytes | str | None) -> str | None:
@@ -122,18 +133,30 @@ def _announce(event: str, version: str, sha256: str, reason: str = "",
     return lambda c: c.xadd(keys.MODELS_STREAM, fields, maxlen=ANNOUNCE_MAXLEN, approximate=True)
 
 
-def _apply(client: Any, watched: tuple[str, ...], plan: Plan) -> Any:
-    """Read with `plan`, then make its writes: in one MULTI/EXEC under WATCH, or one by one."""
+def _apply(client: Any, watched: tuple[str, ...], plan: Plan, failed: Any) -> Any:
+    """Read with `plan`, then make its writes and set the current version: in one MULTI/EXEC
+    under WATCH, or (a cluster) around a compare-and-set of the current version; `failed` is
+    the result when another switch came first."""
     if isinstance(client, RedisCluster):
-        writes, result = plan(client)
-        for write in writes:
+        seen = current_version(client) or ""
+        before, target, after, result = plan(client)
+        for write in before:
+            write(client)
+        if target is not None and not client.eval(_CAS_CURRENT, 1, keys.MODEL_CURRENT, seen,
+                                                  target):
+            return failed
+        for write in after:
             write(client)
         return result
 
     def txn(pipe: Any) -> Any:
-        writes, result = plan(pipe)
+        before, target, after, result = plan(pipe)
         pipe.multi()
-        for write in writes:
+        for write in before:
+            write(pipe)
+        if target is not None:
+            pipe.set(keys.MODEL_CURRENT, target)
+        for write in after:
             write(pipe)
         return result
 
@@ -147,25 +170,25 @@ def _switch(client: Any, version: str, event: str, sha256: str, reason: str = ""
     With `expect`, only if the current version is still `expect` (False otherwise).
     """
 
-    def plan(reader: Any) -> tuple[list[Write], bool]:
+    def plan(reader: Any) -> Steps:
         prev = current_version(reader)
         if expect is not None and prev != expect:
-            return [], False
+            return [], None, [], False
         states = _states(reader)
-        writes: list[Write] = [lambda c: c.hdel(keys.MODEL_STATES, version)]
+        before: list[Write] = []
+        after: list[Write] = [lambda c: c.hdel(keys.MODEL_STATES, version)]
         stale = [v for v, state in states.items() if state == "previous" and v != version]
         if stale:
-            writes.append(lambda c: c.hdel(keys.MODEL_STATES, *stale))
+            after.append(lambda c: c.hdel(keys.MODEL_STATES, *stale))
         if prev is not None and prev != version:
-            writes += [lambda c: c.delete(keys.live_pair(prev, version)),  # fresh evidence
-                       lambda c: c.lpush(keys.MODEL_HISTORY, prev),
-                       lambda c: c.ltrim(keys.MODEL_HISTORY, 0, HISTORY_LEN - 1),
-                       lambda c: c.hset(keys.MODEL_STATES, prev, "previous")]
-        writes += [lambda c: c.set(keys.MODEL_CURRENT, version),
-                   _announce(event, version, sha256, reason, evidence)]
-        return writes, True
+            before += [lambda c: c.lpush(keys.MODEL_HISTORY, prev),
+                       lambda c: c.ltrim(keys.MODEL_HISTORY, 0, HISTORY_LEN - 1)]
+            after += [lambda c: c.delete(keys.live_pair(prev, version)),  # fresh evidence
+                      lambda c: c.hset(keys.MODEL_STATES, prev, "previous")]
+        after.append(_announce(event, version, sha256, reason, evidence))
+        return before, version, after, True
 
-    done: bool = _apply(client, (keys.MODEL_CURRENT, keys.MODEL_STATES), plan)
+    done: bool = _apply(client, (keys.MODEL_CURRENT, keys.MODEL_STATES), plan, False)
     return done
 
 
@@ -242,29 +265,33 @@ def promote(client: Any, version: str, reason: str = "manual",
 
 
 def rollback(client: Any, reason: str = "manual", evidence: dict[str, Any] | None = None,
-             expect: str | None = None) -> str:
-    """Make the previous current version current again; the one rolled back is `rejected`."""
+             expect: str | None = None, to: str | None = None) -> str:
+    """Make the previous current version (or `to`, an earlier current version in the history)
+    current again; the one rolled back is `rejected`. Returns the version now current, or ""
+    when `expect` is given and another version is current by now."""
 
-    def plan(reader: Any) -> tuple[list[Write], str]:
+    def plan(reader: Any) -> Steps:
         current = current_version(reader)
         if expect is not None and current != expect:
-            return [], ""
+            return [], None, [], ""
         history = [_text(v) or "" for v in reader.lrange(keys.MODEL_HISTORY, 0, -1)]
-        found = [i for i, v in enumerate(history) if v != current and exists(reader, v)]
+        found = [i for i, v in enumerate(history) if v != current and exists(reader, v)
+                 and (to is None or v == to)]
         if not found:
             raise RegistryError(
-                "nothing to roll back to: no earlier current version in the history")
+                f"nothing to roll back to: {to} is not an earlier current version with its blob"
+                if to else "nothing to roll back to: no earlier current version in the history")
         i, target = found[0], history[found[0]]
         sha = str(get_manifest(reader, target).get("sha256", ""))
-        writes: list[Write] = [lambda c: c.set(keys.MODEL_CURRENT, target),
-                               lambda c: c.ltrim(keys.MODEL_HISTORY, i + 1, -1),
+        writes: list[Write] = [lambda c: c.ltrim(keys.MODEL_HISTORY, i + 1, -1),
                                lambda c: c.hdel(keys.MODEL_STATES, target)]
         if current is not None:
             writes.append(lambda c: c.hset(keys.MODEL_STATES, current, "rejected"))
-        return [*writes, _announce("rolled_back", target, sha, reason, evidence)], target
+        return [], target, [*writes, _announce("rolled_back", target, sha, reason, evidence)], \
+            target
 
     chosen: str = _apply(client, (keys.MODEL_CURRENT, keys.MODEL_HISTORY, keys.MODEL_STATES),
-                         plan)
+                         plan, "")
     return chosen
 
 

@@ -92,3 +92,35 @@ def test_old_train_flags_still_work_with_a_warning(capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert "--batch-size is deprecated here; use --train-batch-size" in err
     assert "--out is deprecated here; use --model-dir" in err
+
+
+def test_tail_on_a_cluster_never_skips_what_arrives_in_an_idle_stream(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read one stream at a time, a "$" would skip entries that arrive in another stream
+    between its reads: tail starts from each stream's newest id and follows real ids."""
+    import fakeredis
+
+    from forecast import client as client_mod
+    from forecast.settings import Settings
+
+    fake = fakeredis.FakeRedis()
+    streams = keys.output_streams(2, True)
+    fake.xadd(streams[0], {"series": "old", "prediction": "1"})  # before tail: not shown
+    calls: list[dict[str, Any]] = []
+
+    class Recording:
+        def xrevrange(self, *args: Any, **kwargs: Any) -> Any:
+            return fake.xrevrange(*args, **kwargs)
+
+        def xread(self, last: dict[str, Any], **kwargs: Any) -> Any:
+            calls.append(dict(last))
+            if len(calls) == 1:  # while stream 0 is read, values arrive in the idle stream 1
+                fake.xadd(streams[1], {"series": "s", "prediction": "2"})
+            return fake.xread(last, **kwargs)
+
+    monkeypatch.setattr(client_mod, "connect", lambda *a, **k: Recording())
+    out = io.StringIO()
+    args = build_parser().parse_args(["tail", "--count", "1"])
+    run_tail(args, Settings(_env_file=None, cluster=True, shards=2), out=out)  # type: ignore[call-arg]
+    assert out.getvalue().startswith("s  prediction=2")
+    assert all("$" not in last.values() for last in calls)

@@ -133,10 +133,10 @@ def test_switch_is_one_transaction_on_real_redis(redis_url: str) -> None:
                             "SET forecast:model:v2:manifest", "ZADD forecast:model:versions"]
     assert commands[4:] == ["WATCH forecast:model:current", "GET forecast:model:current",
                             "HGETALL forecast:model:states", "MULTI",
-                            "HDEL forecast:model:states", "DEL forecast:live:v1:vs:v2",
-                            "LPUSH forecast:model:history",
-                            "LTRIM forecast:model:history", "HSET forecast:model:states",
-                            "SET forecast:model:current", "XADD forecast:models", "EXEC"]
+                            "LPUSH forecast:model:history", "LTRIM forecast:model:history",
+                            "SET forecast:model:current", "HDEL forecast:model:states",
+                            "DEL forecast:live:v1:vs:v2", "HSET forecast:model:states",
+                            "XADD forecast:models", "EXEC"]
     assert registry.current_version(client) == "v2"
     assert client.lrange(keys.MODEL_HISTORY, 0, -1) == [b"v1"]
     assert registry.rollback(client) == "v1"
@@ -183,3 +183,36 @@ def test_cluster_clients_use_sequential_writes() -> None:
     assert inner.lrange(keys.MODEL_HISTORY, 0, -1) == [b"v2", b"v1"]
     assert [a["event"] for a in announcements(inner)] == [
         "published", "published", "published", "rolled_back", "promoted"]
+
+
+def test_on_a_cluster_a_switch_happens_once_when_two_race() -> None:
+    """Two workers decide the same promotion at once: the compare-and-set lets one win."""
+    inner = fakeredis.FakeRedis()
+
+    class Racing(FakeCluster):
+        raced = False
+
+        def eval(self, *args: Any) -> Any:  # the other worker's switch lands first
+            if not self.raced:
+                self.raced = True
+                assert registry.promote(FakeCluster(inner), "v3", expect="v2") is True
+            return inner.eval(*args)
+
+    plain = FakeCluster(inner)
+    for tag in "abc":
+        registry.publish(plain, *blob_and_manifest(tag))
+    registry.rollback(plain)  # v2 current, v3 stored
+    assert registry.promote(Racing(inner), "v3", expect="v2") is False
+    events = [a["event"] for a in announcements(inner)]
+    assert events.count("promoted") == 1 and registry.current_version(plain) == "v3"
+    assert inner.lrange(keys.MODEL_HISTORY, 0, -1)[:1] == [b"v2"]
+
+
+def test_rollback_goes_to_the_version_it_is_handed(client: fakeredis.FakeRedis) -> None:
+    for tag in "abc":
+        registry.publish(client, *blob_and_manifest(tag))  # history: v2, v1
+    with pytest.raises(registry.RegistryError, match="v9 is not an earlier current version"):
+        registry.rollback(client, to="v9")
+    assert registry.rollback(client, to="v1") == "v1"
+    assert registry.current_version(client) == "v1"
+    assert registry.states(client)["v3"] == "rejected"

@@ -68,7 +68,8 @@ class Promoter:
             done = registry.promote(self.client, d.version, d.reason, d.evidence(), expect=current)
         else:
             try:
-                done = registry.rollback(self.client, d.reason, d.evidence(), expect=current) != ""
+                done = registry.rollback(self.client, d.reason, d.evidence(), expect=current,
+                                         to=d.version) != ""
             except registry.RegistryError:  # nothing to roll back to
                 return False
         if done:
