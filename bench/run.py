@@ -122,6 +122,23 @@ def _big_rows(big: Outcome | None) -> list[Row]:
     ]
 
 
+def _swap_rows(swap: Outcome | None) -> list[Row]:
+    if not swap or not swap.median:
+        return []
+    m, load, n = swap.median, _load(swap), swap.info.get("series", 0)
+    changes = swap.runs[0].get("changes_s", {}) if swap.runs else {}
+    took = ", ".join(f"{k} in {v:.1f} s" for k, v in changes.items())
+    return [
+        Row(f"model swaps with {n:,} live series: lag p99 (publish, promote, unshadow)",
+            f"{m['p99_ms']:,.0f} ms (max {m['max_ms']:,.0f} ms; {took})", "<= 1,000 ms",
+            _verdict(m["p99_ms"] <= 1000 and m.get("missing", 0) == 0), load),
+        Row(f"model swaps with {n:,} live series: lease losses, recoveries",
+            f"{m['troubles']:.0f}", "0", _verdict(m["troubles"] == 0), load),
+        Row(f"warm shutdown with {n:,} live series", f"{m['shutdown_s']:.1f} s", "<= 10 s",
+            _verdict(m["shutdown_s"] <= 10), load),
+    ]
+
+
 def _report_rows(results: dict[str, Outcome]) -> list[Row]:
     out = []
     cold = results.get("cold_start")
@@ -186,6 +203,7 @@ def rows(results: dict[str, Outcome]) -> list[Row]:
     """The table rows for whatever scenarios ran (targets from issues 5 and 14)."""
     return [*_reference_rows(results), *_throughput_rows(results),
             *_latency_rows(results.get("latency")), *_big_rows(results.get("series_1m")),
+            *_swap_rows(results.get("swap_1m")),
             *_report_rows(results), *_redis_rows(results)]
 
 

@@ -15,6 +15,7 @@ import logging
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -456,6 +457,88 @@ def series_1m(bench: Bench) -> Outcome:
     return out.summarise("bytes_per_series", "values_per_s_big", "values_per_s_small", "slowdown")
 
 
+LOOP_TROUBLE = ("lost the lease", "Redis unavailable", "unexpected error", "failed;")
+
+
+def _choreograph(client: Any, worker: WorkerProcess, steps: list[tuple[float, Any, Any]],
+                 done: dict[str, float]) -> None:
+    """At each (seconds after start, action, until) step: run action(), then poll until(),
+    recording how long each took to show in the worker's heartbeat."""
+    t0 = time.monotonic()
+    for at, (name, action), until in steps:
+        time.sleep(max(0.0, t0 + at - time.monotonic()))
+        t1 = time.monotonic()
+        action()
+
+        def shown(until: Callable[[dict[str, Any]], Any] = until) -> Any:
+            return until(json.loads(client.get(keys.heartbeat(worker.consumer)) or b"{}"))
+        wait_until(shown, 120, 0.01, name)
+        done[name] = round(time.monotonic() - t1, 3)
+
+
+def swap_1m(bench: Bench) -> Outcome:
+    """A model line-up change with 1M live series must not stall the loop.
+
+    One worker holds 1M series (every window checkpointed and in memory, n_steps=24) while a
+    paced producer offers `latency_rate` values/s over 1,000 series for 14 s; meanwhile a
+    candidate is published (served in shadow), promoted, and the previous version (shadowed
+    after the promotion) unshadowed. Reported: the producer's end-to-end latency over the whole
+    window, how long each change took to show in the heartbeat, lease losses or recoveries
+    in the worker's log, and how long a warm shutdown (SIGTERM) takes with 1M series.
+    """
+    plan = bench.plan
+    trained = bench.model("simple_rnn", 24)
+    big = Series(plan.big_series, "m")
+    out = Outcome()
+    with bench.redis() as (server, client), Fleet(
+            bench, server, client, 1, 1, max_series=max(plan.big_series, 1_000_000),
+            lease_ttl_ms=5000) as fleet:
+        shard = keys.shard_keys(0, 1)
+        seed_state(client, shard.state, big, 24, shard.seen)  # steady state: no TTL backfill
+        fleet.serve(trained)
+        fleet.warm(fleet.loads(plan.big_series, big))  # every series in memory, with live state
+        fleet.warm(fleet.loads(plan.warmup))
+        worker = fleet.workers[0]
+        first = registry.current_version(client)
+        log_before = len(worker.log())
+        cand: dict[str, str] = {}
+
+        def publish() -> None:
+            cand["v"] = registry.publish(client, trained.blob, dict(trained.manifest),
+                                         make_current=False, candidate=True)
+
+        steps = [
+            (2.0, ("candidate published", publish), lambda b: b.get("shadows")),
+            (5.0, ("candidate promoted", lambda: registry.promote(client, cand["v"])),
+             lambda b: b.get("model_version") == cand["v"]),
+            (9.0, ("previous unshadowed", lambda: registry.unshadow(client, first or "")),
+             lambda b: b.get("shadows") == []),
+        ]
+        done: dict[str, float] = {}
+        load = load_average()
+        producer, path = start_producer(server.url, plan.latency_rate, 14.0, plan.series,
+                                        bench.workdir)
+        thread = threading.Thread(target=_choreograph, args=(client, worker, steps, done))
+        thread.start()
+        try:
+            run = _latencies(client, producer, path, plan.latency_skip_s)
+        finally:
+            thread.join(180)
+            if producer.poll() is None:
+                producer.kill()
+                producer.wait()
+        log = worker.log()[log_before:]
+        trouble = {k: log.count(k) for k in LOOP_TROUBLE}
+        t0 = time.perf_counter()
+        code = worker.stop(grace=60.0)
+        shutdown = time.perf_counter() - t0
+        out.runs.append({**run, "load_avg_1m": load, "changes_s": done,
+                         "loop_trouble": trouble, "troubles": sum(trouble.values()),
+                         "shutdown_s": round(shutdown, 2), "exit_code": code})
+    out.info.update(series=plan.big_series, rate=plan.latency_rate, n_steps=24)
+    return out.summarise("p50_ms", "p99_ms", "max_ms", "missing", "troubles", "shutdown_s")
+
+
 def cold_start(bench: Bench) -> Outcome:
     """Seconds from starting `forecast worker` to its first prediction.
 
@@ -711,6 +794,7 @@ SCENARIOS: dict[str, Callable[[Bench], Outcome]] = {
     "archs": archs,
     "scaling": scaling,
     "series_1m": series_1m,
+    "swap_1m": swap_1m,
     "cluster_speed": cluster_speed,
     "model_bound": model_bound,
     "durability": durability,

@@ -45,8 +45,11 @@ return count
 # KEYS: state hash. ARGV: first, count, prefix, blob. Same checkpoint for series prefix..k.
 SEED_LUA = """
 local first, count, prefix, blob = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000
 for k = first, first + count - 1 do
   redis.call('HSET', KEYS[1], prefix .. k, blob)
+  if KEYS[2] then redis.call('ZADD', KEYS[2], now, prefix .. k) end
 end
 return count
 """
@@ -87,8 +90,10 @@ def preload(client: Any, stream: str, count: int, series: Series, first: int = 0
         done += n
 
 
-def seed_state(client: Any, state_key: str, series: Series, width: int) -> None:
-    """Checkpoint a full window (width values) for every series, as if each had history."""
+def seed_state(client: Any, state_key: str, series: Series, width: int,
+               seen_key: str | None = None) -> None:
+    """Checkpoint a full window (width values) for every series, as if each had history;
+    with `seen_key`, also its last-seen time (as a steady state: no backfill to run)."""
     store = SeriesStore(width)
     blob = store.encode([store.set_window(b"seed", np.linspace(1.0, 2.0, width))])[0]
     if series.names:
@@ -97,7 +102,8 @@ def seed_state(client: Any, state_key: str, series: Series, width: int) -> None:
     script = client.register_script(SEED_LUA)
     for first in range(0, series.n, 2 * CHUNK):
         n = min(2 * CHUNK, series.n - first)
-        script(keys=[state_key], args=[first, n, series.prefix, blob])
+        script(keys=[state_key, *([seen_key] if seen_key else [])],
+               args=[first, n, series.prefix, blob])
 
 
 def acked(client: Any, streams: Sequence[str], group: str = "forecast") -> int:
