@@ -147,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "tail")
     p.set_defaults(run="forecast.client:run_tail")
 
+    p = sub.add_parser("get", help="the latest forecast of each SERIES (forecast:latest)")
+    p.add_argument("series", nargs="+", help="series ids")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    _add(p, "get")
+    p.set_defaults(run="forecast.client:run_get")
+
     p = sub.add_parser("status", help="shards, owners, lag and worker health")
     _add(p, "status")
     p.set_defaults(run="forecast.status:run")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -197,12 +198,44 @@ def newest_id(client: Any, stream: str) -> bytes | str:
     return newest[0][0] if newest else "0-0"
 
 
+def latest(client: Any, series: str | bytes, shards: int = 1,
+           cluster: bool = False) -> dict[str, str] | None:
+    """The newest forecast of `series` (the fields of its last output entry), or None."""
+    key = keys.latest_hashes(shards, cluster)[keys.shard_of(series, shards) if cluster else 0]
+    raw = client.hget(key, series)
+    return None if raw is None else dict(json.loads(raw))
+
+
+def run_get(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) -> int:
+    """`forecast get SERIES...`: the latest forecast of each (exit 1 if one has none)."""
+    client = connect(settings)
+    missing = 0
+    for series in args.series:
+        found = latest(client, series, settings.shards, settings.cluster)
+        if found is None:
+            missing += 1
+            print(json.dumps({"series": series, "found": False}) if args.json
+                  else f"{series}  (no forecast)", file=out)
+        elif args.json:
+            print(json.dumps({"series": series, **found}), file=out)
+        else:
+            fields = {k.encode(): v.encode() for k, v in found.items()}
+            print(format_prediction(b"", {b"series": series.encode(), **fields}), file=out)
+    return 1 if missing else 0
+
+
 def run_tail(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) -> int:
     """`forecast tail`: follow predictions (or dead letters) until Ctrl-C or --count."""
     client = connect(settings, timeout=None)
     streams = (keys.deadletter_streams if args.deadletter else keys.output_streams)(
         settings.shards, settings.cluster
     )
+    if args.series and not args.deadletter:  # a followed series has its own stream
+        k = keys.shard_of(args.series, settings.shards) if settings.cluster else 0
+        own = keys.shard_keys(k, settings.shards, settings.cluster).follow_stream(
+            args.series.encode()).decode()
+        if client.exists(own):
+            streams = [own]
     # Concrete ids, never "$": reading one stream at a time (a cluster), "$" would skip what
     # arrived in the others since their last read.
     last = {s: "0-0" if args.from_start else newest_id(client, s) for s in streams}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 VALUES = "forecast:values"
 PREDICTIONS = "forecast:predictions"
+LATEST = "forecast:latest"  # hash: series -> its newest forecast (JSON); per shard on a cluster
 DEADLETTER = "forecast:deadletter"
 
 # Model registry.
@@ -108,12 +109,21 @@ class ShardKeys:
     epoch: str  # counter: fencing tokens
     fence: str  # touched when a zombie tries to read: aborts its WATCHed read (see worker)
     seen: str = ""  # sorted set: series -> last commit time (ms), for FORECAST_SERIES_TTL_MS
+    latest: str = ""  # hash: series -> its newest forecast (JSON)
 
     @property
     def commit_keys(self) -> list[str]:
-        """KEYS of the commit script, in its order."""
+        """KEYS of the commit script, in its order (then the followed series' streams)."""
         return [self.values, self.predictions, self.deadletter, self.state, self.lease,
-                self.seen]
+                self.seen, self.latest]
+
+    def follow_stream(self, series: bytes) -> bytes:
+        """The output stream of one followed series (FORECAST_FOLLOW), beside this shard's.
+
+        >>> shard_keys(0, 1).follow_stream(b"pump-1"), shard_keys(3, 4, True).follow_stream(b"a")
+        (b'forecast:predictions:pump-1', b'forecast:predictions:{3}:a')
+        """
+        return self.predictions.encode() + b":" + series
 
 
 def shard_keys(shard: int, shards: int, cluster: bool = False) -> ShardKeys:
@@ -140,6 +150,7 @@ def shard_keys(shard: int, shards: int, cluster: bool = False) -> ShardKeys:
         epoch=f"forecast:epoch{tag}",
         fence=f"forecast:fence{tag}",
         seen=f"forecast:seen{tag}",
+        latest=LATEST + out_tag,
     )
 
 
@@ -148,6 +159,13 @@ def output_streams(shards: int, cluster: bool) -> list[str]:
     if not cluster:
         return [PREDICTIONS]
     return [shard_keys(k, shards, cluster).predictions for k in range(shards)]
+
+
+def latest_hashes(shards: int, cluster: bool) -> list[str]:
+    """Every `forecast:latest` hash (one per shard on a cluster)."""
+    if not cluster:
+        return [LATEST]
+    return [shard_keys(k, shards, cluster).latest for k in range(shards)]
 
 
 def deadletter_streams(shards: int, cluster: bool) -> list[str]:

@@ -15,7 +15,7 @@ from forecast.secrets import mask_secrets
 Arch = Literal["simple_rnn", "lstm", "gru"]
 
 # The commands whose CLI flags a setting gets (forecast.cli derives every flag from here).
-CONNECTED = ("train", "models", "worker", "push", "tail", "status", "plot", "replay")
+CONNECTED = ("train", "models", "worker", "push", "tail", "get", "status", "plot", "replay")
 WORKER = ("worker",)
 TRAINER = ("train",)
 
@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     interval_gamma: float = setting(
         0.1, "Step of the adaptive intervals per series (ACI on a log width factor; 0: off)",
         cli=WORKER, ge=0.0, le=1.0,
+    )
+    follow: str = setting(
+        "", "Glob patterns, comma-separated, of series whose outputs also go to their own "
+        "stream forecast:predictions:<series> (capped), for dashboards (empty: none)",
+        cli=WORKER,
     )
     promote: Literal["auto", "manual"] = setting(
         "auto", "auto: workers promote a candidate (or roll back) on live evidence; manual: never",

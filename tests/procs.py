@@ -66,21 +66,23 @@ def tiny_model() -> tuple[bytes, dict[str, Any]]:
     return trained.blob, dict(trained.manifest)
 
 
-def stale_model(manifest: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    """A deliberately worse model of the same shape as `manifest`'s: it forecasts the oldest
-    value of its window (two steps stale at n_steps=3), with a zero-width interval."""
+def doubling_model(manifest: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """A deliberately bad model of the same shape as `manifest`'s: it forecasts twice the
+    last value of its window, with a zero-width interval."""
     import keras
+    import numpy as np
 
     from trainer.model import to_bytes
 
     n = int(manifest["n_steps"])
     x = keras.Input((n, 1))
-    first = keras.layers.Flatten()(keras.layers.Cropping1D((0, n - 1))(x))
-    outputs = [first] * (3 if manifest.get("outputs") == "interval" else 1)
-    out = keras.layers.Concatenate()(outputs) if len(outputs) > 1 else first
-    model = keras.Model(x, out)
+    dense = keras.layers.Dense(1, use_bias=False, trainable=False)
+    point = dense(keras.layers.Flatten()(x))
+    dense.set_weights([np.array([[0.0]] * (n - 1) + [[2.0]], dtype="float32")])
+    outputs = [point] * (3 if manifest.get("outputs") == "interval" else 1)
+    out = keras.layers.Concatenate()(outputs) if len(outputs) > 1 else point
     plain = {k: v for k, v in manifest.items() if k not in ("sha256", "version", "hmac")}
-    return to_bytes(model), {**plain, "arch": "stale"}
+    return to_bytes(keras.Model(x, out)), {**plain, "arch": "doubling"}
 
 
 def publish_tiny_model(url: str) -> str:

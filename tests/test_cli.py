@@ -46,6 +46,8 @@ def test_push_values_and_csv_then_tail(r: redis.Redis, redis_url: str, tmp_path:
     csv.write_text("series,timestamp,value\na,1700000000000,3\nb,,4\n")
     assert main(["push", "--redis-url", redis_url, "--csv", str(csv)]) == 0
     rows = [f for _, f in r.xrange(keys.VALUES)]
+    seqs = [int(f.pop(b"seq")) for f in rows]  # every pushed value carries its sequence number
+    assert seqs == sorted(set(seqs))
     assert rows == [
         {b"series": b"s1", b"value": b"1", b"ts": b"1000"},
         {b"series": b"s1", b"value": b"2.5", b"ts": b"1001"},

@@ -110,6 +110,7 @@ def test_series_ttl_removes_idle_checkpoints_and_windows(
 
     step_until(lambda: client.xlen(keys.PREDICTIONS) == 1, "a prediction for old")
     assert client.hexists(keys.shard_keys(0, 1).state, "old")
+    assert client.hexists(keys.LATEST, "old")
     assert b"old" in w.shards[0].store.index
     live = 0
 
@@ -125,6 +126,7 @@ def test_series_ttl_removes_idle_checkpoints_and_windows(
     assert b"old" not in w.shards[0].store.index
     assert client.hexists(keys.shard_keys(0, 1).state, "live"), "an active series expired"
     assert client.zscore(keys.shard_keys(0, 1).seen, "old") is None
+    assert not client.hexists(keys.LATEST, "old")  # its latest forecast went with it
     assert metrics.SERIES_EXPIRED._value.get() - before >= 1
     # back again: a fresh window, so no prediction until it has n_steps values again
     n = client.xlen(keys.PREDICTIONS)

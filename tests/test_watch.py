@@ -12,6 +12,7 @@ import redis
 
 from forecast import keys
 from forecast.harness import wait_until
+from forecast.redis_conn import connect
 from forecast.redis_server import RedisServer
 from forecast.settings import Settings
 from forecast.status import collect, render
@@ -70,7 +71,7 @@ def test_a_redis_outage_does_not_end_the_watching_trainer(
         return "v1"
 
     monkeypatch.setattr(watch, "train_once", stub)
-    client = redis.Redis(port=fresh_server.port, socket_timeout=1)
+    client = connect(_settings(fresh_server.url), timeout=2.0)  # as the trainer connects
     stop = threading.Event()
     thread = threading.Thread(target=watch.run,
                               args=(client, _settings(fresh_server.url), 0, stop))

@@ -198,3 +198,35 @@ def test_values_the_model_cannot_carry_and_non_finite_forecasts_are_dead_lettere
     wait_until(lambda: r.xpending(keys.VALUES, "forecast")["pending"] == 0, what="all acked")
     after = metrics.DEADLETTERED.labels(reason="prediction_not_finite")._value.get()
     assert after - before == 1
+
+
+def test_a_corrupt_checkpoint_poisons_nothing(r: redis.Redis, redis_url: str) -> None:
+    """20 series, the worker stopped, `HSET forecast:state s5 xyz`, 100 more values per series,
+    the worker started again: every value of the 19 healthy series is predicted, s5 starts a
+    fresh window (no prediction for its first n_steps - 1 new values), nothing is poison."""
+    state = keys.shard_keys(0, 1).state
+    pipe = r.pipeline(transaction=True)
+    for t in range(3):
+        for s in range(20):
+            pipe.xadd(keys.VALUES, {"series": f"s{s}", "value": str(t)})
+    pipe.execute()
+    first = make_worker(redis_url, "w1")
+    wait_until(lambda: (first.step(), r.xlen(keys.PREDICTIONS) == 20)[1], 20, 0.001,
+               what="the first predictions")
+    first.shutdown()
+    r.hset(state, "s5", "xyz")
+    pipe = r.pipeline(transaction=True)
+    for t in range(3, 103):
+        for s in range(20):
+            pipe.xadd(keys.VALUES, {"series": f"s{s}", "value": str(t)})
+    pipe.execute()
+    second = make_worker(redis_url, "w2")
+    wait_until(lambda: (second.step(), r.xlen(keys.PREDICTIONS) == 20 + 19 * 100 + 98)[1], 30,
+               0.001, what="every prediction")
+    second.shutdown()
+    assert r.xlen(keys.DEADLETTER) == 0
+    assert r.xpending(keys.VALUES, "forecast")["pending"] == 0
+    s5 = [p for p in predictions(r)[20:] if p[b"series"] == b"s5"]
+    assert len(s5) == 98 and float(s5[0][b"prediction"]) == 6.0  # [3, 4, 5] -> 6
+    from worker.checkpoint import decode_blob
+    assert decode_blob(r.hget(state, "s5") or b"").values.tolist() == [100.0, 101.0, 102.0]

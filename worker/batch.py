@@ -16,9 +16,10 @@ import numpy as np
 
 from forecast.grammar import Limits, parse_fields
 from forecast.registry import version_number
-from worker import metrics
+from worker import metrics, outputs
 from worker.scoring import Forecasts, Joined, Scores, adapt, evaluate
 from worker.state import COLUMNS, SeriesStore
+from worker.wire import Outputs
 
 log = logging.getLogger(__name__)
 _FAILED_SHADOWS: set[str] = set()  # versions whose failure was logged
@@ -50,6 +51,7 @@ class Served:
     current: Predictor
     shadows: list[Predictor] = field(default_factory=list)
     gamma: float = 0.1
+    follow: outputs.Follow | None = None  # FORECAST_FOLLOW: series copied to their own stream
 
     @property
     def models(self) -> list[Predictor]:
@@ -69,9 +71,11 @@ class Commit:
 
     version: str = ""  # the model version that made the predictions
     ack_ids: list[bytes] = field(default_factory=list)
-    predictions: list[bytes | str] = field(default_factory=list)  # flat args, see _predictions
+    outputs: Outputs = field(default_factory=Outputs)  # the output entries (worker.wire)
     n_predictions: int = 0
-    extra_fields: tuple[str, ...] = ()
+    latest: list[bytes | str] = field(default_factory=list)  # series/JSON pairs, forecast:latest
+    follow_series: list[bytes] = field(default_factory=list)  # FORECAST_FOLLOW matches
+    follow: list[int] = field(default_factory=list)  # (entry, follow_series index) pairs
     deadletters: list[list[bytes | str]] = field(default_factory=list)  # flat field/value pairs
     state: list[bytes] = field(default_factory=list)  # flat series/blob pairs
     reasons: dict[str, int] = field(default_factory=dict)
@@ -121,10 +125,6 @@ def dead_letter(
         out += [k, v]
     commit.deadletters.append(out)
     commit.reasons[reason] = commit.reasons.get(reason, 0) + 1
-
-
-def _fmt(values: Sequence[float]) -> list[str]:
-    return [f"{v:.7g}" for v in values]
 
 
 @dataclass
@@ -268,7 +268,7 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch) -
     if out is not None and len(out):
         if served.current.has_interval:
             out = _widen(out, served.current.horizon, factor[ready])
-        _predictions(commit, served.current, out, adv.order[ready], batch)
+        _outputs(commit, served, out, adv.order[ready], batch)
 
 
 def _shadow_forecasts(model: Predictor, x: np.ndarray) -> np.ndarray | None:
@@ -311,45 +311,17 @@ def _drop_non_finite(commit: Commit, batch: Batch, order: np.ndarray, ready: np.
     return out[finite]
 
 
-def _predictions(commit: Commit, model: Predictor, out: np.ndarray, where: np.ndarray,
-                 batch: Batch) -> None:
-    """Prediction arg groups in stream order: series, prediction, source_id, ts, extras."""
-    ids, series, stamps = batch.ids, batch.series, batch.stamps
+def _outputs(commit: Commit, served: Served, out: np.ndarray, where: np.ndarray,
+             batch: Batch) -> None:
+    """The output entries of the values at `where` (sorted order), in stream order."""
     back = np.argsort(where, kind="stable")
-    rows = out[back]
     pos = where[back].tolist()
-    h = model.horizon
-    cols = [_fmt(rows[:, 0].tolist())]
-    extra: tuple[str, ...] = ()
-    if model.has_interval:
-        cols += [_fmt(rows[:, h].tolist()), _fmt(rows[:, 2 * h].tolist())]
-        extra += ("lower", "upper")
-    if h > 1:
-        cols.append([",".join(_fmt(r)) for r in rows[:, :h].tolist()])
-        extra += ("path",)
-        if model.has_interval:
-            cols.append([",".join(_fmt(r)) for r in rows[:, h:2 * h].tolist()])
-            cols.append([",".join(_fmt(r)) for r in rows[:, 2 * h:3 * h].tolist()])
-            extra += ("lower_path", "upper_path")
-    commit.extra_fields = extra
+    model = served.current
+    written = outputs.build(model.version, model.horizon, model.has_interval, out[back], pos,
+                            batch.ids, batch.series, batch.stamps, served.follow)
+    commit.outputs, commit.latest, commit.follow = written.outputs, written.latest, written.follow
+    commit.follow_series = written.follow_series
+    commit.n_predictions = len(pos)
     step = max(1, len(pos) // 100)
     now = int(time.time() * 1000)
-    commit.lags_ms = [now - entry_ms(ids[pos[j]]) for j in range(0, len(pos), step)]
-    if len(pos) == len(ids):  # every value predicted: pos is 0..m-1
-        ser, src = series, ids
-    else:
-        ser, src = [series[i] for i in pos], [ids[i] for i in pos]
-    if stamps.max() < 0:
-        tss = [""] * len(pos)
-    else:
-        stamp_list = stamps.tolist()
-        tss = [str(stamp_list[i]) if stamp_list[i] >= 0 else "" for i in pos]
-    # The flat script args, (series, prediction, source_id, ts, extras...) per prediction,
-    # filled column by column with slice assignments (no per-prediction Python work).
-    columns: list[Sequence[bytes | str]] = [ser, cols[0], src, tss, *cols[1:]]
-    width = len(columns)
-    flat: list[bytes | str] = [b""] * (width * len(pos))
-    for k, column in enumerate(columns):
-        flat[k::width] = column
-    commit.predictions = flat
-    commit.n_predictions = len(pos)
+    commit.lags_ms = [now - entry_ms(batch.ids[pos[j]]) for j in range(0, len(pos), step)]

@@ -206,12 +206,16 @@ class ShardIO(FencedCalls):
 
     def _commit_args(self, shard: Shard, commit: Commit, pred_maxlen: int,
                      dead_maxlen: int) -> list[Any]:
+        """SHA, KEYS and ARGV of the commit's COMMIT script (the one of its layout)."""
         if commit.ack_ids and self.input_maxlen:
             first = min(commit.ack_ids, key=id_key) if shard.recovering else commit.ack_ids[0]
             shard.note_batch(first, len(commit.ack_ids), self.input_maxlen)
-        return commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen,
-                           self.scripts.msgpack_ok, self.input_retention_ms,
-                           shard.count_minid(self.input_maxlen), self._seen(shard, commit))
+        layout, args = commit_args(shard.token, self.group, commit, pred_maxlen, dead_maxlen,
+                                   self.scripts.msgpack_ok, self.input_retention_ms,
+                                   shard.count_minid(self.input_maxlen), self._seen(shard, commit))
+        keys = [*shard.keys.commit_keys,
+                *(shard.keys.follow_stream(s) for s in commit.follow_series)]
+        return [self.scripts.commit_for(layout).sha, len(keys), *keys, *args]
 
     def _seen(self, shard: Shard, commit: Commit) -> list[bytes]:
         """The series whose last-seen time this commit writes (see `Shard.seen_recent`)."""
@@ -230,14 +234,8 @@ class ShardIO(FencedCalls):
     def _commit_commands(self, shard: Shard, commit: Commit, pred_maxlen: int,
                          dead_maxlen: int) -> list[tuple[Any, ...]]:
         """The commit script call, then `WAIT n timeout` with FORECAST_COMMIT_REPLICAS=n."""
-        keys = shard.keys
-        commands: list[tuple[Any, ...]] = [(
-            "EVALSHA",
-            self.scripts.commit.sha,
-            len(keys.commit_keys),
-            *keys.commit_keys,
-            *self._commit_args(shard, commit, pred_maxlen, dead_maxlen),
-        )]
+        commands: list[tuple[Any, ...]] = [
+            ("EVALSHA", *self._commit_args(shard, commit, pred_maxlen, dead_maxlen))]
         if self.commit_replicas:
             commands.append(("WAIT", self.commit_replicas, self.replicas_timeout_ms))
         return commands

@@ -26,6 +26,7 @@ from worker import metrics
 from worker.batch import Commit, Served
 from worker.consumer import Shard, ShardIO, ensure_group
 from worker.live import LiveBuffer
+from worker.outputs import Follow
 from worker.ownership import Ownership
 from worker.pipeline import RETRYABLE, BatchPath
 from worker.promoter import Promoter
@@ -68,6 +69,7 @@ class Worker:
         self.promoter = Promoter(self.client, settings.promote == "auto", settings.promote_min_n)
         self.path = BatchPath(self.client, self.io, settings, self._account)
         self.ownership = Ownership(self.client, self.scripts, settings, self.consumer, self.io)
+        self.follow = Follow(settings.follow)
         self.model: Any = None  # the current version: its forecasts are written
         self.shadows: list[Any] = []  # scored on the same inputs, never written
         self.connected = False
@@ -156,7 +158,7 @@ class Worker:
 
     def _process(self, shard: Shard) -> int:
         """One batch of a shard; a lost lease drops it, any other failure resets it."""
-        served = Served(self.model, self.shadows, self.settings.interval_gamma)
+        served = Served(self.model, self.shadows, self.settings.interval_gamma, self.follow)
         try:
             return self.path.process(shard, served)
         except Fenced:

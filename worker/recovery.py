@@ -103,7 +103,7 @@ class FencedCalls:
             return []
         k = shard.keys
         cursor, removed = self._call(
-            self.scripts.sweep, [k.state, k.seen, k.lease],
+            self.scripts.sweep, [k.state, k.seen, k.lease, k.latest],
             [shard.token, self.series_ttl_ms, limit, shard.backfill],
         )
         shard.backfill = cursor

@@ -70,19 +70,8 @@ def replay(client: Any, model: Any, streams: list[str], start: str, end: str, in
 
 
 def _forecasts(commit: Any) -> dict[bytes, dict[str, Any]]:
-    """The commit's forecasts by source id, as output fields."""
-    width = 4 + len(commit.extra_fields)
-    flat = commit.predictions
-    out = {}
-    for i in range(0, len(flat), width):
-        series, pred, src, ts = flat[i:i + 4]
-        fields = {"series": series, "prediction": pred, "model_version": commit.version,
-                  "source_id": src, **dict(zip(commit.extra_fields, flat[i + 4:i + width],
-                                               strict=True))}
-        if ts:
-            fields["ts"] = ts
-        out[src] = fields
-    return out
+    """The commit's forecasts by source id, as output fields (worker.wire)."""
+    return {bytes(e["source_id"]): dict(e) for e in commit.outputs.entries()}
 
 
 def _settle(pipe: Any, into: str, fc: dict[str, Any], actual: float,

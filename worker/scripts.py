@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 
 from worker.batch import Commit
+from worker.wire import VERSION
 
 # Redis bundles an old cmsgpack without the bin type: pack bytes as raw strings.
 packb = partial(msgpack.packb, use_bin_type=False)
@@ -114,8 +115,9 @@ return 1
 SWEEP = (
     _FENCE.format(lease=3)
     + """
--- KEYS: state, seen, lease. ARGV: token, ttl_ms, limit, backfill_cursor.
--- Removes the checkpoints of series not committed for ttl_ms (at most `limit`), and, while
+-- KEYS: state, seen, lease, latest. ARGV: token, ttl_ms, limit, backfill_cursor.
+-- Removes the checkpoints (and latest forecasts) of series not committed for ttl_ms (at most
+-- `limit`), and, while
 -- backfill_cursor is not '', gives checkpoints without a last-seen time (written before the
 -- TTL was turned on) the time now. Returns {next_backfill_cursor, removed series}.
 local t = redis.call('TIME')
@@ -133,6 +135,7 @@ local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[2])
                        'LIMIT', 0, tonumber(ARGV[3]))
 if #old > 0 then
   redis.call('HDEL', KEYS[1], unpack(old))
+  redis.call('HDEL', KEYS[4], unpack(old))
   redis.call('ZREM', KEYS[2], unpack(old))
 end
 return {cursor, old}
@@ -169,88 +172,99 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
-COMMIT = (
+# The COMMIT script's arguments after the fixed ones (ARGV[1..8]), in order: one msgpack
+# value each ('msgpack'), or a count then the items ('flat'; dead letters: a count of
+# counted arrays), for servers whose Lua has no cmsgpack (the embedded fakeredis of `demo`).
+COMMIT_ARGS = ("token", "group", "pred_maxlen", "dead_maxlen", "version", "retention_ms",
+               "count_minid", "encoding")
+COMMIT_ARRAYS = ("preds", "extra", "counts", "deads", "state", "acks", "seen", "latest",
+                 "follow")
+COMMIT_KEYS = ("values", "predictions", "deadletter", "state", "lease", "seen", "latest")
+FOLLOW_MAXLEN = 10_000  # entries kept per followed series' stream (approximately)
+
+_COMMIT_HEAD = (
     _FENCE.format(lease=5)
     + """
--- KEYS: values, predictions, deadletter, state, lease, seen.
--- ARGV: token, group, pred_maxlen, dead_maxlen, model_version, retention_ms, count_minid,
---   (unused), encoding, then six arrays:
---   extra field names; predictions flat, (series, prediction, source_id, ts, extras...) each;
---   dead letters, each an array of field/value pairs; series/blob pairs; ids to ack; series
---   whose last-seen time is now (FORECAST_SERIES_TTL_MS; batched by the worker).
--- encoding 'msgpack': one msgpack argument per array (few, cheap arguments); 'flat': each
--- array as a count then its items (dead letters: a count of counted arrays), for servers
--- whose Lua has no cmsgpack (the embedded fakeredis of `forecast demo`).
+-- KEYS: values, predictions, deadletter, state, lease, seen, latest, then the followed
+-- series' streams. ARGV: token, group, pred_maxlen, dead_maxlen, model_version,
+-- retention_ms, count_minid, encoding, then the arrays (worker.scripts.COMMIT_ARRAYS):
+--   preds: the layout's values, `width` per entry (worker.wire); extra, counts: the other
+--   fields as name/value pairs, counts[e] of them for entry e; dead letters, each an array of
+--   field/value pairs; series/blob pairs; ids to ack; series whose last-seen time is now;
+--   series/latest-forecast pairs (forecast:latest); follow: (entry, n) pairs, entry e also
+--   goes to KEYS[7 + n], its series' own stream.
 -- Lua cannot roll back: refuse before the first write if an output key has a wrong type.
-for k, want in pairs({[2] = 'stream', [3] = 'stream', [4] = 'hash'}) do
+for k, want in pairs({[2] = 'stream', [3] = 'stream', [4] = 'hash', [7] = 'hash'}) do
   local t = redis.call('TYPE', KEYS[k]).ok
   if t ~= 'none' and t ~= want then
     return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' is a ' .. t .. ', expected a ' .. want)
   end
 end
 local group, pmax, dmax, version = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local extra, preds, deads, state, acks, seen
-if ARGV[9] == 'msgpack' then
-  local unpack_mp = cmsgpack.unpack
-  extra, preds, deads = unpack_mp(ARGV[10]), unpack_mp(ARGV[11]), unpack_mp(ARGV[12])
-  state, acks, seen = unpack_mp(ARGV[13]), unpack_mp(ARGV[14]), unpack_mp(ARGV[15])
+local preds, extra, counts, deads, state, acks, seen, latest, follow
+if ARGV[8] == 'msgpack' then
+  local mp = cmsgpack.unpack
+  preds, extra, counts, deads = mp(ARGV[9]), mp(ARGV[10]), mp(ARGV[11]), mp(ARGV[12])
+  state, acks, seen, latest, follow = mp(ARGV[13]), mp(ARGV[14]), mp(ARGV[15]), mp(ARGV[16]),
+    mp(ARGV[17])
 else
-  local i = 10
+  local i = 9
   local function take()
     local n, t = tonumber(ARGV[i]), {}
     for j = 1, n do t[j] = ARGV[i + j] end
     i = i + n + 1
     return t
   end
-  extra, preds = take(), take()
+  preds, extra, counts = take(), take(), take()
   local n = tonumber(ARGV[i])
   i = i + 1
   deads = {}
   for d = 1, n do deads[d] = take() end
-  state, acks, seen = take(), take(), take()
+  state, acks, seen, latest, follow = take(), take(), take(), take(), take()
+  for j = 1, #counts do counts[j] = tonumber(counts[j]) end
+  for j = 1, #follow do follow[j] = tonumber(follow[j]) end
 end
-local n_extra = #extra
-local width = 4 + n_extra
-local call, out = redis.call, KEYS[2]
--- Direct calls for the common layouts (no per-entry tables); one trim per batch below.
-if n_extra == 0 then
-  for i = 1, #preds, 4 do
-    if preds[i + 3] == '' then
-      call('XADD', out, '*', 'series', preds[i], 'prediction', preds[i + 1],
-           'model_version', version, 'source_id', preds[i + 2])
-    else
-      call('XADD', out, '*', 'series', preds[i], 'prediction', preds[i + 1],
-           'model_version', version, 'source_id', preds[i + 2], 'ts', preds[i + 3])
-    end
-  end
-elseif n_extra == 2 then
-  local e1, e2 = extra[1], extra[2]
-  for i = 1, #preds, 6 do
-    if preds[i + 3] == '' then
-      call('XADD', out, '*', 'series', preds[i], 'prediction', preds[i + 1],
-           'model_version', version, 'source_id', preds[i + 2], e1, preds[i + 4], e2, preds[i + 5])
-    else
-      call('XADD', out, '*', 'series', preds[i], 'prediction', preds[i + 1],
-           'model_version', version, 'source_id', preds[i + 2], 'ts', preds[i + 3],
-           e1, preds[i + 4], e2, preds[i + 5])
-    end
+local call, out, w = redis.call, KEYS[2], {width}
+local n = 0
+if w > 0 then n = #preds / w end
+"""
+)
+
+# One unrolled XADD per entry, without tables: the common case (every entry has the same
+# fields, none followed); the general one adds each entry's extra pairs and its followed copy.
+_COMMIT_XADD = """
+if #counts == 0 and #follow == 0 then
+  for i = 1, #preds, w do
+    call('XADD', out, '*', {pairs})
   end
 else
-  for i = 1, #preds, width do
-    local cmd = {'XADD', out, '*', 'series', preds[i], 'prediction', preds[i + 1],
-                 'model_version', version, 'source_id', preds[i + 2]}
-    if preds[i + 3] ~= '' then cmd[#cmd + 1] = 'ts'; cmd[#cmd + 1] = preds[i + 3] end
-    for e = 1, n_extra do cmd[#cmd + 1] = extra[e]; cmd[#cmd + 1] = preds[i + 3 + e] end
-    call(unpack(cmd))
+  local streams = {{}}
+  for f = 1, #follow, 2 do streams[follow[f]] = KEYS[7 + follow[f + 1]] end
+  local j = 1
+  for e = 1, n do
+    local i = (e - 1) * w + 1
+    local k = counts[e] or 0
+    call('XADD', out, '*', {pairs}, unpack(extra, j, j + k - 1))
+    local s = streams[e]
+    if s then
+      call('XADD', s, 'MAXLEN', '~', {follow_maxlen}, '*', {pairs}, unpack(extra, j, j + k - 1))
+    end
+    j = j + k
   end
 end
-if #preds > 0 then call('XTRIM', out, 'MAXLEN', '~', pmax) end
+"""
+
+_COMMIT_TAIL = """
+if n > 0 then call('XTRIM', out, 'MAXLEN', '~', pmax) end
 for _, dead in ipairs(deads) do
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', dmax, '*', unpack(dead))
 end
 -- in chunks: unpack() is limited to a few thousand values
 for i = 1, #state, 4000 do
   redis.call('HSET', KEYS[4], unpack(state, i, math.min(i + 3999, #state)))
+end
+for i = 1, #latest, 4000 do
+  redis.call('HSET', KEYS[7], unpack(latest, i, math.min(i + 3999, #latest)))
 end
 for i = 1, #acks, 4000 do
   redis.call('XACK', KEYS[1], group, unpack(acks, i, math.min(i + 3999, #acks)))
@@ -304,9 +318,29 @@ if retention > 0 or count_min ~= '0-0' or #seen > 0 then
     end
   end
 end
-return #preds / width
+return n
 """
-)
+
+
+def commit_source(layout: tuple[str, ...]) -> str:
+    """The COMMIT script for one layout (worker.wire): its XADD calls written out.
+
+    >>> src = commit_source(("series", "prediction", "model_version", "source_id"))
+    >>> "call('XADD', out, '*', 'series', preds[i], 'prediction', preds[i + 1], " \\
+    ...     "'model_version', version, 'source_id', preds[i + 2])" in src
+    True
+    """
+    args, k = [], 0
+    for name in layout:
+        if name == VERSION:
+            args.append(f"'{name}', version")
+            continue
+        args.append(f"'{name}', preds[i{f' + {k}' if k else ''}]")
+        k += 1
+    xadd = _COMMIT_XADD.replace("{pairs}", ", ".join(args)).replace(
+        "{follow_maxlen}", str(FOLLOW_MAXLEN)).replace("{{}}", "{}")
+    # no entries (an empty layout): no XADD loop (a Lua for with step 0 would never end)
+    return _COMMIT_HEAD.replace("{width}", str(k)) + (xadd if k else "") + _COMMIT_TAIL
 
 
 class Scripts:
@@ -322,8 +356,8 @@ class Scripts:
         self.bump = client.register_script(BUMP)
         self.sweep = client.register_script(SWEEP)
         self.forget = client.register_script(FORGET)
-        self.commit = client.register_script(COMMIT)
         self.add_once = client.register_script(ADD_ONCE)
+        self.commits: dict[tuple[str, ...], Any] = {}  # layout -> its COMMIT script
 
     def probe(self) -> None:
         """Whether the server's Lua has cmsgpack (real Redis does; fakeredis does not)."""
@@ -339,8 +373,17 @@ class Scripts:
         the same round trip, and some servers (fakeredis' TCP server) drop the connection.
         """
         for script in (self.acquire, self.renew, self.release, self.claim, self.bump,
-                       self.sweep, self.forget, self.commit, self.add_once):
+                       self.sweep, self.forget, self.add_once, *self.commits.values()):
             self.client.script_load(script.script)
+
+    def commit_for(self, layout: tuple[str, ...]) -> Any:
+        """The COMMIT script of a layout, loaded on the server the first time it is used."""
+        script = self.commits.get(layout)
+        if script is None:
+            script = self.client.register_script(commit_source(layout))
+            self.client.script_load(script.script)
+            self.commits[layout] = script
+        return script
 
 
 def commit_args(
@@ -353,24 +396,26 @@ def commit_args(
     retention_ms: int = 0,
     count_minid: bytes | str = "0-0",
     seen: list[bytes] | None = None,
-) -> list[Any]:
-    """ARGV of the COMMIT script for one `Commit` (see its header for the two encodings).
+) -> tuple[tuple[str, ...], list[Any]]:
+    """The layout of a commit's output entries and the ARGV of its COMMIT script.
 
     `retention_ms` and `count_minid` bound the input stream (never past an uncommitted
     entry: the script computes that bound itself); `seen` are the series whose last-seen
     time (for the series TTL) becomes now.
     """
-    head = [token, group, pred_maxlen, dead_maxlen, commit.version, retention_ms,
-            count_minid, ""]
-    extra = list(commit.extra_fields)
+    packed = commit.outputs.pack()
+    head = [token, group, pred_maxlen, dead_maxlen, commit.version, retention_ms, count_minid]
+    arrays: tuple[list[Any], ...] = (
+        packed.flat, packed.extra, packed.counts, commit.deadletters, commit.state,
+        commit.ack_ids, seen or [], commit.latest, commit.follow)
     if msgpack_ok:
-        parts = (extra, commit.predictions, commit.deadletters, commit.state, commit.ack_ids,
-                 seen or [])
-        return [*head, "msgpack", *map(packb, parts)]
-    args: list[Any] = [*head, "flat", len(extra), *extra]
-    args += [len(commit.predictions), *commit.predictions, len(commit.deadletters)]
-    for dead in commit.deadletters:  # a count of counted arrays
-        args += [len(dead), *dead]
-    args += [len(commit.state), *commit.state, len(commit.ack_ids), *commit.ack_ids]
-    args += [len(seen or []), *(seen or [])]
-    return args
+        return packed.layout, [*head, "msgpack", *map(packb, arrays)]
+    args: list[Any] = [*head, "flat"]
+    for name, array in zip(COMMIT_ARRAYS, arrays, strict=True):
+        if name == "deads":  # a count of counted arrays
+            args.append(len(array))
+            for dead in array:
+                args += [len(dead), *dead]
+        else:
+            args += [len(array), *array]
+    return packed.layout, args

@@ -1,0 +1,104 @@
+"""A batch's forecasts as output entries (worker.wire): the columns, the latest forecast of
+each series (`forecast:latest`) and the copies for followed series (`FORECAST_FOLLOW`)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from worker.wire import Outputs, Value, fmt, joined
+
+FOLLOW_CACHE = 100_000  # series whose FORECAST_FOLLOW match is remembered
+
+
+@dataclass
+class Written:
+    """What one batch writes besides the output stream's entries."""
+
+    outputs: Outputs
+    latest: list[Value] = field(default_factory=list)  # series/JSON pairs
+    follow: list[int] = field(default_factory=list)  # (entry, stream number) pairs, 1-based
+    follow_series: list[bytes] = field(default_factory=list)  # stream number k: series k-1
+
+
+class Follow:
+    """Which series FORECAST_FOLLOW's glob patterns name (remembered per series)."""
+
+    def __init__(self, patterns: str = "") -> None:
+        self.patterns = [p.strip() for p in patterns.split(",") if p.strip()]
+        self.known: dict[bytes, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def __call__(self, series: bytes) -> bool:
+        """Whether `series` is followed.
+
+        >>> f = Follow("sensor-*, pump?"); f(b"sensor-7"), f(b"pump12"), f(b"pump1")
+        (True, False, True)
+        """
+        hit = self.known.get(series)
+        if hit is None:
+            if len(self.known) >= FOLLOW_CACHE:
+                self.known.clear()
+            text = series.decode("utf-8", "replace")
+            hit = self.known[series] = any(fnmatch.fnmatchcase(text, p) for p in self.patterns)
+        return hit
+
+
+def build(version: str, h: int, has_interval: bool, out: np.ndarray, pos: list[int],
+          ids: list[bytes], series: list[bytes], stamps: np.ndarray,
+          follow: Follow | None = None) -> Written:
+    """Entries in stream order for the values at `pos` (their forecasts `out`, one row each:
+    H points, then H lower and H upper bounds with an interval)."""
+    o = Outputs(version=version, n=len(pos))
+    if len(pos) == len(ids):  # every value predicted: pos is 0..m-1
+        ser, src = series, ids
+    else:
+        ser, src = [series[i] for i in pos], [ids[i] for i in pos]
+    o.set("series", list(ser), full=True)
+    o.set("prediction", fmt(out[:, 0]), full=True)
+    o.set("source_id", list(src), full=True)
+    if stamps.max(initial=-1) >= 0:
+        stamp_list = stamps.tolist()
+        o.set("ts", [str(stamp_list[i]) if stamp_list[i] >= 0 else "" for i in pos],
+              full=bool(stamps.min() >= 0))
+    if has_interval:
+        o.set("lower", fmt(out[:, h]), full=True)
+        o.set("upper", fmt(out[:, 2 * h]), full=True)
+    if h > 1:
+        o.set("path", joined(out[:, :h]), full=True)
+        if has_interval:
+            o.set("lower_path", joined(out[:, h:2 * h]), full=True)
+            o.set("upper_path", joined(out[:, 2 * h:3 * h]), full=True)
+    written = Written(o)
+    written.latest = latest(o, ser)
+    if follow:
+        for e, s in enumerate(ser):
+            if follow(s):
+                written.follow_series.append(s)
+                written.follow += [e + 1, len(written.follow_series)]
+    return written
+
+
+def latest(o: Outputs, series: list[bytes]) -> list[Value]:
+    """series/JSON pairs: each series' last entry of the batch, as a JSON object of its fields
+    (`forecast:latest`; every value a string, as in the stream)."""
+    last: dict[bytes, int] = {}
+    for e, s in enumerate(series):
+        last[s] = e
+    names = [n for n in o.columns if n != "series"]
+    cols = [o.columns[n] for n in names]
+    out: list[Value] = []
+    for s, e in last.items():
+        fields: dict[str, Any] = {"model_version": o.version}
+        for name, col in zip(names, cols, strict=True):
+            v = col[e]
+            if v:
+                fields[name] = v.decode() if isinstance(v, bytes) else v
+        out += [s, json.dumps(fields, separators=(",", ":"))]
+    return out
