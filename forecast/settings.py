@@ -139,6 +139,15 @@ class Settings(BaseSettings):
         0.1, "Step of the adaptive intervals per series (ACI on a log width factor; 0: off)",
         cli=WORKER, ge=0.0, le=1.0,
     )
+    gap_policy: Literal["carry", "fill", "reset"] = setting(
+        "carry", "After missing steps of a series (learnt from its ts): carry (use the values "
+        "as they come), fill (the model's forecasts of the missing steps enter the window, "
+        "never scored) or reset (the window starts again)", cli=WORKER,
+    )
+    gap_max_steps: int = setting(
+        24, "A gap longer than this many steps resets the window, whatever the policy",
+        cli=WORKER, ge=1, le=10_000,
+    )
     follow: str = setting(
         "", "Glob patterns, comma-separated, of series whose outputs also go to their own "
         "stream forecast:predictions:<series> (capped), for dashboards (empty: none)",

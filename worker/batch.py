@@ -16,9 +16,10 @@ import numpy as np
 
 from forecast.grammar import Limits, parse_fields
 from forecast.registry import version_number
-from worker import metrics, outputs
+from worker import gaps, metrics, outputs
 from worker.scoring import Forecasts, Joined, Scores, adapt, evaluate
 from worker.state import COLUMNS, SeriesStore
+from worker.timing import Timing, observe
 from worker.wire import Outputs
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class Served:
     shadows: list[Predictor] = field(default_factory=list)
     gamma: float = 0.1
     follow: outputs.Follow | None = None  # FORECAST_FOLLOW: series copied to their own stream
+    gap_policy: str = "carry"  # FORECAST_GAP_POLICY (worker.gaps)
+    gap_max_steps: int = 24
 
     @property
     def models(self) -> list[Predictor]:
@@ -87,7 +90,7 @@ class Commit:
     model_seconds: float = 0.0
     lags_ms: list[int] = field(default_factory=list)
     scores: Scores | None = None  # the live evidence of this batch (worker.scoring)
-    pending: tuple[SeriesStore, Joined] | None = None  # scored by `finish_scores`
+    pending: list[tuple[SeriesStore, Joined]] = field(default_factory=list)  # finish_scores
     versions: tuple[str, ...] = ()  # the versions of the score columns
 
 
@@ -138,6 +141,7 @@ class Batch:
     stamps: np.ndarray  # int64 epoch ms, -1 without ts
     seqs: np.ndarray  # int64 producer sequence numbers, -1 without seq
     slots: np.ndarray  # int64 store rows (set by `SeriesStore.place`)
+    pos: np.ndarray | None = None  # each value's index in the whole batch (-1: a fill)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -146,10 +150,31 @@ class Batch:
         """The values where `keep` is True (all of them: this batch itself)."""
         if keep.all():
             return self
-        idx = np.flatnonzero(keep).tolist()
-        return Batch([self.ids[i] for i in idx], [self.fields[i] for i in idx],
-                     [self.series[i] for i in idx], self.values[keep], self.stamps[keep],
-                     self.seqs[keep], self.slots[keep])
+        return self.take(np.flatnonzero(keep))
+
+    def take(self, idx: np.ndarray) -> Batch:
+        """The values at `idx` (in that order)."""
+        at = idx.tolist()
+        return Batch([self.ids[i] for i in at], [self.fields[i] for i in at],
+                     [self.series[i] for i in at], self.values[idx], self.stamps[idx],
+                     self.seqs[idx], self.slots[idx], self.positions()[idx])
+
+    def positions(self) -> np.ndarray:
+        """Each value's index in the whole batch."""
+        return np.arange(len(self)) if self.pos is None else self.pos
+
+    def after(self, series: list[bytes], slots: np.ndarray, values: list[float]) -> Batch:
+        """This batch with fills (values that are not inputs: no id, no output) before it;
+        a series' fills come before its values (the windows take values sorted by row,
+        stable)."""
+        n = len(values)
+        none = np.full(n, -1, dtype=np.int64)
+        return Batch([b""] * n + self.ids, [[] for _ in range(n)] + self.fields,
+                     series + self.series,
+                     np.concatenate([np.asarray(values, dtype=np.float32), self.values]),
+                     np.concatenate([none, self.stamps]), np.concatenate([none, self.seqs]),
+                     np.concatenate([slots, self.slots]),
+                     np.concatenate([none, self.positions()]))
 
 
 def parse_batch(entries: Sequence[Entry], limits: Limits, commit: Commit) -> Batch:
@@ -203,13 +228,62 @@ def build_commit(
         return commit
     batch.slots = store.place(batch.series, load)
     batch = _keep(commit, batch, store.accept_new(batch.slots, batch.seqs), "duplicate")
-    batch = _keep(commit, batch, store.accept_in_order(batch.slots, batch.stamps),
-                  "ts_out_of_order")
+    prev_ts = store.last_ts[batch.slots]  # a copy: accept_in_order moves it on
+    in_order = store.accept_in_order(batch.slots, batch.stamps)
+    batch = _keep(commit, batch, in_order, "ts_out_of_order")
     if batch:
-        _predict(commit, store, served, batch)
+        batch.pos = None  # positions count from here: this is the batch predicted
+        timing = observe(store.steps, batch.slots, batch.stamps, prev_ts[in_order])
+        _passes(commit, store, served, batch, timing)
     if not defer:
         finish_scores(commit)
     return commit
+
+
+def _passes(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
+            timing: Timing) -> None:
+    """Predict the batch (in passes when it has gaps to fill), then fill the commit."""
+    plan = gaps.plan(served.gap_policy, timing.gap, batch.slots, served.gap_max_steps)
+    if timing.gap.any():
+        metrics.GAPS.inc(int((timing.gap > 0).sum()))
+    parts: list[Part] = []
+    for idx in plan.passes:
+        part = batch if len(plan.passes) == 1 else batch.take(idx)
+        wanted = [(i, plan.fills[int(p)]) for i, p in enumerate(part.positions().tolist())
+                  if int(p) in plan.fills]
+        if wanted:
+            part = _with_fills(store, served, part, wanted)
+        at = part.positions()
+        restart = np.where(at >= 0, plan.restart[np.maximum(at, 0)], False)
+        parts.append(_predict(commit, store, served, part, restart))
+    rows = np.unique(np.concatenate([p.rows for p in parts]))
+    pairs = zip(store.keys_of(rows), store.encode(rows), strict=True)
+    commit.state = [b for pair in pairs for b in pair]
+    commit.pending = [(store, p.joined) for p in parts]
+    done = [p for p in parts if p.out is not None and len(p.out)]
+    if done:
+        out = np.concatenate([p.out for p in done if p.out is not None])
+        pos = np.concatenate([p.pos for p in done])
+        _outputs(commit, served, out, pos, batch, timing)
+
+
+def _with_fills(store: SeriesStore, served: Served, part: Batch,
+                wanted: list[tuple[int, int]]) -> Batch:
+    """`part` with the model's forecasts of the missing steps before each gapped value."""
+    at = np.asarray([i for i, _ in wanted], dtype=np.int64)
+    rows = part.slots[at]
+    filled = gaps.forecasts(served.current, store.vals[rows], store.count[rows],
+                            np.asarray([g for _, g in wanted], dtype=np.int64))
+    series: list[bytes] = []
+    slots: list[int] = []
+    values: list[float] = []
+    for i, fills in zip(at.tolist(), filled, strict=True):
+        series += [part.series[i]] * len(fills)
+        slots += [int(part.slots[i])] * len(fills)
+        values += fills
+    if not values:
+        return part
+    return part.after(series, np.asarray(slots, dtype=np.int64), values)
 
 
 def _keep(commit: Commit, batch: Batch, ok: np.ndarray, reason: str) -> Batch:
@@ -225,19 +299,35 @@ def _keep(commit: Commit, batch: Batch, ok: np.ndarray, reason: str) -> Batch:
 
 def finish_scores(commit: Commit) -> None:
     """Score the batch of a commit built with `defer` (no-op when done or nothing to score)."""
-    if commit.pending is None:
+    if not commit.pending:
         return
-    store, joined = commit.pending
-    commit.pending = None
-    scores = evaluate(store, joined)
+    pending, commit.pending = commit.pending, []
+    scores = None
+    for store, joined in pending:  # the passes in order: per-series state moves on
+        part = evaluate(store, joined)
+        scores = part if scores is None else scores.plus(part)
+    assert scores is not None
     commit.scores = scores
     commit.abs_err_sum, commit.abs_err_n = float(scores.abs_err[0]), int(scores.forecast_n[0])
 
 
-def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch) -> None:
-    """Advance every window, one model call per served version, score, fill the commit."""
-    adv = store.advance(batch.slots, batch.values)
+@dataclass
+class Part:
+    """One pass of a batch: the current version's forecast rows (interval widened) for the
+    values at batch positions `pos`, the joined values to score, the store rows touched."""
+
+    out: np.ndarray | None
+    pos: np.ndarray
+    joined: Joined
+    rows: np.ndarray
+
+
+def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
+             restart: np.ndarray) -> Part:
+    """Advance every window, one model call per served version, adapt the intervals."""
+    adv = store.advance(batch.slots, batch.values, restart)
     m = len(batch)
+    pos = batch.positions()[adv.order]  # sorted order; -1: a fill
     fc = Forecasts(*(np.full((m, len(served.models)), np.nan) for _ in range(3)))
     ready = np.zeros(m, dtype=bool)
     out = None
@@ -249,7 +339,7 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch) -
         if c == 0:
             t0 = time.perf_counter()
             rows = model.predict(x)
-            commit.model_seconds = time.perf_counter() - t0
+            commit.model_seconds += time.perf_counter() - t0
             rows = _drop_non_finite(commit, batch, adv.order, ok, rows)
             ready, out = ok, rows
         else:
@@ -261,14 +351,13 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch) -
         if model.has_interval:
             fc.lo[ok, c], fc.hi[ok, c] = rows[:, model.horizon], rows[:, 2 * model.horizon]
     joined, factor = adapt(store, adv, batch.values[adv.order], fc, served.gamma, served.alpha,
-                           version_number(served.current.version))
-    commit.pending = (store, joined)
-    pairs = zip(store.keys_of(adv.rows), store.encode(adv.rows), strict=True)
-    commit.state = [b for pair in pairs for b in pair]
-    if out is not None and len(out):
-        if served.current.has_interval:
-            out = _widen(out, served.current.horizon, factor[ready])
-        _outputs(commit, served, out, adv.order[ready], batch)
+                           version_number(served.current.version), actual=pos >= 0)
+    if out is None or not len(out):
+        return Part(None, pos[:0], joined, adv.rows)
+    if served.current.has_interval:
+        out = _widen(out, served.current.horizon, factor[ready])
+    real = pos[ready] >= 0  # a fill is never an output
+    return Part(out[real], pos[ready][real], joined, adv.rows)
 
 
 def _shadow_forecasts(model: Predictor, x: np.ndarray) -> np.ndarray | None:
@@ -306,19 +395,20 @@ def _drop_non_finite(commit: Commit, batch: Batch, order: np.ndarray, ready: np.
         return out
     rows = np.flatnonzero(ready)
     for pos in order[rows[~finite]].tolist():
-        dead_letter(commit, batch.ids[pos], batch.fields[pos], "prediction_not_finite")
+        if batch.ids[pos]:  # not a fill
+            dead_letter(commit, batch.ids[pos], batch.fields[pos], "prediction_not_finite")
     ready[rows[~finite]] = False
     return out[finite]
 
 
 def _outputs(commit: Commit, served: Served, out: np.ndarray, where: np.ndarray,
-             batch: Batch) -> None:
-    """The output entries of the values at `where` (sorted order), in stream order."""
+             batch: Batch, timing: Timing) -> None:
+    """The output entries of the values at batch positions `where`, in stream order."""
     back = np.argsort(where, kind="stable")
     pos = where[back].tolist()
     model = served.current
     written = outputs.build(model.version, model.horizon, model.has_interval, out[back], pos,
-                            batch.ids, batch.series, batch.stamps, served.follow)
+                            batch.ids, batch.series, batch.stamps, served.follow, timing)
     commit.outputs, commit.latest, commit.follow = written.outputs, written.latest, written.follow
     commit.follow_series = written.follow_series
     commit.n_predictions = len(pos)

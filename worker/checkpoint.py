@@ -5,7 +5,8 @@ A blob is one packed little-endian row. Its layout version is known from its fir
 * version 4 and later (written now): `head` carries the flags `FLAG | FLAG3 | FLAG4` and the
   layout number in bits 20-27; then `count`, `last_ts`, the served version's interval state
   (`aci_version`, `aci`, `pred`, `lo`, `hi`), the producer sequence number last accepted
-  (`seq`, -1: none), then `width` float32 values, newest last;
+  (`seq`, -1: none), the last three `ts` differences (`steps`, ms, NaN: not yet; see
+  `worker.timing`), then `width` float32 values, newest last;
 * version 3: `count | FLAG | FLAG3`, `last_ts`, the interval state, values;
 * version 2 (`count | FLAG`, a float32 `aci`, no version number) and version 1 (`count`,
   `last_ts`, values): their interval state starts again.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,8 +33,9 @@ _V2 = [*_V1, ("aci", "<f4"), ("pred", "<f4"), ("lo", "<f4"), ("hi", "<f4")]
 _V3 = [*_V1, ("aci_version", "<i4"), ("aci", "<f8"), ("pred", "<f4"), ("lo", "<f4"),
        ("hi", "<f4")]
 _V4 = [("head", "<u4"), ("count", "<i4"), ("last_ts", "<i8"), ("aci_version", "<i4"),
-       ("aci", "<f8"), ("pred", "<f4"), ("lo", "<f4"), ("hi", "<f4"), ("seq", "<i8")]
-_HEADERS = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+       ("aci", "<f8"), ("pred", "<f4"), ("lo", "<f4"), ("hi", "<f4"), ("seq", "<i8"),
+       ("steps", "<f4", (3,))]
+_HEADERS: dict[int, list[Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 CURRENT = 4
 HEAD = FLAG | FLAG3 | FLAG4 | (CURRENT << _NUMBER_SHIFT)
 
@@ -60,6 +63,7 @@ class Checkpoint:
     lo: float = float("nan")
     hi: float = float("nan")
     seq: int = -1
+    steps: tuple[float, float, float] = (float("nan"),) * 3
 
 
 def blob_version(blob: bytes) -> int:
@@ -101,7 +105,7 @@ def decode_blob(blob: bytes) -> Checkpoint:
 
     >>> nan = np.full(1, np.nan)
     >>> raw = encode_rows(np.array([2]), np.array([5]), np.ones(1), np.zeros(1), nan, nan, nan,
-    ...                   np.full(1, -1), np.array([[0, 7, 8]]))[0]
+    ...                   np.full(1, -1), np.full((1, 3), np.nan), np.array([[0, 7, 8]]))[0]
     >>> c = decode_blob(raw); (c.count, c.last_ts, c.values.tolist())
     (2, 5, [7.0, 8.0])
     >>> decode_blob(b"xyz")
@@ -123,14 +127,18 @@ def decode_blob(blob: bytes) -> Checkpoint:
     aci = float(row["aci"])
     if not np.isfinite(aci):
         raise CheckpointError(f"a version-{version} blob has an interval factor of {aci}")
-    seq = int(row["seq"]) if version >= 4 else -1
+    if version < 4:
+        return Checkpoint(count, last_ts, values, int(row["aci_version"]), aci,
+                          float(row["pred"]), float(row["lo"]), float(row["hi"]))
+    steps = row["steps"].tolist()
     return Checkpoint(count, last_ts, values, int(row["aci_version"]), aci, float(row["pred"]),
-                      float(row["lo"]), float(row["hi"]), seq)
+                      float(row["lo"]), float(row["hi"]), int(row["seq"]),
+                      (steps[0], steps[1], steps[2]))
 
 
 def encode_rows(count: np.ndarray, last_ts: np.ndarray, aci_version: np.ndarray,
                 aci: np.ndarray, pred: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                seq: np.ndarray, vals: np.ndarray) -> list[bytes]:
+                seq: np.ndarray, steps: np.ndarray, vals: np.ndarray) -> list[bytes]:
     """Current-version blobs of many rows (one bytes object each)."""
     rows = np.empty(len(count), dtype=blob_dtype(vals.shape[1]))
     rows["head"] = HEAD
@@ -139,6 +147,7 @@ def encode_rows(count: np.ndarray, last_ts: np.ndarray, aci_version: np.ndarray,
     rows["aci_version"] = aci_version
     rows["aci"], rows["pred"], rows["lo"], rows["hi"] = aci, pred, lo, hi
     rows["seq"] = seq
+    rows["steps"] = steps
     rows["v"] = vals
     raw = rows.tobytes()
     size = rows.dtype.itemsize

@@ -158,7 +158,9 @@ class Worker:
 
     def _process(self, shard: Shard) -> int:
         """One batch of a shard; a lost lease drops it, any other failure resets it."""
-        served = Served(self.model, self.shadows, self.settings.interval_gamma, self.follow)
+        s = self.settings
+        served = Served(self.model, self.shadows, s.interval_gamma, self.follow, s.gap_policy,
+                        s.gap_max_steps)
         try:
             return self.path.process(shard, served)
         except Fenced:

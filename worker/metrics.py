@@ -69,6 +69,8 @@ REPLICA_TIMEOUTS = Counter(
     "forecast_commit_replica_timeouts_total",
     "Commits that fewer than FORECAST_COMMIT_REPLICAS replicas confirmed in time",
 )
+GAPS = Counter("forecast_gaps_total",
+               "Values that came after missing steps of their series (worker.timing)")
 CHECKPOINT_ERRORS = Counter(
     "forecast_checkpoint_errors_total",
     "Series checkpoints that could not be read (the series started a fresh window)",

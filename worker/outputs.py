@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.timing import Timing
 from worker.wire import Outputs, Value, fmt, joined
 
 FOLLOW_CACHE = 100_000  # series whose FORECAST_FOLLOW match is remembered
@@ -52,9 +53,10 @@ class Follow:
 
 def build(version: str, h: int, has_interval: bool, out: np.ndarray, pos: list[int],
           ids: list[bytes], series: list[bytes], stamps: np.ndarray,
-          follow: Follow | None = None) -> Written:
+          follow: Follow | None = None, timing: Timing | None = None) -> Written:
     """Entries in stream order for the values at `pos` (their forecasts `out`, one row each:
-    H points, then H lower and H upper bounds with an interval)."""
+    H points, then H lower and H upper bounds with an interval); with the `timing` of the
+    batch's values, the time each forecast is for and the gaps."""
     o = Outputs(version=version, n=len(pos))
     if len(pos) == len(ids):  # every value predicted: pos is 0..m-1
         ser, src = series, ids
@@ -67,6 +69,8 @@ def build(version: str, h: int, has_interval: bool, out: np.ndarray, pos: list[i
         stamp_list = stamps.tolist()
         o.set("ts", [str(stamp_list[i]) if stamp_list[i] >= 0 else "" for i in pos],
               full=bool(stamps.min() >= 0))
+    if timing is not None:
+        _times(o, h, pos, stamps, timing)
     if has_interval:
         o.set("lower", fmt(out[:, h]), full=True)
         o.set("upper", fmt(out[:, 2 * h]), full=True)
@@ -83,6 +87,29 @@ def build(version: str, h: int, has_interval: bool, out: np.ndarray, pos: list[i
                 written.follow_series.append(s)
                 written.follow += [e + 1, len(written.follow_series)]
     return written
+
+
+def _times(o: Outputs, h: int, pos: list[int], stamps: np.ndarray, timing: Timing) -> None:
+    """`target_ts` (and `path_ts` for H > 1): the input's ts plus one step (k steps) of its
+    series, once the step is known; `gap_steps` on an entry whose input followed a gap."""
+    at = np.asarray(pos, dtype=np.int64)
+    step = timing.step_after[at]
+    ts = stamps[at]
+    known = (ts >= 0) & ~np.isnan(step)
+    if known.any():
+        target = np.where(known, ts + np.rint(np.nan_to_num(step)), -1).astype(np.int64)
+        o.set("target_ts", [str(t) if ok else "" for t, ok in
+                            zip(target.tolist(), known.tolist(), strict=True)],
+              full=bool(known.all()))
+        if h > 1:
+            k = np.arange(1, h + 1)
+            paths = ts[:, None] + np.rint(np.nan_to_num(step)[:, None] * k).astype(np.int64)
+            o.set("path_ts", [",".join(map(str, row)) if ok else "" for row, ok in
+                              zip(paths.tolist(), known.tolist(), strict=True)],
+                  full=bool(known.all()))
+    gap = timing.gap[at]
+    if gap.any():
+        o.set("gap_steps", [str(g) if g else "" for g in gap.tolist()])
 
 
 def latest(o: Outputs, series: list[bytes]) -> list[Value]:

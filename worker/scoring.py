@@ -16,7 +16,7 @@ scaled errors (checked once per batch and series).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -60,6 +60,12 @@ class Scores:
     naive_d: np.ndarray  # per column: sum of scaled_err - scaled naive error
     naive_d2: np.ndarray
     drifted: list[tuple[bytes, float]] = field(default_factory=list)  # (series, statistic)
+
+    def plus(self, other: Scores) -> Scores:
+        """The sums of two parts of one batch (its passes, see worker.gaps)."""
+        summed = {f.name: getattr(self, f.name) + getattr(other, f.name)
+                  for f in fields(self) if f.name != "drifted"}
+        return Scores(**summed, drifted=[*self.drifted, *other.drifted])
 
 
 def aci_factors(rho: np.ndarray, starts: np.ndarray, a0: np.ndarray, gamma: float,
@@ -128,10 +134,12 @@ class Joined:
     prev_hi: np.ndarray
     rho: np.ndarray  # log distance from the previous forecast in half-widths
     a_before: np.ndarray  # the current version's adaptive factor in force at each value
+    actual: np.ndarray  # False: a fill (worker.gaps), never scored as an actual
 
 
 def adapt(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
-          gamma: float, alpha: float, version: int = -1) -> tuple[Joined, np.ndarray]:
+          gamma: float, alpha: float, version: int = -1,
+          actual: np.ndarray | None = None) -> tuple[Joined, np.ndarray]:
     """Join the batch with the previous forecasts, adapt the current version's intervals and
     keep the new forecasts: what the commit needs. `evaluate` does the rest, later.
 
@@ -159,13 +167,16 @@ def adapt(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
         dist = np.where(below, prev_pt - y, y - prev_pt) / np.where(below, prev_pt - prev_lo,
                                                                     prev_hi - prev_pt)
         rho = np.log(dist)
+    actual = np.ones(len(y), dtype=bool) if actual is None else actual
+    if not actual.all():  # a fill is not an actual: nothing is scored against it
+        rho[~actual] = np.nan
     a_before, a_after = aci_factors(rho[:, 0], adv.starts, store.aci[rows], gamma, alpha)
     # the newest raw forecasts (and the factor) for the next values of each series
     store.pred[rows, :cols] = fc.point[adv.ends]
     store.lo[rows, :cols] = fc.lo[adv.ends]
     store.hi[rows, :cols] = fc.hi[adv.ends]
     store.aci[rows] = a_after[adv.ends]
-    return Joined(adv, y, prev_pt, prev_lo, prev_hi, rho, a_before), np.exp(a_after)
+    return Joined(adv, y, prev_pt, prev_lo, prev_hi, rho, a_before, actual), np.exp(a_after)
 
 
 def evaluate(store: SeriesStore, j: Joined) -> Scores:
@@ -176,12 +187,18 @@ def evaluate(store: SeriesStore, j: Joined) -> Scores:
     """
     adv = j.adv
     naive_err = np.abs(j.y[:, 0] - np.where(adv.filled >= 2, adv.windows[:, -2], np.nan))
+    if not j.actual.all():  # fills, and the value right after them (its naive was a fill)
+        scored = j.actual & np.concatenate(([True], j.actual[:-1])) | _first_of_group(adv)
+        naive_err[~(scored & j.actual)] = np.nan
     scale = _scales(store, adv, naive_err)
     with np.errstate(invalid="ignore", divide="ignore"):
         err = np.abs(j.y - j.prev_pt)
+        if not j.actual.all():
+            err[~j.actual] = np.nan
         scaled = err / scale[:, None]
         scaled_naive = naive_err / scale
-    joined = ~np.isnan(scaled) & (~np.isnan(scaled_naive) & (scale > 0))[:, None]
+    joined = ~np.isnan(scaled) & (~np.isnan(scaled_naive) & (scale > 0))[:, None] \
+        & j.actual[:, None]
     has_iv = ~np.isnan(j.rho)
     threshold = np.zeros_like(j.rho)
     threshold[:, 0] = j.a_before  # the current version's interval was the adaptive one
@@ -202,6 +219,12 @@ def score(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
     """`adapt` then `evaluate` at once: the scores and the interval factors."""
     joined, factor = adapt(store, adv, values, fc, gamma, alpha, version)
     return evaluate(store, joined), factor
+
+
+def _first_of_group(adv: Advance) -> np.ndarray:
+    first = np.zeros(len(adv.order), dtype=bool)
+    first[adv.starts] = True
+    return first
 
 
 def _scales(store: SeriesStore, adv: Advance, naive_err: np.ndarray) -> np.ndarray:

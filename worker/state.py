@@ -29,6 +29,7 @@ from worker.checkpoint import (
     decode_same,
     encode_rows,
 )
+from worker.timing import RING
 
 _HEAD_BYTES = HEAD.to_bytes(4, "little")
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ _FIELDS: dict[str, tuple[type, tuple[int, ...], float]] = {
     "count": (np.int32, (), 0),
     "last_ts": (np.int64, (), -1),
     "seq": (np.int64, (), -1),  # the producer sequence number last accepted (-1: none)
+    "steps": (np.float32, (RING,), np.nan),  # the last ts differences (worker.timing)
     "last_used": (np.uint32, (), 0),
     "aci_version": (np.int32, (), -1),  # the version number `aci` (and column 0) belong to
     "aci": (np.float64, (), 0.0),  # log width factor of the current version's interval
@@ -85,6 +87,7 @@ class RowArrays:
     count: np.ndarray
     last_ts: np.ndarray
     seq: np.ndarray
+    steps: np.ndarray
     last_used: np.ndarray
     aci_version: np.ndarray
     aci: np.ndarray
@@ -226,7 +229,7 @@ class SeriesStore(RowArrays):
             self.aci_version[at], self.aci[at] = rows["aci_version"], rows["aci"]
             self.pred[at, 0] = rows["pred"]
             self.lo[at, 0], self.hi[at, 0] = rows["lo"], rows["hi"]
-            self.seq[at] = rows["seq"]
+            self.seq[at], self.steps[at] = rows["seq"], rows["steps"]
             done = set(good)
         for i, blob in enumerate(blobs):  # other widths (a model change), older versions, errors
             if blob is not None and i not in done:
@@ -242,6 +245,7 @@ class SeriesStore(RowArrays):
         if keep:
             self.vals[slot, self.width - keep:] = c.values[c.count - keep:]
         self.count[slot], self.last_ts[slot], self.seq[slot] = keep, c.last_ts, c.seq
+        self.steps[slot] = c.steps
         self.aci_version[slot], self.aci[slot] = c.aci_version, c.aci
         self.pred[slot, 0], self.lo[slot, 0], self.hi[slot, 0] = c.pred, c.lo, c.hi
 
@@ -277,8 +281,13 @@ class SeriesStore(RowArrays):
         seq: always); records the accepted ones. Equal or lower: a duplicate."""
         return _accept(self.seq, slots, seqs, strict=True)
 
-    def advance(self, slots: np.ndarray, values: np.ndarray) -> Advance:
-        """Append each value to its series' window, for a whole batch at once."""
+    def advance(self, slots: np.ndarray, values: np.ndarray,
+                restart: np.ndarray | None = None) -> Advance:
+        """Append each value to its series' window, for a whole batch at once.
+
+        `restart` (stream order): the window starts again at these values (older values
+        no longer count).
+        """
         m, width = len(slots), self.width
         self.last_used[slots] = self.tick
         order = np.argsort(slots, kind="stable")
@@ -298,6 +307,11 @@ class SeriesStore(RowArrays):
         windows = sliding_window_view(flat, width)[group_of * width + np.arange(m) + 1]
 
         filled = np.minimum(self.count[rows][group_of] + pos + 1, width)
+        if restart is not None and restart.any():
+            at = np.where(restart[order], np.arange(m), -1)
+            last = np.maximum.accumulate(at)  # the latest restart so far, in sorted order
+            again = last >= starts[group_of]  # ... inside this group
+            filled = np.where(again, np.minimum(np.arange(m) - last + 1, width), filled)
         ends = bounds[1:] - 1
         self.vals[rows] = windows[ends]
         self.count[rows] = filled[ends]
@@ -330,7 +344,7 @@ class SeriesStore(RowArrays):
         idx = np.asarray(slots, dtype=np.int64)
         return encode_rows(self.count[idx], self.last_ts[idx], self.aci_version[idx],
                            self.aci[idx], self.pred[idx, 0], self.lo[idx, 0], self.hi[idx, 0],
-                           self.seq[idx], self.vals[idx])
+                           self.seq[idx], self.steps[idx], self.vals[idx])
 
 
 def _unreadable(series: bytes, exc: CheckpointError) -> None:
