@@ -12,7 +12,7 @@ from forecast import keys
 from forecast.errors import Fenced
 from forecast.harness import wait_until
 from tests.helpers import LinearModel, WorkerThreads, make_worker
-from worker.consumer import Shard
+from worker.shard import Shard
 from worker.state import SeriesStore
 
 

@@ -24,13 +24,14 @@ from forecast.errors import Fenced, error_code
 from forecast.settings import Settings
 from worker import metrics
 from worker.batch import Commit, Served
-from worker.consumer import Shard, ShardIO, ensure_group
+from worker.consumer import ShardIO, ensure_group
 from worker.live import LiveBuffer
 from worker.outputs import Follow
 from worker.ownership import Ownership
 from worker.pipeline import RETRYABLE, BatchPath
 from worker.promoter import Promoter
 from worker.scripts import Scripts
+from worker.shard import Shard
 from worker.state import COLUMNS
 from worker.telemetry import Telemetry
 from worker.watcher import Lineup, ModelWatcher

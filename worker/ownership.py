@@ -17,9 +17,10 @@ from forecast import keys
 from forecast.errors import Fenced
 from forecast.settings import Settings
 from worker import metrics
-from worker.consumer import Shard, ShardIO, ensure_group
+from worker.consumer import ShardIO, ensure_group
 from worker.leases import Leases, assign
 from worker.scripts import Scripts
+from worker.shard import Shard
 from worker.state import SeriesStore
 
 log = logging.getLogger(__name__)

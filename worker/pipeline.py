@@ -23,7 +23,8 @@ from forecast.redis_conn import group_info
 from forecast.settings import Settings
 from worker import metrics
 from worker.batch import Commit, Entry, Served, build_commit, finish_scores
-from worker.consumer import Shard, ShardIO, alone_if_suspect, split_poison
+from worker.consumer import ShardIO, alone_if_suspect, split_poison
+from worker.shard import Shard
 
 log = logging.getLogger(__name__)
 

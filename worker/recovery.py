@@ -4,16 +4,14 @@ Lua script that first checks the shard's lease token (FENCED otherwise)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 
 from forecast.errors import Fenced, error_code
 from worker.batch import Entry
 from worker.scripts import Scripts
-
-if TYPE_CHECKING:
-    from worker.consumer import Shard
+from worker.shard import Shard
 
 
 def is_fenced(exc: redis.ResponseError) -> bool:
