@@ -26,6 +26,7 @@ NAIVE_EWMA = 0.05  # weight of a new |y_t - y_t-1| in a series' naive-error scal
 PH_DELTA = 0.005  # Page-Hinkley: tolerated rise of the mean scaled error
 PH_THRESHOLD = 50.0  # Page-Hinkley: alarm level of the cumulative deviation
 PH_MIN_VALUES = 30.0  # no alarm before this many values since the last reset
+COUNTS = ("forecast_n", "n", "with_interval", "covered", "pair_n")  # the Scores that count
 
 
 @dataclass
@@ -154,10 +155,7 @@ def adapt(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
         store.remap([*range(store.columns), *[None] * (cols - store.columns)])
     stale = store.aci_version[rows] != version
     if stale.any():
-        at = rows[stale]
-        store.aci[at] = 0.0
-        store.pred[at, 0] = store.lo[at, 0] = store.hi[at, 0] = np.nan
-        store.aci_version[at] = version
+        store.restart_intervals(rows[stale], version)
     y = values.astype(np.float64)[:, None]
     prev_pt = _previous(store.pred[:, :cols], adv, fc.point)
     prev_lo = _previous(store.lo[:, :cols], adv, fc.lo)
@@ -172,10 +170,8 @@ def adapt(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
         rho[~actual] = np.nan
     a_before, a_after = aci_factors(rho[:, 0], adv.starts, store.aci[rows], gamma, alpha)
     # the newest raw forecasts (and the factor) for the next values of each series
-    store.pred[rows, :cols] = fc.point[adv.ends]
-    store.lo[rows, :cols] = fc.lo[adv.ends]
-    store.hi[rows, :cols] = fc.hi[adv.ends]
-    store.aci[rows] = a_after[adv.ends]
+    store.keep_forecasts(rows, fc.point[adv.ends], fc.lo[adv.ends], fc.hi[adv.ends],
+                         a_after[adv.ends])
     return Joined(adv, y, prev_pt, prev_lo, prev_hi, rho, a_before, actual), np.exp(a_after)
 
 
@@ -239,7 +235,7 @@ def _scales(store: SeriesStore, adv: Advance, naive_err: np.ndarray) -> np.ndarr
     before = np.where(np.isnan(before), mean[adv.group_of], before)
     kept = (1.0 - NAIVE_EWMA) ** n
     new = np.where(np.isnan(old), mean, kept * old + (1.0 - kept) * np.where(n > 0, mean, 0.0))
-    store.nscale[adv.rows] = np.where(n > 0, new, old)
+    store.set_scales(adv.rows, np.where(n > 0, new, old))
     return before
 
 
@@ -250,18 +246,17 @@ def _sums(err: np.ndarray, z: np.ndarray, zn: np.ndarray, joined: np.ndarray,
     d = np.where(both, z - z[:, :1], 0.0)
     dn = z - zn  # both zero where not joined
     # one reduction over all the columns: on a small batch each numpy call costs about 1 us
-    parts = (known, np.where(known, err, 0.0), joined, z, zn, has_iv, covered,
-             np.where(has_iv & joined, width, 0.0), both, d, d * d, np.where(both, z, 0.0),
-             np.where(both, z[:, :1], 0.0), dn, dn * dn)
-    sums = np.concatenate(parts, axis=1, dtype=np.float64).sum(axis=0)
+    parts = {"forecast_n": known, "abs_err": np.where(known, err, 0.0), "n": joined,
+             "scaled_err": z, "scaled_naive": zn, "with_interval": has_iv, "covered": covered,
+             "scaled_width": np.where(has_iv & joined, width, 0.0), "pair_n": both,
+             "pair_d": d, "pair_d2": d * d, "pair_a": np.where(both, z, 0.0),
+             "pair_b": np.where(both, z[:, :1], 0.0), "naive_d": dn, "naive_d2": dn * dn}
+    sums = np.concatenate(list(parts.values()), axis=1, dtype=np.float64).sum(axis=0)
     c = z.shape[1]
-    cols = [sums[i * c:(i + 1) * c] for i in range(len(parts))]
-    counts = [col.astype(np.int64) for col in (cols[0], cols[2], cols[5], cols[6], cols[8])]
-    return Scores(
-        forecast_n=counts[0], abs_err=cols[1], n=counts[1], scaled_err=cols[3],
-        scaled_naive=cols[4], with_interval=counts[2], covered=counts[3],
-        scaled_width=cols[7], pair_n=counts[4], pair_d=cols[9], pair_d2=cols[10],
-        pair_a=cols[11], pair_b=cols[12], naive_d=cols[13], naive_d2=cols[14])
+    named = {name: sums[i * c:(i + 1) * c] for i, name in enumerate(parts)}
+    for name in COUNTS:
+        named[name] = named[name].astype(np.int64)
+    return Scores(**named)
 
 
 def _page_hinkley(store: SeriesStore, adv: Advance, total: np.ndarray, cnt: np.ndarray
@@ -279,8 +274,7 @@ def _page_hinkley(store: SeriesStore, adv: Advance, total: np.ndarray, cnt: np.n
     stat = cum1 - low1
     alarm = (n1 >= PH_MIN_VALUES) & (stat > PH_THRESHOLD)
     keep = ~alarm
-    store.ph_n[rows], store.ph_mean[rows] = n1 * keep, mean1 * keep
-    store.ph_cum[rows], store.ph_min[rows] = cum1 * keep, low1 * keep
+    store.set_drift(rows, n1 * keep, mean1 * keep, cum1 * keep, low1 * keep)
     if not alarm.any():
         return []
     hit = np.flatnonzero(alarm)

@@ -7,8 +7,10 @@ last forecast and interval that the series' next value is scored against, and th
 version's adaptive-interval factor (`aci`). Rows are encoded as checkpoint blobs
 (`worker.checkpoint`) written by the per-batch commit and read back on demand.
 Every write to the arrays goes through a method here: `place` (rows for a batch's series),
-`accept_in_order` (the ts rule), `advance` (append a batch's values), `set_window` (tests,
-tools); `worker.scoring` updates the forecast columns through `Advance.rows`.
+`accept_new` and `accept_in_order` (the seq and ts rules), `advance` (append a batch's
+values), `set_window` (tests, tools), and the live-scoring state that `worker.scoring`
+computes: `restart_intervals`, `keep_forecasts`, `set_scales`, `set_drift`. The step ring is
+moved on by `worker.timing.observe`, given the array.
 """
 
 from __future__ import annotations
@@ -338,6 +340,31 @@ class SeriesStore(RowArrays):
                 self._release(slot)
                 n += 1
         return n
+
+    # --- the live-scoring state of the rows (worker.scoring computes, the store keeps) ---
+    def restart_intervals(self, rows: np.ndarray, version: int) -> None:
+        """These rows' interval state belongs to `version` now and starts again."""
+        self.aci[rows] = 0.0
+        self.pred[rows, 0] = self.lo[rows, 0] = self.hi[rows, 0] = np.nan
+        self.aci_version[rows] = version
+
+    def keep_forecasts(self, rows: np.ndarray, point: np.ndarray, lo: np.ndarray,
+                       hi: np.ndarray, aci: np.ndarray) -> None:
+        """The newest forecasts (per version column) the next values are scored against,
+        and the current version's adaptive factor."""
+        cols = point.shape[1]
+        self.pred[rows, :cols], self.lo[rows, :cols], self.hi[rows, :cols] = point, lo, hi
+        self.aci[rows] = aci
+
+    def set_scales(self, rows: np.ndarray, scale: np.ndarray) -> None:
+        """The rows' naive-error scales (EWMA of |y_t - y_t-1|)."""
+        self.nscale[rows] = scale
+
+    def set_drift(self, rows: np.ndarray, n: np.ndarray, mean: np.ndarray, cum: np.ndarray,
+                  low: np.ndarray) -> None:
+        """The rows' Page-Hinkley state."""
+        self.ph_n[rows], self.ph_mean[rows], self.ph_cum[rows], self.ph_min[rows] = \
+            n, mean, cum, low
 
     def encode(self, slots: list[int] | np.ndarray) -> list[bytes]:
         """Checkpoint blobs of the given rows (one bytes object each)."""
