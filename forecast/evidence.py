@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from forecast import keys
+from forecast.states import State
 
 LIVE_FIELDS = ("forecast_n", "abs_err", "n", "scaled_err", "scaled_naive", "with_interval",
                "covered", "scaled_width", "naive_d", "naive_d2")
@@ -166,21 +167,21 @@ def decide(current: str, shadows: dict[str, str], pairs: dict[str, Pair], live: 
     True
     """
     proven = [(p.ratio or 1.0, v) for v, p in pairs.items()
-              if shadows.get(v) == "candidate" and _better(p, min_n, z, margin)]
+              if shadows.get(v) == State.CANDIDATE and _better(p, min_n, z, margin)]
     if proven:
         _, v = min(proven)
         p = pairs[v]
         return Decision("promote", v, "live", int(p.n), _mase(p.a, p.b, live),
                         live.mase, round(p.t, 3), current)
     for v, p in pairs.items():
-        if shadows.get(v) == "previous" and _better(p, min_n, z, margin):
+        if shadows.get(v) == State.PREVIOUS and _better(p, min_n, z, margin):
             return Decision("rollback", v, "live", int(p.n), _mase(p.a, p.b, live), live.mase,
                             round(p.t, 3), current)
     worse = t_stat(live.n, live.naive_d, live.naive_d2)
     mase = live.mase
     if live.n >= min_n and worse > z and mase is not None and mase >= 1 + margin:
         # ...to a previous version that does no worse on the same actuals (never a chain)
-        prev = [v for v, s in shadows.items() if s == "previous"
+        prev = [v for v, s in shadows.items() if s == State.PREVIOUS
                 and (ratio := pairs[v].ratio) is not None and ratio < 1.0]
         if prev:
             return Decision("rollback", prev[0], "worse_than_naive", int(live.n), None, mase,

@@ -26,6 +26,7 @@ from redis.cluster import RedisCluster
 
 from forecast import keys
 from forecast.errors import ModelRejected, RegistryError
+from forecast.states import KEPT, STORED, State, allowed, parse
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +178,14 @@ def _switch(client: Any, version: str, event: str, sha256: str, reason: str = ""
         states = _states(reader)
         before: list[Write] = []
         after: list[Write] = [lambda c: c.hdel(keys.MODEL_STATES, version)]
-        stale = [v for v, state in states.items() if state == "previous" and v != version]
+        stale = [v for v, state in states.items() if state == State.PREVIOUS and v != version]
         if stale:
             after.append(lambda c: c.hdel(keys.MODEL_STATES, *stale))
         if prev is not None and prev != version:
             before += [lambda c: c.lpush(keys.MODEL_HISTORY, prev),
                        lambda c: c.ltrim(keys.MODEL_HISTORY, 0, HISTORY_LEN - 1)]
             after += [lambda c: c.delete(keys.live_pair(prev, version)),  # fresh evidence
-                      lambda c: c.hset(keys.MODEL_STATES, prev, "previous")]
+                      lambda c: c.hset(keys.MODEL_STATES, prev, str(State.PREVIOUS))]
         after.append(_announce(event, version, sha256, reason, evidence))
         return before, version, after, True
 
@@ -192,11 +193,12 @@ def _switch(client: Any, version: str, event: str, sha256: str, reason: str = ""
     return done
 
 
-def _states(reader: Any) -> dict[str, str]:
-    return {_text(k) or "": _text(v) or "" for k, v in reader.hgetall(keys.MODEL_STATES).items()}
+def _states(reader: Any) -> dict[str, State]:
+    raw = reader.hgetall(keys.MODEL_STATES).items()
+    return {_text(k) or "": state for k, v in raw if (state := parse(v)) is not None}
 
 
-def states(client: Any) -> dict[str, str]:
+def states(client: Any) -> dict[str, State]:
     """Version -> state for the versions that have one (candidate, previous, rejected, retired)."""
     return _states(client)
 
@@ -205,9 +207,9 @@ def shadowed(client: Any, limit: int = 2) -> list[str]:
     """The versions workers run in shadow: candidates (newest first), then the previous one."""
     st = _states(client)
     current = current_version(client)
-    cands = sorted((v for v, s in st.items() if s == "candidate" and v != current),
+    cands = sorted((v for v, s in st.items() if s == State.CANDIDATE and v != current),
                    key=version_number, reverse=True)
-    prev = [v for v, s in st.items() if s == "previous" and v != current]
+    prev = [v for v, s in st.items() if s == State.PREVIOUS and v != current]
     return [*cands, *prev][:limit]
 
 
@@ -225,7 +227,10 @@ def shadow(client: Any, version: str, reason: str = "manual") -> None:
     current = current_version(client)
     if current is not None:  # evidence starts afresh: no old pair sums decide for it
         client.delete(keys.live_pair(version, current))
-    client.hset(keys.MODEL_STATES, version, "candidate")
+    state = _states(client).get(version) or STORED
+    if not allowed(state, State.CANDIDATE):
+        raise RegistryError(f"{version} is {state}: it cannot be shadowed")
+    client.hset(keys.MODEL_STATES, version, str(State.CANDIDATE))
     _announce("candidate", version, str(manifest.get("sha256", "")), reason)(client)
 
 
@@ -243,10 +248,10 @@ def publish(client: Any, blob: bytes, manifest: dict[str, Any], make_current: bo
     if make_current:
         _switch(client, version, "published", sha)
     elif candidate:  # a newer candidate replaces the ones still waiting
-        older = [v for v, state in _states(client).items() if state == "candidate"]
+        older = [v for v, state in _states(client).items() if state == State.CANDIDATE]
         if older:
             client.hdel(keys.MODEL_STATES, *older)
-        client.hset(keys.MODEL_STATES, version, "candidate")
+        client.hset(keys.MODEL_STATES, version, str(State.CANDIDATE))
         _announce("candidate", version, sha, "trained")(client)
     log.info("published %s (%d bytes, current=%s, candidate=%s)", version, len(blob),
              make_current, candidate and not make_current)
@@ -286,7 +291,7 @@ def rollback(client: Any, reason: str = "manual", evidence: dict[str, Any] | Non
         writes: list[Write] = [lambda c: c.ltrim(keys.MODEL_HISTORY, i + 1, -1),
                                lambda c: c.hdel(keys.MODEL_STATES, target)]
         if current is not None:
-            writes.append(lambda c: c.hset(keys.MODEL_STATES, current, "rejected"))
+            writes.append(lambda c: c.hset(keys.MODEL_STATES, current, str(State.REJECTED)))
         return [], target, [*writes, _announce("rolled_back", target, sha, reason, evidence)], \
             target
 
@@ -303,16 +308,16 @@ def retire(client: Any, keep: int) -> list[str]:
     st = _states(client)
     current = current_version(client)
     history = [_text(v) or "" for v in client.lrange(keys.MODEL_HISTORY, 0, -1)]
-    target = next((v for v in history if v != current and st.get(v) != "retired"), None)
-    protected = {current, target, *(v for v, s in st.items() if s in ("candidate", "previous"))}
+    target = next((v for v in history if v != current and st.get(v) != State.RETIRED), None)
+    protected = {current, target, *(v for v, s in st.items() if s in KEPT)}
     gone = []
     for v in versions[:max(0, len(versions) - keep)]:
-        if v in protected or st.get(v) == "retired":
+        if v in protected or st.get(v) == State.RETIRED:
             continue
         client.delete(keys.model_blob(v), keys.live(v), keys.live_series(v),
                       *(keys.live_pair(v, w) for w in versions if w != v),
                       *(keys.live_pair(w, v) for w in versions if w != v))
-        client.hset(keys.MODEL_STATES, v, "retired")
+        client.hset(keys.MODEL_STATES, v, str(State.RETIRED))
         _announce("retired", v, "", "keep_versions")(client)
         gone.append(v)
     if gone:

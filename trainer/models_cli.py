@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from forecast import evidence as evidence_mod
@@ -42,7 +43,7 @@ def live_errors(client: Any, versions: list[str]) -> dict[str, tuple[float | Non
 
 
 def table(rows: list[dict[str, Any]], current: str | None, live: dict[str, Any],
-          states: dict[str, str] | None = None,
+          states: Mapping[str, str] | None = None,
           evidence: dict[str, evidence_mod.Live] | None = None) -> str:
     """The versions as an aligned text table; `*` marks the current version.
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from forecast import evidence, registry
 from forecast.evidence import Decision
+from forecast.states import State
 from worker import metrics
 
 log = logging.getLogger(__name__)
@@ -54,11 +56,11 @@ class Promoter:
             return None
         return decision if self._apply(current, decision) else None
 
-    def _settle_previous(self, current: str, shadows: list[str], states: dict[str, str],
+    def _settle_previous(self, current: str, shadows: list[str], states: Mapping[str, str],
                          pairs: dict[str, evidence.Pair]) -> None:
         """Stop shadowing the previous version once the current one has held up long enough."""
         for v in shadows:
-            if states.get(v) == "previous" and pairs[v].n >= SETTLED * self.min_n:
+            if states.get(v) == State.PREVIOUS and pairs[v].n >= SETTLED * self.min_n:
                 registry.unshadow(self.client, v)
                 log.info("%s held up against the previous %s on %d actuals: stops shadowing it",
                          current, v, int(pairs[v].n))
