@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench bench-quality lint fmt clean compose-test images
+.PHONY: demo test bench bench-quality bench-gaps lint fmt clean compose-test images
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ bench: $(STAMP)
 bench-quality: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	nice -n 10 $(VENV)/bin/forecast bench --quality
+
+# The gap policies (FORECAST_GAP_POLICY) on real series with values removed (bench extra).
+bench-gaps: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
+	nice -n 10 $(VENV)/bin/forecast bench --gaps
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check forecast worker trainer tests bench

@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", action="store_true",
                    help="forecast accuracy on real series against AutoETS, AutoTheta, naive "
                         "(needs the bench extra); --only names series")
+    p.add_argument("--gaps", action="store_true",
+                   help="the gap policies on real series with values removed (needs the "
+                        "bench extra); --only names series")
     p.set_defaults(run="bench.run:run")
     return parser
 
@@ -208,6 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"forecast: error: setting {field}: {err['msg']}\n")
     if args.command == "bench" and getattr(args, "quality", False):
         args.run = "bench.quality:run"
+    if args.command == "bench" and getattr(args, "gaps", False):
+        args.run = "bench.gaps:run"
     if args.command in ("train", "demo", "bench", "replay"):
         from forecast.tf import import_tensorflow
 
