@@ -194,8 +194,9 @@ def _redis_rows(results: dict[str, Outcome]) -> list[Row]:
                        f"{m['stream_bytes_per_value']:.0f} B / "
                        f"{m.get('prediction_bytes', 0):.0f} B / "
                        f"{m['state_bytes_per_series']:.0f} B checkpoint (n=3) + "
-                       f"{m['seen_bytes_per_series']:.0f} B last-seen", "report", "-",
-                       _load(mem)))
+                       f"{m['seen_bytes_per_series']:.0f} B last-seen + "
+                       f"{m.get('latest_bytes_per_series', 0):.0f} B latest forecast",
+                       "report", "-", _load(mem)))
     return out
 
 

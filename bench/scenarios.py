@@ -752,7 +752,8 @@ def durability(bench: Bench) -> Outcome:
 
 
 def redis_memory(bench: Bench) -> Outcome:
-    """Redis memory per retained input value and per live series (checkpoint + last-seen).
+    """Redis memory per retained input value and per live series (checkpoint, last-seen
+    time, latest forecast).
 
     `MEMORY USAGE` of the input stream after a preload, per entry; then a worker turns
     values of `series` series into checkpoints (n_steps=3): memory of forecast:state and
@@ -770,6 +771,7 @@ def redis_memory(bench: Bench) -> Outcome:
         stream = int(client.memory_usage(k.values, samples=0) or 0)
         state = int(client.memory_usage(k.state, samples=0) or 0)
         seen = int(client.memory_usage(k.seen, samples=0) or 0)
+        latest = int(client.memory_usage(k.latest, samples=0) or 0)
         entries = client.xlen(k.values)
         preds = int(client.memory_usage(k.predictions, samples=0) or 0)
         n_preds = client.xlen(k.predictions)
@@ -777,11 +779,12 @@ def redis_memory(bench: Bench) -> Outcome:
                          "prediction_bytes": round(preds / max(1, n_preds), 1),
                          "state_bytes_per_series": round(state / n_series, 1),
                          "seen_bytes_per_series": round(seen / n_series, 1),
+                         "latest_bytes_per_series": round(latest / n_series, 1),
                          "entries": entries, "series": n_series,
                          "used_memory": int(client.info("memory")["used_memory"])})
     out.info.update(n_steps=3, series=n_series)
     return out.summarise("stream_bytes_per_value", "state_bytes_per_series",
-                         "seen_bytes_per_series", "prediction_bytes")
+                         "seen_bytes_per_series", "latest_bytes_per_series", "prediction_bytes")
 
 
 SCENARIOS: dict[str, Callable[[Bench], Outcome]] = {
