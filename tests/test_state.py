@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.checkpoint import FLAG, blob_dtype, decode_blob
+from worker.checkpoint import FLAG, FLAG3, blob_dtype, blob_version, decode_blob
 from worker.scoring import Forecasts, score
 from worker.state import SeriesStore
 
@@ -81,12 +81,32 @@ def test_version_2_checkpoints_of_739b6de_still_load() -> None:
     current one, and must not be read as one."""
     old = np.zeros(1, dtype=blob_dtype(6, version=2))
     old["count"], old["last_ts"], old["aci"], old["v"] = 5 | FLAG, 42, 0.7, [0, 3, 4, 5, 6, 7]
-    assert len(old.tobytes()) == blob_dtype(4).itemsize
+    assert len(old.tobytes()) == blob_dtype(4, version=3).itemsize
     store = SeriesStore(width=4)
     slot = store.add(b"s", old.tobytes())
     assert store.vals[slot].tolist() == [4, 5, 6, 7] and store.count[slot] == 4
     assert store.last_ts[slot] == 42 and store.aci_version[slot] == -1  # starts again
     assert decode_blob(store.encode([slot])[0]).values.tolist() == [4, 5, 6, 7]
+
+
+def test_version_3_checkpoints_still_load_and_the_period_is_kept_from_version_4() -> None:
+    old = np.zeros(1, dtype=blob_dtype(4, version=3))
+    old["count"], old["last_ts"], old["v"] = 3 | FLAG | FLAG3, 42, [0, 7, 8, 9]
+    old["aci_version"], old["aci"] = 5, 0.25
+    assert blob_version(old.tobytes()) == 3
+    store = SeriesStore(width=4)
+    slot = store.add(b"s", old.tobytes())
+    assert store.vals[slot].tolist() == [0, 7, 8, 9] and store.count[slot] == 3
+    assert (store.aci_version[slot], store.aci[slot], store.period[slot]) == (5, 0.25, 0)
+    store.period[slot] = -12  # detected online (worker.routing)
+    blob = store.encode([slot])[0]
+    assert blob_version(blob) == 4 and decode_blob(blob).period == -12
+    again = SeriesStore(width=4)
+    again.add_many([b"s", b"t"], [blob, None])  # the same width: the bulk path
+    narrow = SeriesStore(width=2)
+    narrow.add(b"s", blob)  # another width: one by one
+    assert again.period[again.index[b"s"]] == -12 and again.period[again.index[b"t"]] == 0
+    assert narrow.period[narrow.index[b"s"]] == -12 and narrow.vals[0].tolist() == [8, 9]
 
 
 def test_adaptive_intervals_widen_after_misses_and_survive_a_checkpoint() -> None:

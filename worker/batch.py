@@ -16,7 +16,7 @@ import numpy as np
 
 from forecast.grammar import Limits, parse_fields
 from forecast.registry import version_number
-from worker import metrics
+from worker import metrics, routing
 from worker.scoring import Forecasts, Joined, Scores, adapt, evaluate
 from worker.state import COLUMNS, SeriesStore
 
@@ -228,20 +228,24 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch) -
     m = len(batch)
     fc = Forecasts(*(np.full((m, len(served.models)), np.nan) for _ in range(3)))
     ready = np.zeros(m, dtype=bool)
-    out = None
+    out = warm = None
+    route = routing.Route(store, adv, served.models)
     for c, model in enumerate(served.models):
-        ok = adv.filled >= model.n_steps
+        ok = adv.filled >= routing.min_values(model)
         if not ok.any():
             continue
         x = np.ascontiguousarray(adv.windows[ok][:, store.width - model.n_steps:])
         if c == 0:
             t0 = time.perf_counter()
-            rows = model.predict(x)
+            rows, warm = route.predict(model, x, ok)
             commit.model_seconds = time.perf_counter() - t0
+            asked = ok.copy()
             rows = _drop_non_finite(commit, batch, adv.order, ok, rows)
+            if warm is not None:
+                warm = warm[ok[asked]]
             ready, out = ok, rows
         else:
-            shadow = _shadow_forecasts(model, x)
+            shadow = _shadow_forecasts(model, x, route, ok)
             if shadow is None:
                 continue
             rows = shadow
@@ -256,15 +260,16 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch) -
     if out is not None and len(out):
         if served.current.has_interval:
             out = _widen(out, served.current.horizon, factor[ready])
-        _predictions(commit, served.current, out, adv.order[ready], batch)
+        _predictions(commit, served.current, out, adv.order[ready], batch, warm)
 
 
-def _shadow_forecasts(model: Predictor, x: np.ndarray) -> np.ndarray | None:
+def _shadow_forecasts(model: Predictor, x: np.ndarray, route: routing.Route, ok: np.ndarray
+                      ) -> np.ndarray | None:
     """A shadow's forecasts, NaN where not finite (not scored); None when it raised or gave
     another shape than it declares."""
     width = model.horizon * (3 if model.has_interval else 1)
     try:
-        rows = np.asarray(model.predict(x), dtype=np.float64)
+        rows = np.asarray(route.predict(model, x, ok)[0], dtype=np.float64)
         if rows.shape != (len(x), width):
             raise ValueError(f"output shape {rows.shape}, expected {(len(x), width)}")
     except Exception as exc:  # a broken candidate must not stop the serving
@@ -300,8 +305,9 @@ def _drop_non_finite(commit: Commit, batch: Batch, order: np.ndarray, ready: np.
 
 
 def _predictions(commit: Commit, model: Predictor, out: np.ndarray, where: np.ndarray,
-                 batch: Batch) -> None:
-    """Prediction arg groups in stream order: series, prediction, source_id, ts, extras."""
+                 batch: Batch, warm: np.ndarray | None = None) -> None:
+    """Prediction arg groups in stream order: series, prediction, source_id, ts, extras
+    (`warmup=1` where `warm`: the series' window is not full yet)."""
     ids, series, stamps = batch.ids, batch.series, batch.stamps
     back = np.argsort(where, kind="stable")
     rows = out[back]
@@ -319,6 +325,9 @@ def _predictions(commit: Commit, model: Predictor, out: np.ndarray, where: np.nd
             cols.append([",".join(_fmt(r)) for r in rows[:, h:2 * h].tolist()])
             cols.append([",".join(_fmt(r)) for r in rows[:, 2 * h:3 * h].tolist()])
             extra += ("lower_path", "upper_path")
+    if warm is not None and warm.any():  # an empty value is left out of the entry
+        cols.append(np.where(warm[back], "1", "").tolist())
+        extra += ("warmup",)
     commit.extra_fields = extra
     step = max(1, len(pos) // 100)
     now = int(time.time() * 1000)

@@ -77,8 +77,9 @@ def _forecasts(commit: Any) -> dict[bytes, dict[str, Any]]:
     for i in range(0, len(flat), width):
         series, pred, src, ts = flat[i:i + 4]
         fields = {"series": series, "prediction": pred, "model_version": commit.version,
-                  "source_id": src, **dict(zip(commit.extra_fields, flat[i + 4:i + width],
-                                               strict=True))}
+                  "source_id": src,
+                  **{k: v for k, v in zip(commit.extra_fields, flat[i + 4:i + width],
+                                          strict=True) if v != ""}}
         if ts:
             fields["ts"] = ts
         out[src] = fields

@@ -230,7 +230,10 @@ else
     local cmd = {'XADD', out, '*', 'series', preds[i], 'prediction', preds[i + 1],
                  'model_version', version, 'source_id', preds[i + 2]}
     if preds[i + 3] ~= '' then cmd[#cmd + 1] = 'ts'; cmd[#cmd + 1] = preds[i + 3] end
-    for e = 1, n_extra do cmd[#cmd + 1] = extra[e]; cmd[#cmd + 1] = preds[i + 3 + e] end
+    for e = 1, n_extra do
+      local v = preds[i + 3 + e]
+      if v ~= '' then cmd[#cmd + 1] = extra[e]; cmd[#cmd + 1] = v end  -- '' : field left out
+    end
     call(unpack(cmd))
   end
 end

@@ -65,6 +65,7 @@ _FIELDS: dict[str, tuple[type, tuple[int, ...], float]] = {
     "pred": (np.float32, (1,), np.nan),  # last step-1 forecast per version column
     "lo": (np.float32, (1,), np.nan),  # its interval, as the model gave it
     "hi": (np.float32, (1,), np.nan),
+    "period": (np.int16, (), 0),  # seasonal period (versions with several parts: worker.routing)
     # evidence and drift only (not checkpointed): see worker.scoring and worker.live
     "ev": (np.float32, (1, 3), 0.0),  # per-series n, scaled err, scaled naive sums
     "nscale": (np.float32, (), np.nan),  # EWMA of |y_t - y_t-1|
@@ -86,6 +87,7 @@ class RowArrays:
     pred: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
+    period: np.ndarray
     ev: np.ndarray
     nscale: np.ndarray
     ph_n: np.ndarray
@@ -214,6 +216,7 @@ class SeriesStore(RowArrays):
             self.aci_version[at], self.aci[at] = rows["aci_version"], rows["aci"]
             self.pred[at, 0] = rows["pred"]
             self.lo[at, 0], self.hi[at, 0] = rows["lo"], rows["hi"]
+            self.period[at] = rows["period"]
         done = set(same)
         for i, blob in enumerate(blobs):  # other widths (a model change) or older versions
             if blob is not None and i not in done:
@@ -227,6 +230,7 @@ class SeriesStore(RowArrays):
         self.count[slot], self.last_ts[slot] = keep, c.last_ts
         self.aci_version[slot], self.aci[slot] = c.aci_version, c.aci
         self.pred[slot, 0], self.lo[slot, 0], self.hi[slot, 0] = c.pred, c.lo, c.hi
+        self.period[slot] = c.period
 
     def add(self, series: bytes, blob: bytes | None = None) -> int:
         """Give `series` a row (empty, or restored from a checkpoint blob) and return it."""
@@ -330,4 +334,4 @@ class SeriesStore(RowArrays):
         idx = np.asarray(slots, dtype=np.int64)
         return encode_rows(self.count[idx], self.last_ts[idx], self.aci_version[idx],
                            self.aci[idx], self.pred[idx, 0], self.lo[idx, 0], self.hi[idx, 0],
-                           self.vals[idx])
+                           self.vals[idx], self.period[idx])
