@@ -1,8 +1,8 @@
 """`forecast bench --gaps` / `make bench-gaps`: which FORECAST_GAP_POLICY serves best after
 missing values, measured through the real worker on the real series of `bench.quality_data`.
 
-Per seasonal-period group, one model is trained with `forecast train --csv` (the defaults)
-on the first 80% of each series. Then each series is pushed, with a `ts` one step apart,
+One version is trained with `forecast train --csv` (the defaults) on the first 80% of every
+series. Then each series is pushed, with a `ts` one step apart,
 four times to a real `forecast worker`: whole, and with values of its last 20% removed (10%
 at random and three runs of 3 to 8 values, the same ones every time) under each policy.
 Scored: the one-step forecasts made at the first three values after each gap (MASE: errors
@@ -23,16 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.quality import (
-    RESULTS,
-    _groups,
-    geo_mean_ratio,
-    mase_scale,
-    split,
-    train_group,
-    write_training_csv,
-)
+from bench.quality import RESULTS, geo_mean_ratio, mase_scale, split
 from bench.quality_data import RealSeries, load
+from bench.quality_path import train_group, write_training_csv
 from bench.util import start_worker
 from forecast import keys
 from forecast.harness import wait_until
@@ -50,7 +43,8 @@ def removed(n: int, rng: np.random.Generator) -> np.ndarray:
     """Which values of a series of `n` go missing: in its test part, 10% at random and three
     runs of 3 to 8 (never its first test value or its last two).
 
-    >>> keep = removed(200, np.random.default_rng(0)); int((~keep).sum()) > 15, bool(keep[:161].all())
+    >>> keep = removed(200, np.random.default_rng(0))
+    >>> int((~keep).sum()) > 15, bool(keep[:161].all())
     (True, True)
     """
     keep = np.ones(n, dtype=bool)
@@ -135,13 +129,13 @@ def run_gaps(names: list[str] | None = None, out_dir: Path = RESULTS) -> dict[st
     import redis
 
     started = datetime.now(timezone.utc)
-    series = load(names)
+    series = [s for s in load(names) if not getattr(s, "short", False)]
     rng = np.random.default_rng(SEED)
     keep = {s.name: removed(len(s.values), rng) for s in series}
     whole = {s.name: np.ones(len(s.values), dtype=bool) for s in series}
     scores: dict[str, dict[str, Any]] = {s.name: {} for s in series}
     with tempfile.TemporaryDirectory(prefix="forecast-gaps-") as tmp:
-        for gname, group in _groups(series).items():
+        for gname, group in {"mixed": series}.items():
             gdir = Path(tmp) / gname
             gdir.mkdir()
             write_training_csv(gdir / "train.csv", group)

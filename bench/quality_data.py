@@ -4,9 +4,13 @@ Benchmark-only: these packages are the `bench` extra (`pip install -e '.[bench]'
 runtime dependency. statsmodels' bundled data sets (and copies of them: macro data, sunspots,
 Nile, CO2, El Nino) are deliberately not used: they are kept for an independent check.
 
-Series are grouped by seasonal period: the benchmark trains one model per group with
-`forecast train --csv FILE` (a user with monthly and quarterly data would train one model
-for each), so every series in a group has the same period.
+Series are grouped by seasonal period for the per-period rows (one model per group, each
+`forecast train --csv FILE`); the mixed row trains one model on every series at once.
+
+Short series (`short=True`): shorter than the windows the defaults choose, they are never in
+a training CSV: they stream in as new series, the way a new product's sales would, and are
+scored from their second value on. Shampoo sales ship with sktime; four more are vendored
+from R's datasets package (bench/data/short_series.csv, see bench/data/NOTICE).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class RealSeries:
     period: int
     source: str
     values: np.ndarray
+    short: bool = False
 
     @property
     def group(self) -> str:
@@ -70,6 +75,17 @@ def _taylor_hourly() -> np.ndarray:
     return v[: len(v) // 2 * 2].reshape(-1, 2).sum(axis=1)
 
 
+def _vendored(name: str) -> np.ndarray:
+    """A short series of bench/data/short_series.csv (see bench/data/NOTICE)."""
+    import csv
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "data" / "short_series.csv"
+    with path.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["series"] == name]
+    return np.asarray([float(r["value"]) for r in sorted(rows, key=lambda r: int(r["index"]))])
+
+
 def _msft_close() -> np.ndarray:
     """The last 1,000 daily closing prices of MSFT (trading days)."""
     import pmdarima.datasets as d
@@ -96,14 +112,25 @@ CATALOGUE: list[tuple[str, str, int, str, Callable[[], np.ndarray]]] = [
     ("msft_close", "daily", 1, "pmdarima", _msft_close),
     ("taylor_hourly", "hourly", 24, "pmdarima", _taylor_hourly),
 ]
-QUICK = ("airpassengers", "wineind", "woolyrnq", "ausbeer", "lynx", "heartrate")
+# Short series: streamed as new series (never trained on), scored from their second value.
+SHORT: list[tuple[str, str, int, str, Callable[[], np.ndarray]]] = [
+    ("shampoo", "monthly", 12, "sktime",
+     lambda: _sktime_csv("ShampooSales", "ShampooSales.csv", "Sales")),
+    ("usaccdeaths", "monthly", 12, "R datasets", lambda: _vendored("usaccdeaths")),
+    ("freeny_revenue", "quarterly", 4, "R datasets", lambda: _vendored("freeny_revenue")),
+    ("airmiles", "yearly", 1, "R datasets", lambda: _vendored("airmiles")),
+    ("uspop", "yearly", 1, "R datasets", lambda: _vendored("uspop")),
+]
+QUICK = ("airpassengers", "wineind", "woolyrnq", "ausbeer", "lynx", "heartrate", "shampoo",
+         "freeny_revenue")
 
 
 def load(names: list[str] | tuple[str, ...] | None = None) -> list[RealSeries]:
     """The bundled series (all, or the named ones), in catalogue order."""
     wanted = set(names) if names else None
     out = []
-    for name, freq, period, source, loader in CATALOGUE:
-        if wanted is None or name in wanted:
-            out.append(RealSeries(name, freq, period, source, loader()))
+    for short, catalogue in ((False, CATALOGUE), (True, SHORT)):
+        for name, freq, period, source, loader in catalogue:
+            if wanted is None or name in wanted:
+                out.append(RealSeries(name, freq, period, source, loader(), short))
     return out

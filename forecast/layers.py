@@ -391,3 +391,68 @@ class SoftClip(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "limit": self.limit}
+
+
+# --- partial windows: a series with fewer values than the window (warm-up) -----------------
+#
+# A warm-up model reads the window with its unknown past as NaN (the worker's window of a
+# young series), forecasts from the last L values at every length L of a ladder, and keeps,
+# per window, the longest L that holds only real values.
+
+
+@keras.saving.register_keras_serializable(package="forecast")
+class FillMissing(keras.layers.Layer):
+    """(batch, n, 1) window with NaN for unknown values -> [window with 0 there, count (b, 1)]."""
+
+    def call(self, x: Any) -> list[Any]:
+        known = ops.logical_not(ops.isnan(x))
+        count = ops.sum(ops.cast(known, x.dtype), axis=1)
+        return [ops.where(known, x, ops.zeros_like(x)), count]
+
+    def compute_output_shape(self, input_shape: Any) -> list[Any]:
+        return [tuple(input_shape), (input_shape[0], 1)]
+
+
+@keras.saving.register_keras_serializable(package="forecast")
+class NaiveExpert(keras.layers.Layer):
+    """Scaled window (b, n, 1) -> [point 0 (b, H), spread 1 (b, H)]: the last value, in units
+    of the window's scale (for windows too short for in-window backtests)."""
+
+    def __init__(self, horizon: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.horizon = int(horizon)
+
+    def call(self, z: Any) -> list[Any]:
+        zero = ops.zeros_like(z[:, :1, 0])
+        point = ops.tile(zero, (1, self.horizon))
+        return [point, point + 1.0]
+
+    def compute_output_shape(self, input_shape: Any) -> list[Any]:
+        shape = (input_shape[0], self.horizon)
+        return [shape, shape]
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "horizon": self.horizon}
+
+
+@keras.saving.register_keras_serializable(package="forecast")
+class SelectByCount(keras.layers.Layer):
+    """[count (b, 1), out_1 .. out_k (b, w)] -> (b, w): per row the output of the longest
+    length in `lengths` (ascending) that is at most `count` (the first when none is)."""
+
+    def __init__(self, lengths: list[int] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lengths = [int(v) for v in (lengths or [1])]
+
+    def call(self, inputs: list[Any]) -> Any:
+        count, outs = inputs[0], inputs[1:]
+        chosen = outs[0]
+        for length, out in zip(self.lengths[1:], outs[1:], strict=True):
+            chosen = ops.where(count >= float(length), out, chosen)
+        return chosen
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return tuple(input_shape[1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "lengths": list(self.lengths)}

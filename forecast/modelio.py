@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from forecast import registry
+from forecast import bundle, registry, season
 from forecast.errors import ModelRejected
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,9 @@ def _load_keras(blob: bytes) -> Any:
         os.unlink(name)
 
 
-def load_bytes(blob: bytes, manifest: dict[str, Any], hmac_key: str = "") -> LoadedModel:
-    """Check and load an artifact; raises ModelRejected with the reason."""
+def load_bytes(blob: bytes, manifest: dict[str, Any], hmac_key: str = ""
+               ) -> LoadedModel | BundleModel:
+    """Check and load an artifact (a `.keras` file or a bundle); raises ModelRejected."""
     _check_manifest(manifest)
     registry.verify_sha256(blob, manifest)
     if hmac_key:
@@ -113,31 +114,152 @@ def load_bytes(blob: bytes, manifest: dict[str, Any], hmac_key: str = "") -> Loa
             raise ModelRejected("unsigned model: an HMAC key is set but the manifest has no hmac")
         if not hmac.compare_digest(sign(blob, hmac_key), signature):
             raise ModelRejected("bad HMAC signature")
+    if bundle.is_bundle(blob):
+        return _load_bundle(blob, manifest)
+    return _load_part(blob, manifest)
+
+
+def _load_part(blob: bytes, manifest: dict[str, Any], what: str = "model") -> LoadedModel:
+    """One `.keras` artifact, checked against the manifest's n_steps, horizon and outputs."""
     model = _load_keras(blob)
     n_steps, horizon = manifest["n_steps"], manifest["horizon"]
     if len(model.inputs) != 1:
-        raise ModelRejected(f"model has {len(model.inputs)} inputs, expected 1")
+        raise ModelRejected(f"{what} has {len(model.inputs)} inputs, expected 1")
     shape = tuple(model.inputs[0].shape)
     if shape != (None, n_steps, 1):
-        raise ModelRejected(f"input shape {shape} does not match (None, {n_steps}, 1)")
+        raise ModelRejected(f"{what}: input shape {shape} does not match (None, {n_steps}, 1)")
     loaded = LoadedModel(str(manifest.get("version", "local")), manifest, model)
     out_shape = tuple(model.outputs[0].shape) if len(model.outputs) == 1 else None
     if out_shape is None or len(out_shape) != 2 or out_shape[1] != loaded.width:
-        raise ModelRejected(f"output shape {out_shape} does not match (None, {loaded.width}) "
-                            f"for horizon={horizon}, outputs={manifest.get('outputs', 'point')}")
+        raise ModelRejected(f"{what}: output shape {out_shape} does not match (None, "
+                            f"{loaded.width}) for horizon={horizon}, "
+                            f"outputs={manifest.get('outputs', 'point')}")
     probe = np.stack([np.linspace(1.0, 2.0, n_steps), np.linspace(-50.0, 100.0, n_steps)])
-    try:
-        out = loaded.predict(probe.astype(np.float32))
-    except Exception as exc:
-        raise ModelRejected(f"probe prediction failed: {type(exc).__name__}: {exc}") from None
-    if out.shape != (2, loaded.width):
-        raise ModelRejected(f"probe output shape {out.shape}, expected (2, {loaded.width})")
-    if not np.all(np.isfinite(out)):
-        raise ModelRejected("probe window gave a non-finite output (NaN or inf)")
+    if manifest.get("partial"):  # a warm-up part: its windows have an unknown past (NaN)
+        probe[:, : n_steps - min(n_steps, 2)] = np.nan
+    _probe(loaded, probe.astype(np.float32), what)
     return loaded
 
 
-def load_version(client: Any, version: str, hmac_key: str = "") -> LoadedModel:
+def _probe(model: LoadedModel | BundleModel, probe: np.ndarray, what: str) -> None:
+    try:
+        out = model.predict(probe)
+    except Exception as exc:
+        raise ModelRejected(f"{what}: probe prediction failed: {type(exc).__name__}: {exc}"
+                            ) from None
+    if out.shape != (len(probe), model.width):
+        raise ModelRejected(f"{what}: probe output shape {out.shape}, expected "
+                            f"({len(probe)}, {model.width})")
+    if not np.all(np.isfinite(out)):
+        raise ModelRejected(f"{what}: probe window gave a non-finite output (NaN or inf)")
+
+
+class BundleModel:
+    """A checked bundle (`forecast.bundle`): one full and one warm-up model per family.
+
+    `predict_rows` takes the worker's windows (m, n_steps: the longest window; the first
+    n_steps - filled values of a row are not real), how many values are real, and each
+    series' period, and calls each family's models once on their rows.
+    """
+
+    def __init__(self, version: str, manifest: dict[str, Any], index: dict[str, Any],
+                 families: list[tuple[dict[str, Any], LoadedModel, LoadedModel | None]]) -> None:
+        self.version = version
+        self.manifest = manifest
+        self.index = index
+        self.families = families
+        self.n_steps = int(index["width"])
+        self.horizon = int(manifest["horizon"])
+        self.has_interval = manifest.get("outputs") == "interval"
+        self.width = self.horizon * (3 if self.has_interval else 1)
+        self.min_values = int(index.get("min_values", self.n_steps))
+        self.periods = [int(spec["period"]) for spec, _, _ in families]
+        self.table = {str(k).encode(): int(v) for k, v in index.get("series", {}).items()}
+
+    def periods_of(self, names: list[bytes]) -> np.ndarray:
+        """Each series' period from the training data (0: the trainer never saw it)."""
+        table = self.table
+        return np.asarray([table.get(n, 0) for n in names], dtype=np.int64)
+
+    def predict(self, windows: np.ndarray) -> np.ndarray:
+        """Full windows (m, n_steps), each routed by the period detected from it."""
+        x = np.asarray(windows, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.n_steps:
+            raise ValueError(f"expected windows of shape (m, {self.n_steps}), got {x.shape}")
+        filled = np.full(len(x), self.n_steps)
+        return self.predict_rows(x, filled, season.detect(x))[0]
+
+    def predict_rows(self, windows: np.ndarray, filled: np.ndarray, periods: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """(forecasts (m, width), full (m,): the row's family window was full)."""
+        m, n = windows.shape
+        fam = bundle.route(periods, self.periods)
+        out = np.empty((m, self.width), dtype=np.float32)
+        full = np.zeros(m, dtype=bool)
+        for i, (spec, whole, warm) in enumerate(self.families):
+            rows = fam == i
+            if not rows.any():
+                continue
+            k = int(spec["n_steps"])
+            ready = rows & (filled >= k)
+            if ready.all():
+                out[:] = whole.predict(windows[:, n - k:])
+                full[:] = True
+                continue
+            if ready.any():
+                out[ready] = whole.predict(windows[ready][:, n - k:])
+                full[ready] = True
+            young = rows & ~ready
+            if young.any():
+                x = bundle.with_nan_past(windows[young][:, n - k:], filled[young])
+                if warm is None:  # no warm-up part: the last value (no interval width)
+                    last = windows[young][:, -1:]
+                    out[young] = np.repeat(last, self.width, axis=1)
+                else:
+                    out[young] = warm.predict(x)
+        return out, full
+
+    def __repr__(self) -> str:
+        return (f"BundleModel({self.version!r}, periods={self.periods}, "
+                f"n_steps={self.n_steps}, horizon={self.horizon})")
+
+
+def _load_bundle(blob: bytes, manifest: dict[str, Any]) -> BundleModel:
+    try:
+        index, parts = bundle.unpack(blob)
+    except Exception as exc:
+        raise ModelRejected(f"bad bundle: {type(exc).__name__}: {exc}") from None
+    if index.get("format") != bundle.FORMAT:
+        raise ModelRejected(f"bundle format {index.get('format')!r}, expected {bundle.FORMAT}")
+    version = str(manifest.get("version", "local"))
+    width, horizon = int(index.get("width", 0)), int(manifest["horizon"])
+    if width != manifest["n_steps"] or not index.get("families"):
+        raise ModelRejected(f"bundle width {width} does not match n_steps "
+                            f"{manifest['n_steps']}, or it has no families")
+    families = []
+    for spec in index["families"]:
+        k = int(spec["n_steps"])
+        if not 1 <= k <= width:
+            raise ModelRejected(f"bundle family window {k} outside 1..{width}")
+        part = {"version": version, "n_steps": k, "horizon": horizon,
+                "outputs": manifest.get("outputs", "point")}
+        for name in (spec["full"], spec.get("warm")):
+            if name is not None and name not in parts:
+                raise ModelRejected(f"bundle part {name!r} is missing")
+        whole = _load_part(parts[spec["full"]], part, f"part {spec['full']}")
+        warm = None
+        if spec.get("warm"):
+            warm = _load_part(parts[spec["warm"]], {**part, "partial": True},
+                              f"part {spec['warm']}")
+        families.append((spec, whole, warm))
+    loaded = BundleModel(version, manifest, index, families)
+    probe = np.stack([np.linspace(1.0, 2.0, width), np.linspace(-50.0, 100.0, width)])
+    _probe(loaded, probe.astype(np.float32), "bundle")
+    return loaded
+
+
+def load_version(client: Any, version: str, hmac_key: str = ""
+                 ) -> LoadedModel | BundleModel:
     """Fetch a version's blob and manifest from the registry, check and load it."""
     try:
         manifest = registry.get_manifest(client, version)

@@ -170,6 +170,12 @@ class Settings(BaseSettings):
         "rnn", "rnn: the recurrent net alone; hybrid: statistical experts from the window "
         "weighted by a recurrent net (the default of `train --csv/--from-stream`)", cli=TRAINER,
     )
+    per_series: bool = setting(
+        False, "Hybrid: find each series' seasonal period and serve every period present, each "
+        "with its own window, in one version; forecasts from a series' second value on (the "
+        "default of `train --csv/--from-stream` without --n-steps or --season-period)",
+        cli=TRAINER,
+    )
     ensemble: int = setting(
         3, "Hybrid: members with different seeds, averaged in one model", cli=TRAINER,
         ge=1, le=16,

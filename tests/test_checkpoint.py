@@ -40,10 +40,10 @@ def test_version_1_checkpoints_still_load() -> None:
     assert decode_blob(store.encode([slot])[0]).count == 2
 
 
-@pytest.mark.parametrize("version, width", [(2, 12), (3, 10)])
+@pytest.mark.parametrize("version, width", [(2, 13), (3, 11)])
 def test_older_layouts_as_long_as_a_current_blob_are_read_by_their_layout(
         version: int, width: int) -> None:
-    """A width-12 version-2 blob and a width-10 version-3 blob are exactly as long as a width-4
+    """A width-13 version-2 blob and a width-11 version-3 blob are exactly as long as a width-4
     current one: each must be read by its own layout, never as the current one."""
     blob = _old(version, width, 5, [0.0] * (width - 5) + [3, 4, 5, 6, 7])
     assert len(blob) == blob_dtype(4).itemsize
@@ -97,3 +97,18 @@ def test_an_unreadable_checkpoint_starts_that_series_afresh_and_no_other() -> No
     assert decode_blob(written[b"b"]).values.tolist() == [4.0]  # rewritten, fresh window
     assert decode_blob(written[b"d"]).values.tolist() == [4.0]
     assert decode_blob(written[b"a"]).values.tolist() == [2.0, 3.0, 4.0]
+
+
+def test_the_period_is_kept_from_version_4_and_starts_at_0_from_older_ones() -> None:
+    store = SeriesStore(width=4)
+    slot = store.add(b"s", _old(3, 4, 3, [0, 7, 8, 9]))
+    assert store.vals[slot].tolist() == [0, 7, 8, 9] and store.period[slot] == 0
+    store.period[slot] = -12  # detected online (worker.routing)
+    blob = store.encode([slot])[0]
+    assert blob_version(blob) == 4 and decode_blob(blob).period == -12
+    again = SeriesStore(width=4)
+    again.add_many([b"s", b"t"], [blob, None])  # the same width: the bulk path
+    narrow = SeriesStore(width=2)
+    narrow.add(b"s", blob)  # another width: one by one
+    assert again.period[again.index[b"s"]] == -12 and again.period[again.index[b"t"]] == 0
+    assert narrow.period[narrow.index[b"s"]] == -12 and narrow.vals[0].tolist() == [8, 9]

@@ -31,7 +31,7 @@ def test_n_steps_48_trains_and_serves() -> None:
                for i, v in enumerate(data.series["s0"][:60].tolist())]
     commit = build_commit(entries, store, model, Limits(), lambda s: [None] * len(s))
     assert commit.n_predictions == 60 - 47  # one per input once 48 values are there
-    width = 4 + len(commit.extra_fields)
-    preds = np.array([float(p) for p in commit.predictions[1::width]])
+    out = list(commit.outputs.entries())
+    preds = np.array([float(e["prediction"]) for e in out])
     assert np.isfinite(preds).all() and np.abs(preds - 50).max() < 40
-    assert "path" in commit.extra_fields
+    assert all("path" in e for e in out)

@@ -11,7 +11,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from forecast.modelio import LoadedModel, load_bytes, sign
+from forecast.modelio import BundleModel, LoadedModel, load_bytes, sign
 from forecast.settings import Settings
 from trainer import conformal, evaluate, model, train, windows
 from trainer.data import Dataset
@@ -27,8 +27,10 @@ class Trained:
     blob: bytes
     manifest: dict[str, Any]
     ws: WindowSet
-    loaded: LoadedModel
+    loaded: LoadedModel | BundleModel
     holdout_pred: np.ndarray  # (m, width) on ws.holdout() windows
+    parts: Any = None  # a per-series version: its trained families (trainer.families.Part)
+    table: dict[str, int] | None = None  # and its series -> period table
 
     @property
     def evaluation(self) -> dict[str, Any]:
@@ -78,6 +80,11 @@ def train_model(dataset: Dataset, settings: Settings, verbose: int = 0,
                 ws: WindowSet | None = None) -> Trained:
     """Train on `dataset` with `settings`; the artifact is reloaded through the worker's checks."""
     s = settings
+    if s.forecaster == "hybrid" and s.per_series:
+        from trainer import families
+
+        trained: Trained = families.train_bundle(dataset, s, verbose)
+        return trained
     if ws is None:
         ws = windows.build(dataset, s.n_steps, s.horizon, s.val_fraction)
     period = s.season_period or evaluate.detect_period(

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_N_STEPS = 512
 MIN_TRAIN_WINDOWS = 8  # per series, for the longest series of the data set
-TRAIN_BUDGET_S = 360.0  # fitting stops (best weights kept) after this; the rest takes < 2 min
+TRAIN_BUDGET_S = 180.0  # fitting stops (best weights kept) after this, over all families
 
 
 def backtest_len(n_steps: int, horizon: int, share: int = 2) -> int:
@@ -157,6 +157,19 @@ def choose_window(period: int, horizon: int, longest_train: int) -> tuple[int, i
     return max(horizon + 4, 4), period
 
 
+def _pick_fit(settings: Settings, pick: Any, dataset: Dataset, lengths: list[int],
+              n_steps: int, horizon: int) -> None:
+    """The net and fitting choices (the same for one window or a family of windows)."""
+    del settings, dataset
+    pick("arch", "gru")
+    pick("units", 16)
+    pick("epochs", 100)
+    pick("patience", 10)
+    pick("train_budget_s", TRAIN_BUDGET_S)
+    windows = sum(max(0, n - n_steps - horizon + 1) for n in lengths)
+    pick("train_batch_size", int(np.clip(windows // 50, 32, 256)))
+
+
 def resolve(settings: Settings, dataset: Dataset, explicit: set[str] | None = None
             ) -> tuple[Settings, dict[str, Any]]:
     """Settings with every trainer field not in `explicit` chosen for `dataset`; and the choices.
@@ -176,6 +189,20 @@ def resolve(settings: Settings, dataset: Dataset, explicit: set[str] | None = No
         return settings, chosen
     horizon = settings.horizon
     lengths = _train_lengths(dataset, settings.val_fraction)
+    per_series = settings.per_series if "per_series" in given else not (
+        {"n_steps", "season_period"} & given)
+    if per_series:
+        from trainer import families
+
+        pick("per_series", True)
+        fams, _ = families.plan(dataset, settings.model_copy(update=chosen))
+        # each family has its own window; a worker keeps the widest
+        pick("n_steps", max(f.n_steps for f in fams))
+        described = families.describe(fams)
+        log.info("families: %s", described)
+        _pick_fit(settings, pick, dataset, lengths, settings.n_steps if "n_steps" in given
+                  else chosen["n_steps"], horizon)
+        return settings.model_copy(update=chosen), {**chosen, "families": described}
     period = settings.season_period
     if period == 0:
         parts = [v[: int(len(v) * (1 - settings.val_fraction))] for v in dataset.series.values()]
@@ -188,13 +215,7 @@ def resolve(settings: Settings, dataset: Dataset, explicit: set[str] | None = No
         n_steps, period = choose_window(period, horizon, max(lengths, default=0))
         chosen["n_steps"] = n_steps
     pick("season_period", period)
-    pick("arch", "gru")
-    pick("units", 16)
-    pick("epochs", 100)
-    pick("patience", 10)
-    pick("train_budget_s", TRAIN_BUDGET_S)
-    windows = sum(max(0, n - n_steps - horizon + 1) for n in lengths)
-    pick("train_batch_size", int(np.clip(windows // 50, 32, 256)))
+    _pick_fit(settings, pick, dataset, lengths, n_steps, horizon)
     if chosen:
         log.debug("chosen for this data: %s", ", ".join(f"{k}={v}" for k, v in chosen.items()))
     return settings.model_copy(update=chosen), chosen

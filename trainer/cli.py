@@ -2,7 +2,10 @@
 
 Exit codes: 0 trained (and published as current, unless --no-publish); 2 a user error
 (missing or bad CSV, too little data, Redis unreachable); 3 the gate refused the model: it
-is stored as a version but not current (`forecast models promote VERSION` or --force).
+is stored as a version but not current (`forecast models promote VERSION` or --force), and
+nothing new is current; 5 the gate refused the hybrid (stored, not current) and its
+fallback, the best single forecaster on validation, was published as current (a version
+with per-series periods, the defaults of --csv and --from-stream: see `publish.fallback_gate`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from forecast.settings import Settings
 log = logging.getLogger(__name__)
 
 EXIT_REFUSED = 3
+EXIT_FALLBACK = 5
 
 
 def _summary(trained: Any) -> list[str]:
@@ -39,6 +43,29 @@ def _summary(trained: Any) -> list[str]:
         lines.append(f"{round(100 * m['coverage'])}% interval half-widths per step "
                      f"(scaled units): {[round(q, 4) for q in m['conformal_q']]}")
     return lines
+
+
+def _fallback(client: Any, trained: Any, dataset: Any, settings: Settings,
+              refused: dict[str, Any]) -> int:
+    """Publish the refused version's fallback as current when the gate allows (never nothing)."""
+    from trainer import families, publish
+
+    fb = families.fallback(trained, dataset, settings)
+    fb.manifest = {**fb.manifest, "auto": trained.manifest.get("auto", {})}
+    current = publish.score_current(client, fb, settings.model_hmac_key)
+    gate = publish.fallback_gate(fb, refused, current)
+    met = fb.evaluation
+    if gate["decision"] != "promote":
+        print(f"forecast: gate: {gate['reason']} (promote with `forecast models promote "
+              f"VERSION` or retrain with --force)", file=sys.stderr)
+        return EXIT_REFUSED
+    version = publish.publish_trained(client, fb, gate)
+    out = publish.write_local(settings.model_dir, version, fb.blob, fb.manifest)
+    print(f"fallback: {gate['forecasters']}; {met['holdout']} MASE "
+          f"{met['model'].get('mase')} (naive {met['naive'].get('mase')})")
+    print(f"published {version} as current (fallback: {gate['forecasters']}); "
+          f"artifact {out / 'model.keras'}")
+    return EXIT_FALLBACK
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -74,7 +101,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print("chosen for this data (flags override): "
                   + ", ".join(f"{k}={v}" for k, v in chosen.items()))
     # Data errors (too little data) surface here, before any training.
-    ws = windows.build(dataset, settings.n_steps, settings.horizon, settings.val_fraction)
+    ws = None
+    if settings.forecaster == "hybrid" and settings.per_series:
+        windows.build_partial(dataset, settings.n_steps, settings.horizon,
+                              settings.val_fraction)
+    else:
+        ws = windows.build(dataset, settings.n_steps, settings.horizon, settings.val_fraction)
     from trainer import artifact, publish, report, train
 
     try:
@@ -94,6 +126,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         current = publish.score_current(client, trained, settings.model_hmac_key)
         gate = publish.decide(trained, current, args.force)
         version = publish.publish_trained(client, trained, gate)
+        if gate["decision"] == "refuse" and trained.parts is not None:
+            out = publish.write_local(settings.model_dir, version, trained.blob,
+                                      trained.manifest)
+            print(f"published {version}; artifact {out / 'model.keras'}")
+            print(f"forecast: gate: {version} stored but not current: {gate['reason']}",
+                  file=sys.stderr)
+            return _fallback(client, trained, dataset, settings, gate)
     out = publish.write_local(settings.model_dir, version, trained.blob, trained.manifest)
     if args.report:
         paths = report.write(args.report, trained.manifest, trained.ws, trained.holdout_pred)

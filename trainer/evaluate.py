@@ -98,14 +98,19 @@ def naive(x: np.ndarray, horizon: int) -> np.ndarray:
     return np.repeat(np.asarray(x)[:, -1:], horizon, axis=1)
 
 
-def seasonal_naive(ws: WindowSet, series_idx: np.ndarray, pos: np.ndarray, period: int
-                   ) -> np.ndarray:
-    """The value one season before each target (from the series' past), else the last value."""
+def seasonal_naive(ws: WindowSet, series_idx: np.ndarray, pos: np.ndarray,
+                   period: int | np.ndarray) -> np.ndarray:
+    """The value one season before each target (from the series' past), else the last value.
+
+    `period` is one for every window, or one per window (series of different periods).
+    """
+    periods = np.broadcast_to(np.asarray(period, dtype=np.int64), (len(pos),))
     out = np.empty((len(pos), ws.horizon))
-    for i, (s, t) in enumerate(zip(series_idx, pos, strict=True)):
+    for i, (s, t, p) in enumerate(zip(series_idx, pos, periods, strict=True)):
         values = ws.series[s]
+        p = max(1, int(p))
         for h in range(ws.horizon):
-            src = t + h - period * (h // period + 1)
+            src = t + h - p * (h // p + 1)
             out[i, h] = values[src] if src >= 0 else values[t - 1]
     return out
 
@@ -119,17 +124,18 @@ def mase_scales(ws: WindowSet, series_idx: np.ndarray) -> np.ndarray:
     return np.asarray(per_series)[series_idx] if len(series_idx) else np.zeros(0)
 
 
-def evaluate(ws: WindowSet, pred: np.ndarray, period: int = 0) -> dict[str, Any]:
-    """Metrics of `pred` (holdout windows, (m, H)) and of the baselines on the same windows."""
+def evaluate(ws: WindowSet, pred: np.ndarray, period: int | np.ndarray = 0) -> dict[str, Any]:
+    """Metrics of `pred` (holdout windows, (m, H)) and of the baselines on the same windows
+    (`period`: the seasonal naive's, one for all or one per window)."""
     x, y, sidx, pos, label = ws.holdout()
-    if period <= 0:
+    if np.ndim(period) == 0 and int(period) <= 0:
         period = detect_period([v[:sp] for v, sp in zip(ws.series, ws.splits, strict=True)])
     scale = mase_scales(ws, sidx)
     pred = np.asarray(pred, dtype=np.float64)
     result: dict[str, Any] = {
         "holdout": label,
         "windows": len(y),
-        "season_period": period,
+        "season_period": period if np.ndim(period) == 0 else int(np.max(period, initial=1)),
         "model": metrics(y, pred, scale),
         "naive": metrics(y, naive(x, ws.horizon), scale),
         "seasonal_naive": metrics(y, seasonal_naive(ws, sidx, pos, period), scale),

@@ -8,6 +8,12 @@ tie promotes: the newer model saw the newer data), or with --force. Where MASE i
 be scored on the holdout (it needs longer windows than the data has) blocks the switch; one
 that fails its load checks does not.
 A refused model is still stored as a version, not current.
+
+Never nothing: when a version with several parts (the defaults, `trainer.families`) is
+refused, the trainer publishes its fallback as current instead: the same families each
+served by the best single forecaster evaluated on validation (an expert of the hybrid:
+naive, seasonal naive, Theta, ...), with intervals, unless the current version is better than
+the fallback on the same holdout (then the current one keeps serving). `fallback_gate`.
 """
 
 from __future__ import annotations
@@ -122,6 +128,34 @@ def decide(trained: Trained, current: dict[str, Any] | None, force: bool) -> dic
         return {"decision": "promote", "forced": True, "scores": scores,
                 "reason": f"forced despite: {reason}"}
     return {"decision": "refuse", "forced": False, "scores": scores, "reason": reason}
+
+
+def fallback_gate(fallback: Trained, refused: dict[str, Any], current: dict[str, Any] | None
+                  ) -> dict[str, Any]:
+    """Whether the fallback of a refused version becomes current: when there is no current
+    version, or it is not better than the fallback on the holdout both forecast."""
+    names = fallback.manifest.get("fallback", {}).get("families", [])
+    periods = [f["period"] for f in fallback.manifest.get("families", [])]
+    which = ", ".join(f"period {p}: {n}" for p, n in zip(periods, names, strict=True))
+    metrics = fallback.evaluation
+    key = _metric(metrics)
+    scores = {"metric": key, "model_mae": metrics["model"]["mae"],
+              "naive_mae": metrics["naive"]["mae"], "holdout": metrics["holdout"],
+              f"model_{key}": metrics["model"][key]}
+    base = {"fallback": True, "forced": False, "forecasters": which,
+            "refused": refused["reason"], "scores": scores}
+    cur_key = key if current is not None and current.get(key) is not None else "mae"
+    if current is not None:
+        scores["current"] = current
+        worse = (current.get(cur_key) is not None
+                 and current[f"new_{cur_key}"] > current[cur_key])
+        if worse or current.get("comparable") is False:
+            return {**base, "decision": "refuse",
+                    "reason": f"the hybrid was refused ({refused['reason']}) and its fallback "
+                              f"({which}) is not better than current {current['version']}"}
+    return {**base, "decision": "promote",
+            "reason": f"the hybrid was refused ({refused['reason']}); serving the best "
+                      f"forecaster on validation instead ({which})"}
 
 
 def write_local(model_dir: str | Path, version: str, blob: bytes, manifest: dict[str, Any]

@@ -91,6 +91,16 @@ def train_once(client: Any, settings: Settings, verbose: int = 0,
     gate = publish.decide(trained, current, force=False)
     version = publish.publish_trained(client, trained, gate, as_candidate=not first)
     publish.write_local(settings.model_dir, version, trained.blob, trained.manifest)
+    if first and gate["decision"] == "refuse" and trained.parts is not None:
+        # never nothing: an empty registry gets the best forecaster the training evaluated
+        from trainer import families
+
+        log.info("trained %s: stored (gate refused): %s", version, gate["reason"])
+        fb = families.fallback(trained, dataset, settings)
+        gate = publish.fallback_gate(fb, gate, None)
+        version = publish.publish_trained(client, fb, gate)
+        publish.write_local(settings.model_dir, version, fb.blob, fb.manifest)
+        trained = fb
     passed = gate["decision"] == "promote"
     status.last_version, status.reason = version, gate["reason"]
     status.last_result = ("current" if first else "candidate") if passed else "refused"

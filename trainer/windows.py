@@ -136,3 +136,50 @@ def build(dataset: Dataset, n_steps: int, horizon: int, val_fraction: float) -> 
         raise DataError("too little data: no training window before the validation split; "
                        "lower --val-fraction or add data")
     return ws
+
+
+def build_partial(dataset: Dataset, width: int, horizon: int, val_fraction: float,
+                  min_values: int = 2) -> tuple[WindowSet, np.ndarray]:
+    """Validation windows of every series with at least `min_values` values before the
+    target, left-padded with zeros to `width`; and how many values of each are real.
+
+    What a version that forecasts young series (see `forecast.bundle`) is scored on: a series
+    shorter than `width` counts too. The training arrays are empty.
+
+    >>> from trainer.data import Dataset
+    >>> ws, filled = build_partial(Dataset("t", {"a": np.arange(10.0)}), 4, 1, 0.2)
+    >>> ws.x_val.tolist(), ws.y_val.ravel().tolist(), filled.tolist()
+    [[4.0, 5.0, 6.0, 7.0], [5.0, 6.0, 7.0, 8.0]], [8.0, 9.0], [4, 4]
+    """
+    names: list[str] = []
+    series: list[np.ndarray] = []
+    splits: list[int] = []
+    xv: list[np.ndarray] = []
+    yv: list[np.ndarray] = []
+    vs: list[np.ndarray] = []
+    vp: list[np.ndarray] = []
+    for name, values in dataset.series.items():
+        if len(values) < min_values + horizon:
+            continue
+        split = split_index(len(values), val_fraction, min_values, horizon)
+        idx = len(names)
+        names.append(name)
+        series.append(values)
+        splits.append(split)
+        pos = np.arange(max(min_values, split), len(values) - horizon + 1)
+        if split >= len(values) or not len(pos):
+            continue
+        padded = np.concatenate([np.zeros(width), values])
+        xv.append(padded[(pos + width)[:, None] + np.arange(-width, 0)[None, :]])
+        yv.append(values[pos[:, None] + np.arange(horizon)[None, :]])
+        vs.append(np.full(len(pos), idx))
+        vp.append(pos)
+    if not xv:
+        raise DataError(f"too little data: no series has {min_values + horizon} values and a "
+                        f"validation part; lower --val-fraction or add data")
+    empty = np.zeros((0, width)), np.zeros((0, horizon)), np.zeros(0, dtype=int)
+    pos = np.concatenate(vp).astype(int)
+    ws = WindowSet(width, horizon, names, series, splits, empty[0], empty[1],
+                   np.concatenate(xv), np.concatenate(yv), np.concatenate(vs).astype(int),
+                   pos, empty[2], empty[2])
+    return ws, np.minimum(pos, width)

@@ -16,7 +16,7 @@ import numpy as np
 
 from forecast.grammar import Limits, parse_fields
 from forecast.registry import version_number
-from worker import gaps, metrics, outputs
+from worker import gaps, metrics, outputs, routing
 from worker.scoring import Forecasts, Joined, Scores, adapt, evaluate
 from worker.state import COLUMNS, SeriesStore
 from worker.timing import Timing, observe
@@ -264,7 +264,11 @@ def _passes(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
     if done:
         out = np.concatenate([p.out for p in done if p.out is not None])
         pos = np.concatenate([p.pos for p in done])
-        _outputs(commit, served, out, pos, batch, timing)
+        warm = None
+        if any(p.warm is not None for p in done):
+            warm = np.concatenate([p.warm if p.warm is not None else np.zeros(len(p.pos), bool)
+                                   for p in done])
+        _outputs(commit, served, out, pos, batch, timing, warm)
 
 
 def _with_fills(store: SeriesStore, served: Served, part: Batch,
@@ -320,6 +324,7 @@ class Part:
     pos: np.ndarray
     joined: Joined
     rows: np.ndarray
+    warm: np.ndarray | None = None  # per row of `out`: from a window not full yet
 
 
 def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
@@ -330,20 +335,24 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
     pos = batch.positions()[adv.order]  # sorted order; -1: a fill
     fc = Forecasts(*(np.full((m, len(served.models)), np.nan) for _ in range(3)))
     ready = np.zeros(m, dtype=bool)
-    out = None
+    out = warm = None
+    route = routing.Route(store, adv, served.models)
     for c, model in enumerate(served.models):
-        ok = adv.filled >= model.n_steps
+        ok = adv.filled >= routing.min_values(model)
         if not ok.any():
             continue
         x = np.ascontiguousarray(adv.windows[ok][:, store.width - model.n_steps:])
         if c == 0:
             t0 = time.perf_counter()
-            rows = model.predict(x)
+            rows, warm = route.predict(model, x, ok)
             commit.model_seconds += time.perf_counter() - t0
+            asked = ok.copy()
             rows = _drop_non_finite(commit, batch, adv.order, ok, rows)
+            if warm is not None:
+                warm = warm[ok[asked]]
             ready, out = ok, rows
         else:
-            shadow = _shadow_forecasts(model, x)
+            shadow = _shadow_forecasts(model, x, route, ok)
             if shadow is None:
                 continue
             rows = shadow
@@ -357,15 +366,17 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
     if served.current.has_interval:
         out = _widen(out, served.current.horizon, factor[ready])
     real = pos[ready] >= 0  # a fill is never an output
-    return Part(out[real], pos[ready][real], joined, adv.rows)
+    return Part(out[real], pos[ready][real], joined, adv.rows,
+                None if warm is None else warm[real])
 
 
-def _shadow_forecasts(model: Predictor, x: np.ndarray) -> np.ndarray | None:
+def _shadow_forecasts(model: Predictor, x: np.ndarray, route: routing.Route, ok: np.ndarray
+                      ) -> np.ndarray | None:
     """A shadow's forecasts, NaN where not finite (not scored); None when it raised or gave
     another shape than it declares."""
     width = model.horizon * (3 if model.has_interval else 1)
     try:
-        rows = np.asarray(model.predict(x), dtype=np.float64)
+        rows = np.asarray(route.predict(model, x, ok)[0], dtype=np.float64)
         if rows.shape != (len(x), width):
             raise ValueError(f"output shape {rows.shape}, expected {(len(x), width)}")
     except Exception as exc:  # a broken candidate must not stop the serving
@@ -402,13 +413,15 @@ def _drop_non_finite(commit: Commit, batch: Batch, order: np.ndarray, ready: np.
 
 
 def _outputs(commit: Commit, served: Served, out: np.ndarray, where: np.ndarray,
-             batch: Batch, timing: Timing) -> None:
-    """The output entries of the values at batch positions `where`, in stream order."""
+             batch: Batch, timing: Timing, warm: np.ndarray | None = None) -> None:
+    """The output entries of the values at batch positions `where`, in stream order
+    (`warmup=1` where `warm`: the series' window is not full yet)."""
     back = np.argsort(where, kind="stable")
     pos = where[back].tolist()
     model = served.current
     written = outputs.build(model.version, model.horizon, model.has_interval, out[back], pos,
-                            batch.ids, batch.series, batch.stamps, served.follow, timing)
+                            batch.ids, batch.series, batch.stamps, served.follow, timing,
+                            None if warm is None else warm[back])
     commit.outputs, commit.latest, commit.follow = written.outputs, written.latest, written.follow
     commit.follow_series = written.follow_series
     commit.n_predictions = len(pos)

@@ -6,7 +6,9 @@ A blob is one packed little-endian row. Its layout version is known from its fir
   layout number in bits 20-27; then `count`, `last_ts`, the served version's interval state
   (`aci_version`, `aci`, `pred`, `lo`, `hi`), the producer sequence number last accepted
   (`seq`, -1: none), the last three `ts` differences (`steps`, ms, NaN: not yet; see
-  `worker.timing`), then `width` float32 values, newest last;
+  `worker.timing`), the series' seasonal period (`period`, for versions of several parts,
+  see `worker.routing`; 0: unknown), two spare bytes, then `width` float32 values, newest
+  last;
 * version 3: `count | FLAG | FLAG3`, `last_ts`, the interval state, values;
 * version 2 (`count | FLAG`, a float32 `aci`, no version number) and version 1 (`count`,
   `last_ts`, values): their interval state starts again.
@@ -34,7 +36,7 @@ _V3 = [*_V1, ("aci_version", "<i4"), ("aci", "<f8"), ("pred", "<f4"), ("lo", "<f
        ("hi", "<f4")]
 _V4 = [("head", "<u4"), ("count", "<i4"), ("last_ts", "<i8"), ("aci_version", "<i4"),
        ("aci", "<f8"), ("pred", "<f4"), ("lo", "<f4"), ("hi", "<f4"), ("seq", "<i8"),
-       ("steps", "<f4", (3,))]
+       ("steps", "<f4", (3,)), ("period", "<i2"), ("spare", "<i2")]
 _HEADERS: dict[int, list[Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 CURRENT = 4
 HEAD = FLAG | FLAG3 | FLAG4 | (CURRENT << _NUMBER_SHIFT)
@@ -64,6 +66,7 @@ class Checkpoint:
     hi: float = float("nan")
     seq: int = -1
     steps: tuple[float, float, float] = (float("nan"),) * 3
+    period: int = 0
 
 
 def blob_version(blob: bytes) -> int:
@@ -105,7 +108,8 @@ def decode_blob(blob: bytes) -> Checkpoint:
 
     >>> nan = np.full(1, np.nan)
     >>> raw = encode_rows(np.array([2]), np.array([5]), np.ones(1), np.zeros(1), nan, nan, nan,
-    ...                   np.full(1, -1), np.full((1, 3), np.nan), np.array([[0, 7, 8]]))[0]
+    ...                   np.full(1, -1), np.full((1, 3), np.nan), np.zeros(1),
+    ...                   np.array([[0, 7, 8]]))[0]
     >>> c = decode_blob(raw); (c.count, c.last_ts, c.values.tolist())
     (2, 5, [7.0, 8.0])
     >>> decode_blob(b"xyz")
@@ -133,12 +137,13 @@ def decode_blob(blob: bytes) -> Checkpoint:
     steps = row["steps"].tolist()
     return Checkpoint(count, last_ts, values, int(row["aci_version"]), aci, float(row["pred"]),
                       float(row["lo"]), float(row["hi"]), int(row["seq"]),
-                      (steps[0], steps[1], steps[2]))
+                      (steps[0], steps[1], steps[2]), int(row["period"]))
 
 
 def encode_rows(count: np.ndarray, last_ts: np.ndarray, aci_version: np.ndarray,
                 aci: np.ndarray, pred: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                seq: np.ndarray, steps: np.ndarray, vals: np.ndarray) -> list[bytes]:
+                seq: np.ndarray, steps: np.ndarray, period: np.ndarray,
+                vals: np.ndarray) -> list[bytes]:
     """Current-version blobs of many rows (one bytes object each)."""
     rows = np.empty(len(count), dtype=blob_dtype(vals.shape[1]))
     rows["head"] = HEAD
@@ -148,6 +153,8 @@ def encode_rows(count: np.ndarray, last_ts: np.ndarray, aci_version: np.ndarray,
     rows["aci"], rows["pred"], rows["lo"], rows["hi"] = aci, pred, lo, hi
     rows["seq"] = seq
     rows["steps"] = steps
+    rows["period"] = period
+    rows["spare"] = 0
     rows["v"] = vals
     raw = rows.tobytes()
     size = rows.dtype.itemsize

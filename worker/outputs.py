@@ -53,7 +53,8 @@ class Follow:
 
 def build(version: str, h: int, has_interval: bool, out: np.ndarray, pos: list[int],
           ids: list[bytes], series: list[bytes], stamps: np.ndarray,
-          follow: Follow | None = None, timing: Timing | None = None) -> Written:
+          follow: Follow | None = None, timing: Timing | None = None,
+          warm: np.ndarray | None = None) -> Written:
     """Entries in stream order for the values at `pos` (their forecasts `out`, one row each:
     H points, then H lower and H upper bounds with an interval); with the `timing` of the
     batch's values, the time each forecast is for and the gaps."""
@@ -79,6 +80,8 @@ def build(version: str, h: int, has_interval: bool, out: np.ndarray, pos: list[i
         if has_interval:
             o.set("lower_path", joined(out[:, h:2 * h]), full=True)
             o.set("upper_path", joined(out[:, 2 * h:3 * h]), full=True)
+    if warm is not None and warm.any():
+        o.set("warmup", np.where(warm, "1", "").tolist())
     written = Written(o)
     written.latest = latest(o, ser)
     if follow:

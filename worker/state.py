@@ -74,6 +74,7 @@ _FIELDS: dict[str, tuple[type, tuple[int, ...], float]] = {
     "pred": (np.float32, (1,), np.nan),  # last step-1 forecast per version column
     "lo": (np.float32, (1,), np.nan),  # its interval, as the model gave it
     "hi": (np.float32, (1,), np.nan),
+    "period": (np.int16, (), 0),  # seasonal period (versions with several parts: worker.routing)
     # drift only (not checkpointed): see worker.scoring
     "nscale": (np.float32, (), np.nan),  # EWMA of |y_t - y_t-1|
     "ph_n": (np.float32, (), 0.0),
@@ -96,6 +97,7 @@ class RowArrays:
     pred: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
+    period: np.ndarray
     nscale: np.ndarray
     ph_n: np.ndarray
     ph_mean: np.ndarray
@@ -232,6 +234,7 @@ class SeriesStore(RowArrays):
             self.pred[at, 0] = rows["pred"]
             self.lo[at, 0], self.hi[at, 0] = rows["lo"], rows["hi"]
             self.seq[at], self.steps[at] = rows["seq"], rows["steps"]
+            self.period[at] = rows["period"]
             done = set(good)
         for i, blob in enumerate(blobs):  # other widths (a model change), older versions, errors
             if blob is not None and i not in done:
@@ -250,6 +253,7 @@ class SeriesStore(RowArrays):
         self.steps[slot] = c.steps
         self.aci_version[slot], self.aci[slot] = c.aci_version, c.aci
         self.pred[slot, 0], self.lo[slot, 0], self.hi[slot, 0] = c.pred, c.lo, c.hi
+        self.period[slot] = c.period
 
     def add(self, series: bytes, blob: bytes | None = None) -> int:
         """Give `series` a row (empty, or restored from a checkpoint blob) and return it."""
@@ -371,7 +375,7 @@ class SeriesStore(RowArrays):
         idx = np.asarray(slots, dtype=np.int64)
         return encode_rows(self.count[idx], self.last_ts[idx], self.aci_version[idx],
                            self.aci[idx], self.pred[idx, 0], self.lo[idx, 0], self.hi[idx, 0],
-                           self.seq[idx], self.steps[idx], self.vals[idx])
+                           self.seq[idx], self.steps[idx], self.period[idx], self.vals[idx])
 
 
 def _unreadable(series: bytes, exc: CheckpointError) -> None:

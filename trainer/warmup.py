@@ -1,0 +1,244 @@
+"""Forecasts before a series fills its window, and single experts: models without a net.
+
+A young series has fewer values than its family's window. Its warm-up model forecasts from
+the last L values for every length L of a ladder (2, 3, 4, 6, 8, ...) below the window and
+keeps, per series, the longest L it has (`forecast.layers.SelectByCount`). Each length is
+the hybrid's untrained expert selection on L values (the experts weighted by their
+in-window backtest errors, with the sharpness and the filter/backtest split chosen on
+validation windows of that length), or the last value when L is too short for backtests;
+each has its own split-conformal interval calibrated on windows of that length, so the
+interval of a series with three values says how little three values tell.
+
+`single_expert` is one expert of the bank alone (naive, seasonal naive, Theta, ...), with an
+interval from its own in-window errors: what the trainer publishes when the hybrid does not
+pass the gate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from forecast.layers import (
+    ExpertBank,
+    FillMissing,
+    GatedCombine,
+    HybridOutput,
+    NaiveExpert,
+    SelectByCount,
+    WindowScale,
+    window_stats,
+)
+from trainer import conformal
+from trainer.auto import filter_len
+from trainer.hybrid import SCALING, SHARPNESS_GRID, SPREAD_SHRINK
+
+log = logging.getLogger(__name__)
+
+LADDER = (2, 3, 4, 6, 8, 12, 16, 24, 32, 40, 48, 64, 96, 128, 192, 256, 384)
+# The experts of M3/M4's "Comb" benchmark (SES, Holt, damped trend; Theta here), which a
+# level may average instead of selecting from every expert: a few backtests select noisily.
+COMB = ("ses0.3", "holt0.3", "theta0.5")
+SHARPNESS = (1e-3, *SHARPNESS_GRID)  # 1e-3: an equal-weight average
+MIN_SPREAD = 0.05
+MAX_WINDOWS = 20_000  # validation windows per length (a random subset beyond that)
+
+
+@dataclass
+class Level:
+    """One length of the ladder: how its forecaster is built, and its interval."""
+
+    length: int
+    filter_len: int  # 0: the last value (too short for in-window backtests)
+    period: int
+    sharpness: float
+    q: list[float] | None
+    offset: float
+    val_loss: float
+    comb: bool = False  # only the COMB experts (of the deseasonalised window when seasonal)
+
+
+def _combine(z: Any, x: Any, loc: Any, scale: Any, lv: Level, horizon: int, name: str
+             ) -> tuple[Any, Any, Any]:
+    """(point, spread, combine layer or None) in scaled units for one level's window."""
+    if lv.filter_len == 0:
+        point, spread = NaiveExpert(horizon, name=f"{name}_naive")(z)
+        return point, spread, None
+    bank = ExpertBank(filter_len=lv.filter_len, horizon=horizon, period=lv.period, log=True,
+                      name=f"{name}_experts")
+    f, e = bank([x, z, loc, scale])
+    combine = GatedCombine(lv.sharpness, name=f"{name}_combine")
+    point, spread = combine([f, e, scale])  # no features: the gate's net terms stay zero
+    if lv.comb:
+        combine.prior.assign(_comb_prior(bank.names, bank.n_experts, horizon))
+    return point, spread, combine
+
+
+def _comb_prior(names: list[str], k: int, horizon: int) -> np.ndarray:
+    """Prior weights that keep only the COMB experts (plain and log; seasonal when there)."""
+    seasonal = "snaive" in names
+    wanted = {f"s_{n}" if seasonal else n for n in COMB}
+    keep = np.asarray([n in wanted for n in names] * (k // len(names)))
+    return np.where(keep[:, None], 0.0, -60.0).repeat(horizon, axis=1).astype("float32")
+
+
+def _scaled_model(lv: Level, horizon: int) -> tuple[keras.Model, Any]:
+    raw = keras.Input((lv.length, 1), name="raw_window")
+    z, loc, scale = WindowScale(mode=SCALING, name="window_scale")(raw)
+    point, spread, combine = _combine(z, raw, loc, scale, lv, horizon, "level")
+    out = keras.layers.Concatenate(name="point_spread")([point, spread])
+    return keras.Model(raw, out), combine
+
+
+def _set_sharpness(combine: Any, value: float) -> None:
+    raw = float(np.log(np.expm1(value)))
+    combine.sharp.assign(np.full(combine.sharp.shape, raw, dtype="float32"))
+
+
+def _scaled(model: keras.Model, x: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    out = model.predict(x.reshape(len(x), -1, 1).astype(np.float32), batch_size=4096, verbose=0)
+    return out[:, :horizon].astype(np.float64), out[:, horizon:].astype(np.float64)
+
+
+def _calibrate(point: np.ndarray, spread: np.ndarray, yz: np.ndarray, coverage: float
+               ) -> tuple[list[float], float]:
+    offset = float(np.median(np.maximum(spread, MIN_SPREAD))) * SPREAD_SHRINK
+    r = np.abs(yz - point) / (np.maximum(spread, MIN_SPREAD) + offset)
+    return conformal.conformal_q(r, coverage), offset
+
+
+def fit_level(length: int, period: int, x: np.ndarray, y: np.ndarray, horizon: int,
+              coverage: float | None) -> Level:
+    """The best forecaster of `length` values on the windows (x, y), with its interval."""
+    loc, scale = window_stats(x, SCALING)
+    yz = (y - loc) / scale
+    candidates: list[Level] = []
+    # backtests on a half, a third or a quarter of the window: the longer filter holds two
+    # seasons sooner
+    lengths = sorted({filter_len(length, horizon, share) for share in (2, 3, 4)})
+    for flen in lengths:
+        if length - flen < horizon or length < 3:
+            continue
+        p = period if period >= 2 and flen >= 2 * period else 1
+        for comb in (False, True):
+            candidates.append(Level(length, flen, p, SHARPNESS[0], None, 0.0, np.inf, comb))
+    if not candidates:
+        candidates.append(Level(length, 0, 1, 0.0, None, 0.0, np.inf))
+    best: Level | None = None
+    for lv in candidates:
+        model, combine = _scaled_model(lv, horizon)
+        for sharp in (SHARPNESS if combine is not None else (0.0,)):
+            if combine is not None:
+                _set_sharpness(combine, sharp)
+            point, spread = _scaled(model, x, horizon)
+            loss = float(np.mean(np.abs(yz - point)))
+            if best is None or loss < best.val_loss:
+                q, offset = _calibrate(point, spread, yz, coverage) if coverage else (None, 0.0)
+                best = Level(length, lv.filter_len, lv.period, sharp, q, offset, loss, lv.comb)
+    assert best is not None
+    return best
+
+
+def ladder(n_steps: int) -> list[int]:
+    """The warm-up lengths of a family whose full window is `n_steps`.
+
+    >>> ladder(48), ladder(3)
+    ([2, 3, 4, 6, 8, 12, 16, 24, 32, 40], [2])
+    """
+    return [v for v in LADDER if v < n_steps]
+
+
+def _windows(series: list[np.ndarray], splits: list[int], length: int, horizon: int,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of `length` values whose targets lie in the validation part (else anywhere)."""
+    xs, ys = [], []
+    for values, split in zip(series, splits, strict=True):
+        start = split if split < len(values) else 0
+        pos = np.arange(max(length, start), len(values) - horizon + 1)
+        if len(pos):
+            idx = pos[:, None] + np.arange(-length, horizon)[None, :]
+            w = values[idx]
+            xs.append(w[:, :length])
+            ys.append(w[:, length:])
+    if not xs:
+        return np.zeros((0, length)), np.zeros((0, horizon))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if len(x) > MAX_WINDOWS:
+        keep = np.sort(rng.choice(len(x), MAX_WINDOWS, replace=False))
+        x, y = x[keep], y[keep]
+    return x, y
+
+
+def fit_ladder(n_steps: int, period: int, series: list[np.ndarray], splits: list[int],
+               horizon: int, coverage: float | None, seed: int = 0) -> list[Level]:
+    """Every warm-up length of a family, fitted on its series' validation windows."""
+    rng = np.random.default_rng(seed)
+    levels = []
+    for length in ladder(n_steps):
+        x, y = _windows(series, splits, length, horizon, rng)
+        if not len(x):
+            break
+        levels.append(fit_level(length, period, x, y, horizon, coverage))
+    return levels
+
+
+def warm_model(n_steps: int, levels: list[Level], horizon: int) -> keras.Model:
+    """The warm-up model: a window of `n_steps` with its unknown past as NaN -> forecasts."""
+    raw = keras.Input((n_steps, 1), name="raw_window")
+    filled, count = FillMissing(name="fill_missing")(raw)
+    outs = []
+    for lv in levels:
+        name = f"len{lv.length}"
+        x = filled
+        if lv.length < n_steps:
+            x = keras.layers.Cropping1D((n_steps - lv.length, 0), name=f"{name}_crop")(filled)
+        z, loc, scale = WindowScale(mode=SCALING, name=f"{name}_scale")(x)
+        point, spread, _ = _combine(z, x, loc, scale, lv, horizon, name)
+        outs.append(HybridOutput(q=lv.q, offset=lv.offset, min_spread=MIN_SPREAD,
+                                 name=f"{name}_output")([point, spread, loc, scale]))
+    out = SelectByCount([lv.length for lv in levels], name="by_count")([count, *outs])
+    return keras.Model(raw, out, name="warmup")
+
+
+def expert_errors(n_steps: int, flen: int, period: int, x: np.ndarray, y: np.ndarray,
+                  horizon: int) -> tuple[list[str], np.ndarray]:
+    """Each expert's mean absolute validation error in scaled units (names, errors)."""
+    raw = keras.Input((n_steps, 1))
+    z, loc, scale = WindowScale(mode=SCALING)(raw)
+    bank = ExpertBank(filter_len=flen, horizon=horizon, period=period, log=True)
+    f, _ = bank([raw, z, loc, scale])
+    model = keras.Model(raw, f)
+    pred = model.predict(x.reshape(len(x), -1, 1).astype(np.float32), batch_size=4096,
+                         verbose=0).astype(np.float64)  # (m, K, H)
+    lo, sc = window_stats(x, SCALING)
+    yz = (y - lo) / sc
+    names = [*bank.names, *(f"log_{n}" for n in bank.names)]
+    return names, np.mean(np.abs(pred - yz[:, None, :]), axis=(0, 2))
+
+
+def single_expert(n_steps: int, flen: int, period: int, k: int, horizon: int,
+                  x: np.ndarray, y: np.ndarray, coverage: float | None) -> keras.Model:
+    """Expert `k` of the bank alone (raw windows -> raw forecasts), interval from its own
+    in-window errors calibrated on (x, y)."""
+    raw = keras.Input((n_steps, 1), name="raw_window")
+    z, loc, scale = WindowScale(mode=SCALING, name="window_scale")(raw)
+    bank = ExpertBank(filter_len=flen, horizon=horizon, period=period, log=True, name="experts")
+    f, e = bank([raw, z, loc, scale])
+    combine = GatedCombine(1e-6, name="combine")  # no error weighting: the prior decides
+    point, spread = combine([f, e, scale])
+    prior = np.full((bank.n_experts, horizon), -60.0, dtype="float32")
+    prior[k] = 60.0
+    combine.prior.assign(prior)
+    q, offset = None, 0.0
+    if coverage:
+        scaled = keras.Model(raw, keras.layers.Concatenate()([point, spread]))
+        p, sp = _scaled(scaled, x, horizon)
+        lo, sc = window_stats(x, SCALING)
+        q, offset = _calibrate(p, sp, (y - lo) / sc, coverage)
+    out = HybridOutput(q=q, offset=offset, min_spread=MIN_SPREAD, name="output")(
+        [point, spread, loc, scale])
+    return keras.Model(raw, out, name="single_expert")
