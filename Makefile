@@ -32,12 +32,12 @@ bench-gaps: $(STAMP)
 	nice -n 10 $(VENV)/bin/forecast bench --gaps
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check forecast worker trainer tests bench
+	$(VENV)/bin/ruff check forecast worker trainer cli testkit tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 fmt: $(STAMP)
-	$(VENV)/bin/ruff format forecast worker trainer tests bench
+	$(VENV)/bin/ruff format forecast worker trainer cli testkit tests bench
 
 # The compose deployment, built and run for real (needs a Docker engine; README: Deployment).
 compose-test: $(STAMP)

@@ -28,8 +28,8 @@ from bench.quality_data import RealSeries, load
 from bench.quality_path import train_group, write_training_csv
 from bench.util import start_worker
 from forecast import keys
-from forecast.harness import wait_until
-from forecast.redis_server import RedisServer
+from forecast.local_redis import RedisServer
+from forecast.processes import wait_until
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from bench.quality_data import QUICK, RealSeries, load
 from forecast.errors import UsageError
-from forecast.redis_server import redis_server_binary
+from forecast.local_redis import redis_server_binary
 from forecast.settings import Settings
 
 log = logging.getLogger(__name__)

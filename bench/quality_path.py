@@ -23,8 +23,8 @@ from bench.quality import Forecasts, Served, split
 from bench.quality_data import RealSeries
 from bench.util import start_worker
 from forecast import keys, registry
-from forecast.harness import wait_until
-from forecast.redis_server import RedisServer
+from forecast.local_redis import RedisServer
+from forecast.processes import wait_until
 
 OK_EXITS = (0, 3, 5)  # trained: current / stored only / the fallback made current
 
@@ -51,7 +51,7 @@ def write_training_csv(path: Path, group: list[RealSeries]) -> None:
 def train_group(url: str, csv_path: Path, workdir: Path, horizon: int) -> dict[str, Any]:
     """`forecast train --csv FILE` (plus --horizon H when H > 1): wall time, exit code, output,
     and the gate's verdict on stderr."""
-    cmd = [sys.executable, "-m", "forecast.cli", "train", "--csv", str(csv_path),
+    cmd = [sys.executable, "-m", "cli", "train", "--csv", str(csv_path),
            "--redis-url", url, "--out", str(workdir / "models")]
     if horizon > 1:
         cmd += ["--horizon", str(horizon)]

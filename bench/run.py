@@ -21,7 +21,7 @@ from typing import Any
 from bench.scenarios import FULL, QUICK, SCENARIOS, Bench, Outcome, Plan
 from bench.util import machine_info, median
 from forecast.errors import UsageError
-from forecast.redis_server import private_redis, redis_server_binary
+from forecast.local_redis import private_redis, redis_server_binary
 from forecast.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -39,10 +39,11 @@ from bench.util import (
     start_worker,
 )
 from forecast import keys, registry
-from forecast.harness import WorkerProcess, wait_until
+from forecast.local_redis import RedisServer
+from forecast.processes import WorkerProcess, wait_until
 from forecast.redis_conn import connect
-from forecast.redis_server import LocalCluster, RedisServer
 from forecast.settings import Settings
+from testkit.cluster import LocalCluster
 from worker.batch import entry_ms
 from worker.consumer import ensure_group
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from forecast.redis_server import RedisServer
+from forecast.local_redis import RedisServer
 
 LIMIT_S = 300.0
 PERIODS = (24, 7, 12, 1)
@@ -67,7 +67,7 @@ def measure_training(quick: bool = False) -> dict[str, Any]:
         server.dir.mkdir()  # type: ignore[union-attr]
         server.start()
         try:
-            cmd = [sys.executable, "-m", "forecast.cli", "train", "--csv", str(path),
+            cmd = [sys.executable, "-m", "cli", "train", "--csv", str(path),
                    "--redis-url", server.url, "--model-dir", str(work / "models")]
             print(f"[train-time] forecast train --csv ({n} series x {length} values)", flush=True)
             t0 = time.perf_counter()

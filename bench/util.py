@@ -1,6 +1,6 @@
 """Benchmark plumbing: server-side preloading, group progress, statistics, the machine.
 
-Nothing here imports TensorFlow. Worker processes come from `forecast.harness`. The latency
+Nothing here imports TensorFlow. Worker processes come from `forecast.processes`. The latency
 producer (`python -m bench.util produce ...`) runs in its own process so that it never
 competes for the reader's GIL.
 """
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from forecast import harness, keys
-from forecast.harness import WorkerProcess
+from forecast import keys, processes
+from forecast.processes import WorkerProcess
 from forecast.redis_conn import group_info
 from worker.state import SeriesStore
 
@@ -139,7 +139,7 @@ def load_average() -> float:
 
 def start_worker(url: str, consumer: str, log_dir: Path, **settings: Any) -> WorkerProcess:
     """A bench worker: TensorFlow's own thread pools, metrics off, warnings only."""
-    return harness.start_worker(url, consumer, log_dir=log_dir, threads=None,
+    return processes.start_worker(url, consumer, log_dir=log_dir, threads=None,
                                 log_level="WARNING", **settings)
 
 

@@ -14,7 +14,7 @@ from forecast.secrets import mask_secrets
 
 Arch = Literal["simple_rnn", "lstm", "gru"]
 
-# The commands whose CLI flags a setting gets (forecast.cli derives every flag from here).
+# The commands whose CLI flags a setting gets (cli.parser derives every flag from here).
 CONNECTED = ("train", "models", "worker", "push", "tail", "get", "status", "plot", "replay")
 WORKER = ("worker",)
 TRAINER = ("train",)

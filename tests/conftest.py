@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis
 
-from forecast.redis_server import RedisServer, redis_server_binary
+from forecast.local_redis import RedisServer, redis_server_binary
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ON_CI = os.environ.get("CI") == "true"
@@ -50,7 +50,7 @@ def fresh_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     """A private 3-master Redis Cluster for the tests of one module."""
-    from forecast.redis_server import LocalCluster
+    from testkit.cluster import LocalCluster
 
     c = LocalCluster().start()
     try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from forecast.harness import wait_until
+from forecast.processes import wait_until
 
 
 class LinearModel:

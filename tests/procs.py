@@ -1,4 +1,4 @@
-"""Test-only pieces around `forecast.harness`: worker processes at the tests' pace, heartbeats,
+"""Test-only pieces around `forecast.processes`: worker processes at the tests' pace, heartbeats,
 a tiny TensorFlow model trained once per test process and published on demand, and the
 offline reference replay that says what an uninterrupted worker would have predicted.
 """
@@ -18,18 +18,18 @@ import numpy as np
 import pytest
 import redis
 
-from forecast import harness, keys
+from forecast import keys, processes
 from forecast.grammar import Limits, parse_fields
-from forecast.harness import WorkerProcess, wait_until
+from forecast.processes import WorkerProcess, wait_until
 
 LOG_DIR = Path(tempfile.mkdtemp(prefix="forecast-procs-"))
 
 
 def start_worker(url: str, consumer: str, *args: str, metrics: bool = False,
                  **settings: Any) -> WorkerProcess:
-    """`forecast worker` at the tests' quick pace, logging under LOG_DIR (see forecast.harness)."""
-    return harness.start_worker(url, consumer, *args, log_dir=LOG_DIR, metrics=metrics,
-                                **{**harness.QUICK, **settings})
+    """`forecast worker` at the tests' quick pace, logging under LOG_DIR (forecast.processes)."""
+    return processes.start_worker(url, consumer, *args, log_dir=LOG_DIR, metrics=metrics,
+                                **{**processes.QUICK, **settings})
 
 
 def heartbeat(client: Any, consumer: str) -> dict[str, Any] | None:

@@ -16,8 +16,8 @@ from typing import Any
 
 import redis
 
-from forecast.harness import free_port, stop_process, wait_until
-from forecast.redis_server import RedisServer, redis_server_binary
+from forecast.local_redis import RedisServer, redis_server_binary
+from forecast.processes import free_port, stop_process, wait_until
 
 MASTER = "fc"
 FAST_SYNC = ["--repl-diskless-sync-delay", "0"]  # full syncs at once, not after 5 s

@@ -16,7 +16,7 @@ from bench.scenarios import Outcome, Plan
 from bench.util import Series, acked, preload, series_by_shard
 from forecast.errors import UsageError
 from forecast.keys import shard_of
-from forecast.redis_server import redis_server_binary
+from forecast.local_redis import redis_server_binary
 
 TINY = Plan(repeats=1, series=100, values=3_000, warmup=500, raw_requests=2_000)
 

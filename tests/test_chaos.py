@@ -27,10 +27,11 @@ import numpy as np
 import pytest
 import redis
 
-from forecast import evidence, harness, keys, registry
+from forecast import evidence, keys, processes, registry
 from forecast.client import Item, Producer
-from forecast.harness import PacedProducer, WorkerProcess, wait_until
-from forecast.redis_server import RedisServer
+from forecast.local_redis import RedisServer
+from forecast.processes import WorkerProcess, wait_until
+from testkit import PacedProducer
 from tests import procs
 
 pytestmark = [pytest.mark.slow, pytest.mark.tf]
@@ -186,7 +187,7 @@ def test_chaos_nothing_lost_nothing_duplicated(fresh_server: RedisServer) -> Non
             if not zombie and kills >= MIN_KILLS // 2:
                 zombie = zombie_episode(client, workers[slot])
                 continue
-            harness.kill_process(workers[slot])
+            processes.kill_process(workers[slot])
             kills += 1
             in_flight += pending_of(client, workers[slot].consumer)
             workers[slot] = spawn(slot)
@@ -200,12 +201,12 @@ def test_chaos_nothing_lost_nothing_duplicated(fresh_server: RedisServer) -> Non
             return pending == 0 and client.xlen(keys.PREDICTIONS) >= warm
         with contextlib.suppress(TimeoutError):  # the checks below say what is missing
             wait_until(settled, 60, 0.2, what="all values processed")
-        exit_codes = [harness.stop_process(p) for p in workers.values()]
+        exit_codes = [processes.stop_process(p) for p in workers.values()]
     finally:
         stop.set()
         producer.stop()
         for p in started:
-            harness.stop_process(p, grace=5)
+            processes.stop_process(p, grace=5)
     wall = time.monotonic() - t_start
 
     entries, pending = final_state(client)

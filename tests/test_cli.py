@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 import redis
 
+from cli.main import main
+from cli.parser import build_parser
 from forecast import keys
-from forecast.cli import build_parser, main
 from forecast.client import run_tail
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "forecast.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True,
                           text=True, timeout=60)
 
 
@@ -71,7 +72,7 @@ def test_push_values_and_csv_then_tail(r: redis.Redis, redis_url: str, tmp_path:
 
 
 def test_setting_flags_come_from_the_settings_fields() -> None:
-    from forecast.cli import setting_flags
+    from cli.parser import setting_flags
     from forecast.settings import Settings, cli_commands
 
     for name in Settings.model_fields:

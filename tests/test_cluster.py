@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from forecast import harness, keys, registry
+from forecast import keys, processes, registry
 from forecast.client import Item, Producer, run_tail
-from forecast.harness import PacedProducer, WorkerProcess, wait_until
+from forecast.processes import WorkerProcess, wait_until
 from forecast.redis_conn import connect
 from forecast.settings import load_settings
 from forecast.status import collect, render
+from testkit import PacedProducer
 from tests.cluster import LocalCluster, cluster_available
 from trainer.data import from_stream
 
@@ -41,8 +42,8 @@ def rc(cluster: LocalCluster) -> Iterator[Any]:
 
 def start_worker(url: str, name: str, logs: Path) -> WorkerProcess:
     """`forecast worker --cluster --shards 8` as a subprocess, logging under `logs`."""
-    return harness.start_worker(url, name, "--cluster", "--shards", str(SHARDS), log_dir=logs,
-                                lease_ttl_ms=TTL_MS, **harness.QUICK)
+    return processes.start_worker(url, name, "--cluster", "--shards", str(SHARDS), log_dir=logs,
+                                lease_ttl_ms=TTL_MS, **processes.QUICK)
 
 
 def stop_all(procs: list[WorkerProcess]) -> None:
@@ -54,7 +55,7 @@ def stop_all(procs: list[WorkerProcess]) -> None:
         try:
             p.wait(20)  # not stop_process at once: its SIGTERM would be a second signal
         except subprocess.TimeoutExpired:
-            harness.stop_process(p, grace=5)
+            processes.stop_process(p, grace=5)
 
 
 def owners(rc: Any) -> dict[int, str | None]:
@@ -80,7 +81,7 @@ def test_registry_works_on_a_cluster(rc: Any, cluster: LocalCluster,
     with pytest.raises(registry.RegistryError):
         registry.rollback(rc)  # the history is used up
 
-    from forecast.cli import main
+    from cli.main import main
 
     assert main(["models", "--cluster", "--redis-url", cluster.url, "list"]) == 0
     listing = capsys.readouterr().out
@@ -104,10 +105,10 @@ def test_workers_on_a_cluster_survive_a_kill_exactly_once(
         rc: Any, cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     t_start = time.monotonic()
     train = subprocess.run(
-        [sys.executable, "-m", "forecast.cli", "train", "--example", "--cluster", "--redis-url",
+        [sys.executable, "-m", "cli", "train", "--example", "--cluster", "--redis-url",
          cluster.url, "--epochs", "5", "--quiet", "--force", "--model-dir",
          str(tmp_path / "models")],
-        capture_output=True, text=True, env=harness.worker_env(cluster.url), timeout=120,
+        capture_output=True, text=True, env=processes.worker_env(cluster.url), timeout=120,
         check=False)
     assert train.returncode == 0, train.stdout + train.stderr
     assert registry.current_version(rc) == "v1" and registry.exists(rc, "v1")
@@ -170,7 +171,8 @@ def test_workers_on_a_cluster_survive_a_kill_exactly_once(
     data = from_stream(rc, load_settings(redis_url=cluster.url, cluster=True, shards=SHARDS))
     assert len(data.series) == 24 and data.n_values == sum(len(v) for v in inputs.values())
     # the CLI reads on a cluster: `tail` follows all 8 per-shard streams, `status` lists them
-    from forecast.cli import build_parser, main
+    from cli.main import main
+    from cli.parser import build_parser
 
     conn = ["--cluster", "--shards", str(SHARDS), "--redis-url", cluster.url]
     out = io.StringIO()

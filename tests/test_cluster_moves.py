@@ -11,10 +11,10 @@ import redis
 
 from forecast import keys
 from forecast.client import Producer
-from forecast.harness import wait_until
+from forecast.processes import wait_until
 from forecast.redis_conn import connect
-from forecast.redis_server import LocalCluster, cluster_available
 from forecast.settings import Settings
+from testkit.cluster import LocalCluster, cluster_available
 from tests import procs
 from tests.helpers import LinearModel, StaticWatcher, WorkerThreads
 from worker.loop import Worker

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from prometheus_client import Metric
 
-from forecast.cli import build_parser
+from cli.parser import build_parser
 from forecast.settings import Settings
 from worker import metrics
 

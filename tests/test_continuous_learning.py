@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 import redis
 
-from forecast import evidence, harness, keys, registry
+from forecast import evidence, keys, processes, registry
 from forecast.client import Item, Producer
-from forecast.harness import PacedProducer, wait_until
-from forecast.redis_server import RedisServer
+from forecast.local_redis import RedisServer
+from forecast.processes import wait_until
+from testkit import PacedProducer
 from tests import procs
 
 pytestmark = [pytest.mark.slow, pytest.mark.tf]
@@ -62,9 +63,9 @@ class Regimes:
 def start_trainer(url: str, log_dir: Path) -> subprocess.Popen[bytes]:
     log = (log_dir / "trainer.log").open("wb")
     return subprocess.Popen(
-        [harness.PYTHON, "-m", "forecast.cli", "train", "--from-stream", "--watch", "--every",
+        [processes.PYTHON, "-m", "cli", "train", "--from-stream", "--watch", "--every",
          "3600", "--quiet", "--model-dir", str(log_dir / "models")],
-        stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=harness.worker_env(url, **TRAINER))
+        stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=processes.worker_env(url, **TRAINER))
 
 
 def models_events(client: Any, event: str) -> list[dict[bytes, bytes]]:
@@ -126,7 +127,7 @@ def test_a_regime_change_is_detected_retrained_and_promoted(fresh_server: RedisS
             values.stop()
         trainer.send_signal(signal.SIGTERM)
         trainer_rc = trainer.wait(60)
-        harness.stop_process(worker)
+        processes.stop_process(worker)
     figures = {
         "drift_events": len(drift), "first_drift": {k.decode(): v.decode()
                                                     for k, v in drift[0].items()},
@@ -169,10 +170,10 @@ def test_a_stable_stream_does_not_flap(fresh_server: RedisServer, tmp_path: Path
     for t in range(120):
         producer.push_many(regimes.round(t))
     trainer = subprocess.Popen(
-        [harness.PYTHON, "-m", "forecast.cli", "train", "--from-stream", "--watch", "--every",
+        [processes.PYTHON, "-m", "cli", "train", "--from-stream", "--watch", "--every",
          "15", "--quiet", "--model-dir", str(tmp_path / "models")],
         stdout=(tmp_path / "trainer.log").open("wb"), stderr=subprocess.STDOUT, cwd=tmp_path,
-        env=harness.worker_env(fresh_server.url, **TRAINER))
+        env=processes.worker_env(fresh_server.url, **TRAINER))
     worker = None
     values = PacedProducer(producer, lambda n: regimes.round(120 + n), interval=0.05)
     try:
@@ -187,7 +188,7 @@ def test_a_stable_stream_does_not_flap(fresh_server: RedisServer, tmp_path: Path
         values.stop()
         trainer.send_signal(signal.SIGTERM)
         trainer.wait(60)
-        harness.stop_process(worker)
+        processes.stop_process(worker)
     promotions = models_events(client, "promoted")
     print("stable figures:", json.dumps({
         "candidates": len(models_events(client, "candidate")), "promotions": len(promotions),

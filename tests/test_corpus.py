@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import redis
 
-from forecast import harness, keys
-from forecast.harness import WorkerProcess, wait_until
+from forecast import keys, processes
+from forecast.processes import WorkerProcess, wait_until
 from tests import procs
 
 pytestmark = [pytest.mark.slow, pytest.mark.tf]
@@ -105,7 +105,7 @@ def worker(redis_url: str) -> Iterator[WorkerProcess]:
         client.close()
         yield proc
     finally:
-        harness.stop_process(proc)
+        processes.stop_process(proc)
 
 
 def xadd(client: Any, fields: list[bytes]) -> bytes:
@@ -162,4 +162,4 @@ def test_malformed_corpus_through_a_real_worker(r: redis.Redis, worker: WorkerPr
         expected = reference[(f[b"series"], f[b"source_id"])]
         assert float(f[b"prediction"]) == pytest.approx(expected, rel=1e-5, abs=1e-5)
     assert worker.poll() is None, "the worker died on bad input"
-    assert harness.stop_process(worker) == 0
+    assert processes.stop_process(worker) == 0

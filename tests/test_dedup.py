@@ -10,7 +10,7 @@ import redis
 from forecast import keys
 from forecast.client import Producer
 from forecast.grammar import Limits
-from forecast.harness import wait_until
+from forecast.processes import wait_until
 from tests.helpers import LinearModel, make_worker
 from worker.batch import build_commit
 from worker.state import SeriesStore

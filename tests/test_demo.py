@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.tf, pytest.mark.slow]
 def test_demo_predicts_about_10_for_7_8_9_and_leaves_nothing_behind(tmp_path: object) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORECAST_")}
     out = subprocess.run(
-        [sys.executable, "-m", "forecast.cli", "demo"],
+        [sys.executable, "-m", "cli", "demo"],
         capture_output=True,
         text=True,
         timeout=240,

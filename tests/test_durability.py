@@ -16,8 +16,8 @@ import redis
 from forecast import keys
 from forecast.client import Producer
 from forecast.errors import ReplicasBehind, UsageError
-from forecast.harness import wait_until
-from forecast.redis_server import RedisServer, redis_server_binary
+from forecast.local_redis import RedisServer, redis_server_binary
+from forecast.processes import wait_until
 from tests.helpers import WorkerThreads, make_worker
 from tests.sentinel import FAST_SYNC, online_replicas
 from tests.test_retention import _all_predicted_once, _items, _push
@@ -107,7 +107,7 @@ def test_producer_waits_for_replicas(pair: Any, primary: Any) -> None:
 
 def test_push_command_waits_for_replicas(pair: Any, primary: Any,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from forecast.cli import main
+    from cli.main import main
 
     url = pair[0].url
     assert main(["push", "--redis-url", url, "--wait-replicas", "1", "s", "1", "2"]) == 0

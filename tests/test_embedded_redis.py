@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from forecast import keys
-from forecast.harness import wait_until
-from forecast.redis_server import free_port
+from forecast.local_redis import free_port
+from forecast.processes import wait_until
 from tests.helpers import LinearModel, wait_for_len
 from tests.test_worker_loop import make_worker, predictions
 

@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 import redis
 
-from forecast import harness, keys, registry
+from forecast import keys, processes, registry
 from forecast.client import Item, Producer
 from forecast.errors import Fenced, ModelRejected
-from forecast.harness import PacedProducer, wait_until
-from forecast.redis_server import RedisServer, redis_server_binary
+from forecast.local_redis import RedisServer, redis_server_binary
+from forecast.processes import wait_until
+from testkit import PacedProducer
 from tests import procs
 from tests.helpers import LinearModel, WorkerThreads, make_worker
 from worker.batch import build_commit
@@ -129,8 +130,8 @@ def test_first_signal_is_warm_second_exits_at_once(redis_url: str, r: redis.Redi
         assert re.search(r"second SIG(INT|TERM): exiting now", second.log())
     finally:
         producer.stop()
-        harness.stop_process(first)
-        harness.stop_process(second)
+        processes.stop_process(first)
+        processes.stop_process(second)
 
 
 # --- Redis outage --------------------------------------------------------------------------
@@ -148,9 +149,9 @@ def aof_server() -> Iterator[RedisServer]:
 def check_cmd(url: str, consumer: str) -> subprocess.CompletedProcess[str]:
     """`forecast worker --check` for one consumer."""
     return subprocess.run(
-        [harness.PYTHON, "-m", "forecast.cli", "worker", "--check", "--redis-url", url,
+        [processes.PYTHON, "-m", "cli", "worker", "--check", "--redis-url", url,
          "--consumer", consumer], capture_output=True, text=True, timeout=60,
-        env=harness.worker_env(), cwd=procs.LOG_DIR)
+        env=processes.worker_env(), cwd=procs.LOG_DIR)
 
 
 def fill_and_rewrite_aof(client: Any, n: int = 3000) -> None:
@@ -239,10 +240,10 @@ def test_redis_killed_and_restarted_mid_run(aof_server: RedisServer) -> None:
         assert "Redis unavailable (ConnectionError" in log
         assert "Redis unavailable (TimeoutError" in log
         assert "unexpected error" not in log, log[-3000:]
-        assert harness.stop_process(worker) == 0
+        assert processes.stop_process(worker) == 0
     finally:
         producer.stop()
-        harness.stop_process(worker)
+        processes.stop_process(worker)
         client.close()
 
 
@@ -357,7 +358,7 @@ def test_broken_models_are_rejected_and_the_old_one_keeps_serving(
         newer = procs.publish_tiny_model(redis_url)  # a good one is still picked up
         procs.wait_serving(client, "models", newer)
     finally:
-        harness.stop_process(worker)
+        processes.stop_process(worker)
 
 
 def test_no_pickle_anywhere() -> None:

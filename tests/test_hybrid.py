@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from forecast.cli import main
+from cli.main import main
 from forecast.layers import expert_matrix, expert_names, seasonal_indices
 from forecast.modelio import load_bytes
 from tests.model_fixtures import plain_settings
@@ -139,7 +139,7 @@ def test_a_worker_process_serves_the_hybrid_as_it_predicts_offline(redis_url: st
     import redis
 
     from forecast import keys, registry
-    from forecast.harness import stop_process
+    from forecast.processes import stop_process
     from tests.helpers import wait_for_len
     from tests.procs import start_worker
 

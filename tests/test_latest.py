@@ -9,10 +9,10 @@ from typing import Any
 
 import redis
 
+from cli.parser import build_parser
 from forecast import keys
-from forecast.cli import build_parser
 from forecast.client import latest, run_get, run_tail
-from forecast.harness import wait_until
+from forecast.processes import wait_until
 from forecast.settings import Settings
 from tests.helpers import LinearModel, make_worker
 

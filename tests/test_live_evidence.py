@@ -12,7 +12,7 @@ import redis
 
 from forecast import evidence, keys, registry
 from forecast.client import Producer
-from forecast.harness import wait_until
+from forecast.processes import wait_until
 from tests.helpers import LinearModel, NaiveModel, WorkerThreads, make_worker
 from worker.watcher import Lineup
 
@@ -161,7 +161,7 @@ def test_replay_writes_forecasts_with_their_actuals_elsewhere(r: redis.Redis) ->
 
 
 def test_replay_refuses_the_live_streams(redis_url: str) -> None:
-    from forecast.cli import main
+    from cli.main import main
 
     with pytest.raises(SystemExit) as exc:
         main(["replay", "--redis-url", redis_url, "--version", "v1", "--into",

@@ -9,7 +9,7 @@ import numpy as np
 from bench import quality as q
 from bench import quality_report
 from bench.quality_data import RealSeries
-from forecast.cli import build_parser
+from cli.parser import build_parser
 
 
 def series(name: str, values: np.ndarray, short: bool = False, freq: str = "monthly"

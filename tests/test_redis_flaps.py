@@ -20,9 +20,9 @@ import redis
 
 from forecast import keys
 from forecast.client import Producer
-from forecast.harness import wait_until
+from forecast.local_redis import RedisServer, redis_server_binary
+from forecast.processes import wait_until
 from forecast.redis_conn import connect
-from forecast.redis_server import RedisServer, redis_server_binary
 from forecast.settings import Settings
 from tests import procs
 from tests.helpers import LinearModel, StaticWatcher, WorkerThreads, make_worker

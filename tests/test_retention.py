@@ -16,7 +16,8 @@ import redis
 
 from forecast import keys
 from forecast.client import Producer
-from forecast.harness import PacedProducer, wait_until
+from forecast.processes import wait_until
+from testkit import PacedProducer
 from tests import procs
 from tests.helpers import LinearModel, WorkerThreads, make_worker
 from worker import metrics

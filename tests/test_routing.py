@@ -12,7 +12,7 @@ import redis
 
 from forecast import keys
 from forecast.grammar import Limits
-from forecast.harness import wait_until
+from forecast.processes import wait_until
 from forecast.season import detect, family_of, series_period
 from tests.helpers import WorkerThreads, make_worker
 from worker import routing

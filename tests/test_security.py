@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import redis
 
-from forecast import harness, keys, registry
+from forecast import keys, processes, registry
 from forecast.client import Producer
-from forecast.harness import wait_until
-from forecast.redis_server import RedisServer, free_port, redis_server_binary
+from forecast.local_redis import RedisServer, free_port, redis_server_binary
+from forecast.processes import wait_until
 from tests import procs
 
 pytestmark = [pytest.mark.slow, pytest.mark.tf]
@@ -78,7 +78,7 @@ def tls_server(tmp_path: Path) -> Iterator[str]:
         client.close()
         yield url
     finally:
-        harness.stop_process(proc)
+        processes.stop_process(proc)
 
 
 def test_worker_over_tls(tls_server: str) -> None:
@@ -92,9 +92,9 @@ def test_worker_over_tls(tls_server: str) -> None:
         ids = [client.xadd(keys.VALUES, {"series": "t", "value": str(v)}) for v in range(5)]
         wait_until(lambda: client.xlen(keys.PREDICTIONS) == 3, 30, what="predictions over TLS")
         assert [f[b"source_id"] for _, f in client.xrange(keys.PREDICTIONS)] == ids[2:]
-        assert harness.stop_process(worker) == 0
+        assert processes.stop_process(worker) == 0
     finally:
-        harness.stop_process(worker)
+        processes.stop_process(worker)
         client.close()
     no_ca = url.split("?", 1)[0]  # system CAs only: our private CA is not trusted
     with pytest.raises(redis.ConnectionError):
@@ -155,7 +155,7 @@ def test_documented_acl_users(acl_server: tuple[RedisServer, dict[str, str]]) ->
         ids = producer.push_many([(f"a{i % 4}", float(i), None) for i in range(40)])
         wait_until(lambda: admin.xlen(keys.PREDICTIONS) == 40 - 8, 30,
                    what="predictions as ACL user")
-        assert harness.stop_process(worker) == 0
+        assert processes.stop_process(worker) == 0
         sources = {f[b"source_id"] for _, f in admin.xrange(keys.PREDICTIONS)}
         assert sources <= set(ids) and len(sources) == 32
         denials = [e for e in admin.acl_log() if e.get("username") != "forecast-producer"
@@ -186,7 +186,7 @@ def test_documented_acl_users(acl_server: tuple[RedisServer, dict[str, str]]) ->
         assert admin.get(keys.MODEL_CURRENT) == version.encode()
         assert any(e.get("username") == "forecast-producer" for e in admin.acl_log())
     finally:
-        harness.stop_process(worker)
+        processes.stop_process(worker)
         for c in (admin, trainer, producer_client):
             c.close()
 
@@ -199,9 +199,10 @@ def test_secrets_never_logged(acl_server: tuple[RedisServer, dict[str, str]]) ->
     for secret, extra, code in runs:
         url = as_user(server, "forecast-worker", secret)
         out = subprocess.run(
-            [harness.PYTHON, "-m", "forecast.cli", "worker", "--redis-url", url, "--consumer",
+            [processes.PYTHON, "-m", "cli", "worker", "--redis-url", url, "--consumer",
              "nobody", "--metrics-port", "0", "--log-level", "DEBUG", *extra],
-            capture_output=True, text=True, timeout=60, cwd=procs.LOG_DIR, env=harness.worker_env())
+            capture_output=True, text=True, timeout=60, cwd=procs.LOG_DIR,
+            env=processes.worker_env())
         text = out.stdout + out.stderr
         assert out.returncode == code, text[-500:]
         assert secret not in text and pw["worker"] not in text

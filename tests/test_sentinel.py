@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 import redis
 
-from forecast import harness, keys, registry
+from forecast import keys, processes, registry
 from forecast.client import Producer
 from forecast.errors import UsageError
-from forecast.harness import WorkerProcess, wait_until
+from forecast.local_redis import redis_server_binary
+from forecast.processes import WorkerProcess, wait_until
 from forecast.redis_conn import connect, sentinel_addresses
-from forecast.redis_server import redis_server_binary
 from forecast.settings import Settings
 from tests import procs
 from tests.sentinel import MASTER, Sentinels, sentinels
@@ -183,13 +183,13 @@ def test_failover_under_sentinel_is_exactly_once(tmp_path: Path) -> None:
                   "failover_s": round(failover_s, 2), "resumed_s": round(resumed_s, 2),
                   "producer_retries": producer.failures}
         print("sentinel failover:", json.dumps(report))
-        out = Path(harness.__file__).resolve().parent.parent / "bench" / "results"
+        out = Path(processes.__file__).resolve().parent.parent / "bench" / "results"
         out.mkdir(parents=True, exist_ok=True)
         (out / "sentinel-results.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def test_no_sentinel_answers_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    from forecast.cli import main
+    from cli.main import main
 
     with pytest.raises(SystemExit) as done:
         main(["status", "--sentinels", "127.0.0.1:1", "--sentinel-master", "fc"])

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 import redis
 
+from cli.main import main
 from forecast import keys
-from forecast.cli import main
 from forecast.client import Producer
-from forecast.harness import PacedProducer, wait_until
+from forecast.processes import wait_until
 from forecast.settings import load_settings
 from forecast.status import collect, render
+from testkit import PacedProducer
 from tests.helpers import LinearModel, StaticWatcher
 from worker.loop import Worker
 

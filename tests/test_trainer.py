@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import redis
 
+from cli.main import main
 from forecast import keys, registry
-from forecast.cli import main
 from forecast.modelio import load_bytes
 from tests import model_fixtures
 from trainer import report

@@ -11,9 +11,9 @@ import pytest
 import redis
 
 from forecast import keys
-from forecast.harness import wait_until
+from forecast.local_redis import RedisServer
+from forecast.processes import wait_until
 from forecast.redis_conn import connect
-from forecast.redis_server import RedisServer
 from forecast.settings import Settings
 from forecast.status import collect, render
 from trainer import watch

@@ -10,7 +10,7 @@ import redis
 
 from forecast import keys
 from forecast.errors import Fenced
-from forecast.harness import wait_until
+from forecast.processes import wait_until
 from tests.helpers import LinearModel, WorkerThreads, make_worker
 from worker.shard import Shard
 from worker.state import SeriesStore

@@ -14,8 +14,8 @@ import pytest
 import redis
 
 from forecast import keys, registry
-from forecast.harness import WorkerProcess, stop_process, wait_until
-from forecast.redis_server import RedisServer
+from forecast.local_redis import RedisServer
+from forecast.processes import WorkerProcess, stop_process, wait_until
 from tests.helpers import wait_for_len
 from tests.procs import publish_tiny_model, start_worker, tiny_model
 
@@ -147,7 +147,7 @@ def test_metrics_move_and_health_endpoints_answer(served: Any) -> None:
         [
             sys.executable,
             "-m",
-            "forecast.cli",
+            "cli",
             "worker",
             "--check",
             "--redis-url",

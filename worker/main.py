@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from types import FrameType
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"unhealthy: {exc}")
             return 1
     try:
-        client.ping()  # wrong credentials are a configuration error: exit 2 (forecast.cli)
+        client.ping()  # wrong credentials are a configuration error: exit 2 (cli.main)
     except redis.AuthenticationError:
         raise
     except redis.RedisError:
@@ -123,8 +122,3 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         server.stop()
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    from forecast.cli import main
-
-    sys.exit(main(["worker", *sys.argv[1:]]))

@@ -1,23 +1,14 @@
-"""The `forecast` command line: one entry point, one subcommand per job.
-
-Each subcommand's work lives in its own module; this file only parses arguments, builds
-`Settings` (env, `.env`, then flags) and turns user errors into one line and exit code 2.
-"""
+"""The argument parser of the `forecast` command: every subcommand, and every setting's flag
+(derived from the `Settings` fields, so a flag cannot drift from its setting)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args, get_origin
 
-import redis
-from pydantic import ValidationError
-
-from forecast.errors import ForecastError
-from forecast.secrets import mask_secrets
-from forecast.settings import Settings, cli_commands, load_settings
+from cli import commands
+from forecast.settings import Settings, cli_commands
 
 
 def _flag(name: str) -> str:
@@ -103,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "train")
     _alias(p, "--batch-size", "--train-batch-size", dest="train_batch_size", type=int)
     _alias(p, "--out", "--model-dir", dest="model_dir")
-    p.set_defaults(run="trainer.cli:run")
+    p.set_defaults(run=commands.train)
 
     p = sub.add_parser("models", help="list, show, promote or roll back model versions")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
@@ -118,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "models")
     for action in (ml, ms, mp, mr, msh):
         _add(action, "models", nested=True)
-    p.set_defaults(run="trainer.models_cli:run")
+    p.set_defaults(run=commands.models)
 
     p = sub.add_parser("worker", help="run the forecasting worker until SIGTERM")
     p.add_argument(
@@ -127,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 if this host's worker heartbeat is fresh, else 1",
     )
     _add(p, "worker")
-    p.set_defaults(run="worker.main:run")
+    p.set_defaults(run=commands.worker)
 
     p = sub.add_parser("push", help="push values into the input stream")
     p.add_argument("series", nargs="?", help="series id")
@@ -135,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="FILE", help="long-format CSV: series,timestamp,value")
     p.add_argument("--ts", type=int, help="epoch ms of the first value (then +1 per value)")
     _add(p, "push")
-    p.set_defaults(run="forecast.client:run_push")
+    p.set_defaults(run=commands.push)
 
     p = sub.add_parser("tail", help="follow the predictions stream")
     p.add_argument("--series", help="only this series")
@@ -145,24 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--deadletter", action="store_true", help="follow the dead-letter stream instead"
     )
     _add(p, "tail")
-    p.set_defaults(run="forecast.client:run_tail")
+    p.set_defaults(run=commands.tail)
 
     p = sub.add_parser("get", help="the latest forecast of each SERIES (forecast:latest)")
     p.add_argument("series", nargs="+", help="series ids")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     _add(p, "get")
-    p.set_defaults(run="forecast.client:run_get")
+    p.set_defaults(run=commands.get)
 
     p = sub.add_parser("status", help="shards, owners, lag and worker health")
     _add(p, "status")
-    p.set_defaults(run="forecast.status:run")
+    p.set_defaults(run=commands.status)
 
     p = sub.add_parser("plot", help="plot recent values and predictions of a series to PNG")
     p.add_argument("--series", required=True)
     p.add_argument("--out", dest="plot_out", default="plot.png", help="PNG path")
     p.add_argument("--last", type=int, default=200, help="how many recent points")
     _add(p, "plot")
-    p.set_defaults(run="forecast.plot:run")
+    p.set_defaults(run=commands.plot)
 
     p = sub.add_parser("replay", help="run a version over a range of the input history")
     p.add_argument("--version", required=True, help="the model version to replay, e.g. v3")
@@ -170,13 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="end", default="+", help="last entry id (default: newest)")
     p.add_argument("--into", help="output stream (default forecast:replay:<VERSION>)")
     _add(p, "replay")
-    p.set_defaults(run="worker.replay:run")
+    p.set_defaults(run=commands.replay)
 
     p = sub.add_parser("demo", help="the tutorial end to end on a private Redis")
     p.add_argument(
         "--redis-url", dest="redis_url", default=None, help="use this Redis instead of starting one"
     )
-    p.set_defaults(run="forecast.demo:run")
+    p.set_defaults(run=commands.demo)
 
     p = sub.add_parser("bench", help="run the benchmark and print a table")
     p.add_argument("--quick", action="store_true", help="fewer repeats and smaller scenarios")
@@ -189,52 +180,5 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gaps", action="store_true",
                    help="the gap policies on real series with values removed (needs the "
                         "bench extra); --only names series")
-    p.set_defaults(run="bench.run:run")
+    p.set_defaults(run=commands.bench)
     return parser
-
-
-def _resolve(path: str) -> Callable[[argparse.Namespace, Settings], int | None]:
-    module, func = path.split(":")
-    return getattr(importlib.import_module(module), func)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `forecast` script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k in SETTING_DESTS}
-    try:
-        settings = load_settings(**overrides)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        parser.exit(2, f"forecast: error: setting {field}: {err['msg']}\n")
-    if args.command == "bench" and getattr(args, "quality", False):
-        args.run = "bench.quality:run"
-    if args.command == "bench" and getattr(args, "gaps", False):
-        args.run = "bench.gaps:run"
-    if args.command in ("train", "demo", "bench", "replay"):
-        from forecast.tf import import_tensorflow
-
-        import_tensorflow()
-    try:
-        rc = _resolve(args.run)(args, settings)
-    except ForecastError as exc:
-        parser.exit(2, f"forecast: error: {exc}\n")
-    except redis.AuthenticationError:
-        parser.exit(
-            2,
-            "forecast: error: Redis refused the credentials for "
-            f"{mask_secrets(settings.redis_url)}\n",
-        )
-    except redis.ConnectionError as exc:
-        where = (f"the primary of {settings.sentinel_master!r} via sentinels {settings.sentinels}"
-                 if settings.sentinels else f"Redis at {mask_secrets(settings.redis_url)}")
-        parser.exit(2, f"forecast: error: cannot reach {where}: {exc}\n")
-    except KeyboardInterrupt:
-        return 130
-    return int(rc or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,10 +19,10 @@ from typing import Any
 
 import redis
 
-from forecast import harness, keys
+from forecast import keys, processes
 from forecast.client import Producer
 from forecast.errors import ForecastError
-from forecast.redis_server import RedisServer, free_port, redis_server_binary
+from forecast.local_redis import RedisServer, free_port, redis_server_binary
 from forecast.settings import Settings
 
 
@@ -64,7 +64,7 @@ def wait_prediction(client: Any, source_id: bytes, timeout: float) -> dict[bytes
         return None
 
     try:
-        found: dict[bytes, bytes] = harness.wait_until(made, timeout, 0.1, "the prediction")
+        found: dict[bytes, bytes] = processes.wait_until(made, timeout, 0.1, "the prediction")
     except TimeoutError:
         raise ForecastError(f"no prediction for entry {source_id.decode()} "
                             f"within {timeout:.0f}s") from None
@@ -73,7 +73,7 @@ def wait_prediction(client: Any, source_id: bytes, timeout: float) -> dict[bytes
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """The `forecast demo` command."""
-    from forecast.cli import main as cli
+    from trainer import cli as trainer_cli
 
     t0 = time.monotonic()
     with demo_redis(args.redis_url) as url:
@@ -81,18 +81,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "[demo] training the tutorial model: SimpleRNN(50, relu) + Dense(1) on 0..9, n_steps=3"
         )
         with tempfile.TemporaryDirectory(prefix="forecast-demo-") as out:  # leave nothing behind
-            rc = cli(["train", "--example", "--redis-url", url, "--shards", "1", "--quiet",
-                      "--model-dir", out])
+            # `forecast train --example --quiet` on the demo's Redis
+            tutorial = argparse.Namespace(example=True, csv=None, from_stream=False, quiet=True,
+                                          no_publish=False, force=False, watch=False,
+                                          report=None)
+            rc = trainer_cli.run(tutorial, settings.model_copy(
+                update={"redis_url": url, "shards": 1, "model_dir": out}))
         if rc not in (0, None):
             raise ForecastError(f"training failed with exit code {rc}")
         print("[demo] starting a worker process")
         with tempfile.TemporaryDirectory(prefix="forecast-demo-") as logs:
-            worker = harness.start_worker(url, "demo-worker", log_dir=Path(logs), threads=None,
-                                          shards=1, **harness.QUICK)
+            worker = processes.start_worker(url, "demo-worker", log_dir=Path(logs), threads=None,
+                                          shards=1, **processes.QUICK)
             try:
                 _predict_789(url, t0)
             finally:
-                harness.stop_process(worker, grace=20)
+                processes.stop_process(worker, grace=20)
                 if worker.returncode not in (0, None):
                     print(worker.log()[-2000:], file=sys.stderr)
     print(NEXT_STEPS)
