@@ -103,7 +103,8 @@ def test_train_csv_defaults_choose_the_hybrid(tmp_path: Path, monkeypatch: pytes
     assert "chosen for this data" in out and "forecaster=hybrid" in out
     manifest = json.loads((tmp_path / "m/local/manifest.json").read_text())
     assert manifest["forecaster"] == "hybrid" and manifest["n_steps"] == 72
-    assert manifest["auto"]["season_period"] == 12 and "epochs" not in manifest["auto"]
+    assert manifest["season_period"] == 12 and manifest["auto"]["per_series"] is True
+    assert "period 12" in manifest["auto"]["families"] and "epochs" not in manifest["auto"]
     assert manifest["gate"]["scores"]["metric"] == "mase"
 
 

@@ -149,7 +149,7 @@ def build_partial(dataset: Dataset, width: int, horizon: int, val_fraction: floa
     >>> from trainer.data import Dataset
     >>> ws, filled = build_partial(Dataset("t", {"a": np.arange(10.0)}), 4, 1, 0.2)
     >>> ws.x_val.tolist(), ws.y_val.ravel().tolist(), filled.tolist()
-    [[4.0, 5.0, 6.0, 7.0], [5.0, 6.0, 7.0, 8.0]], [8.0, 9.0], [4, 4]
+    ([[4.0, 5.0, 6.0, 7.0], [5.0, 6.0, 7.0, 8.0]], [8.0, 9.0], [4, 4])
     """
     names: list[str] = []
     series: list[np.ndarray] = []
@@ -175,8 +175,9 @@ def build_partial(dataset: Dataset, width: int, horizon: int, val_fraction: floa
         vs.append(np.full(len(pos), idx))
         vp.append(pos)
     if not xv:
-        raise DataError(f"too little data: no series has {min_values + horizon} values and a "
-                        f"validation part; lower --val-fraction or add data")
+        longest = max((len(v) for v in dataset.series.values()), default=0)
+        raise DataError(f"too little data: the longest series has {longest} values, too few "
+                        f"for a validation part; lower --val-fraction or add data")
     empty = np.zeros((0, width)), np.zeros((0, horizon)), np.zeros(0, dtype=int)
     pos = np.concatenate(vp).astype(int)
     ws = WindowSet(width, horizon, names, series, splits, empty[0], empty[1],
