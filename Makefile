@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench bench-quality bench-gaps lint fmt clean compose-test images
+.PHONY: demo test docs bench bench-quality bench-gaps lint fmt clean compose-test images
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ bench-quality: $(STAMP)
 bench-gaps: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
 	nice -n 10 $(VENV)/bin/forecast bench --gaps
+
+# The documentation site (MkDocs, Material theme), warnings as errors, into site/.
+docs: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,docs]'
+	DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict --quiet
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check forecast worker trainer cli testkit tests bench

@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from bench.quality import RESULTS, geo_mean_ratio, mase_scale, split
+from bench.quality_base import RESULTS, geo_mean_ratio, mase_scale, split
 from bench.quality_data import RealSeries, load
 from bench.quality_path import train_group, write_training_csv
 from bench.util import start_worker
 from forecast import keys
 from forecast.local_redis import RedisServer
 from forecast.processes import wait_until
+from testkit.results import machine_info
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ def run_gaps(names: list[str] | None = None, out_dir: Path = RESULTS) -> dict[st
     keep = {s.name: removed(len(s.values), rng) for s in series}
     whole = {s.name: np.ones(len(s.values), dtype=bool) for s in series}
     scores: dict[str, dict[str, Any]] = {s.name: {} for s in series}
+    machine: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="forecast-gaps-") as tmp:
         for gname, group in {"mixed": series}.items():
             gdir = Path(tmp) / gname
@@ -144,6 +146,7 @@ def run_gaps(names: list[str] | None = None, out_dir: Path = RESULTS) -> dict[st
             server.start()
             client = redis.Redis(port=server.port, socket_timeout=60)
             try:
+                machine = machine_info(client)
                 t0 = time.perf_counter()
                 trained = train_group(server.url, gdir / "train.csv", gdir, 1)
                 if trained["rc"] == 3:  # refused by the gate: score it anyway
@@ -161,7 +164,8 @@ def run_gaps(names: list[str] | None = None, out_dir: Path = RESULTS) -> dict[st
                 server.cleanup()
     summary = summarise(series, scores)
     print(format_table(series, scores, summary))
-    data = {"date": started.isoformat(timespec="seconds"), "step_ms": STEP_MS, "after": AFTER,
+    data = {"date": started.isoformat(timespec="seconds"), "machine": machine,
+            "step_ms": STEP_MS, "after": AFTER,
             "series": [s.name for s in series], "scores": scores, "summary": summary,
             "seconds": round((datetime.now(timezone.utc) - started).total_seconds(), 1)}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.quality import Forecasts, Served, split
+from bench.quality_base import Forecasts, Served, split
 from bench.quality_data import RealSeries
 from bench.util import start_worker
 from forecast import keys, registry

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.quality import PEERS, PROJECT, origins, split
+from bench.quality_base import PEERS, PROJECT, origins, split
 from bench.quality_data import RealSeries
 
 TABLE_PEERS = ("AutoETS", "AutoTheta", "AutoARIMA", "Comb", "Naive", "SeasonalNaive")

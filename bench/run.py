@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.scenarios import FULL, QUICK, SCENARIOS, Bench, Outcome, Plan
-from bench.util import machine_info, median
+from bench.util import median
 from forecast.errors import UsageError
 from forecast.local_redis import private_redis, redis_server_binary
 from forecast.settings import Settings
+from testkit.results import machine_info
 
 log = logging.getLogger(__name__)
 

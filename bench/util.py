@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -144,39 +143,6 @@ def start_worker(url: str, consumer: str, log_dir: Path, **settings: Any) -> Wor
 
 
 # --- machine ----------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info(client: Any) -> dict[str, Any]:
-    """Cores, CPU, memory, Python / TensorFlow / Redis versions, load."""
-    info: dict[str, Any] = {
-        "cores": os.cpu_count(),
-        "cpu": cpu_model(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "redis": client.info("server").get("redis_version"),
-        "redis_py": redis.__version__,
-        "numpy": np.__version__,
-        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
-    }
-    tf = sys.modules.get("tensorflow")
-    info["tensorflow"] = getattr(tf, "__version__", None)
-    try:
-        mem = Path("/proc/meminfo").read_text().split("\n", 1)[0]
-        info["memory_kb"] = int(mem.split()[1])
-    except (OSError, IndexError, ValueError):
-        pass
-    return info
 
 
 # --- latency producer (a separate process) ----------------------------------------------

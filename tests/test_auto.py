@@ -9,7 +9,7 @@ import pytest
 
 from forecast.errors import DataError
 from forecast.settings import Settings
-from trainer import auto, families
+from trainer import auto, families, sizing
 from trainer.data import Dataset, check_values
 from trainer.publish import decide
 
@@ -28,7 +28,7 @@ def test_defaults_on_real_looking_data_pick_the_hybrid_and_the_season() -> None:
     data = Dataset("t", {f"s{i}": seasonal(200, 12, i) for i in range(3)})
     s, chosen = auto.resolve(settings(), data, explicit=set())
     assert s.forecaster == "hybrid" and s.arch == "gru" and s.per_series
-    assert s.n_steps == 72 and auto.filter_len(72, 1) == 36  # three seasons + backtests
+    assert s.n_steps == 72 and sizing.filter_len(72, 1) == 36  # three seasons + backtests
     assert s.epochs == 100 and s.patience == 10 and chosen["n_steps"] == 72
     assert chosen["families"] == "period 12: window 72, 3 series"
     # one version for every frequency: each period found per series gets its own window
@@ -62,10 +62,10 @@ def test_explicit_fields_default_to_what_the_settings_were_given(
 
 
 def test_window_shrinks_for_short_series() -> None:
-    assert auto.choose_window(12, 1, 500) == (72, 12)
-    assert auto.choose_window(12, 1, 70) == (48, 12)  # two seasons
-    assert auto.choose_window(12, 1, 40) == (24, 1)  # no room for a season
-    n, _ = auto.choose_window(1, 1, 12)
+    assert sizing.choose_window(12, 1, 500) == (72, 12)
+    assert sizing.choose_window(12, 1, 70) == (48, 12)  # two seasons
+    assert sizing.choose_window(12, 1, 40) == (24, 1)  # no room for a season
+    n, _ = sizing.choose_window(1, 1, 12)
     assert n >= 5
     short = Dataset("t", {"a": np.arange(30.0)})
     s, _ = auto.resolve(settings(), short, explicit=set())
@@ -78,9 +78,9 @@ def test_common_period_votes_and_multiples_count() -> None:
     s4 = [np.sin(np.pi * t / 2) + 0.2 * rng.normal(size=160) for _ in range(2)]
     s8 = np.sin(np.pi * t / 2) + np.sin(np.pi * t / 4) + 0.2 * rng.normal(size=160)
     noise = [rng.normal(size=160) for _ in range(3)]
-    assert auto.common_period([*s4, s8, *noise]) == 4
-    assert auto.common_period(noise) == 1
-    assert auto.common_period([seasonal(200, 12, 3), rng.normal(size=200), rng.normal(size=200),
+    assert sizing.common_period([*s4, s8, *noise]) == 4
+    assert sizing.common_period(noise) == 1
+    assert sizing.common_period([seasonal(200, 12, 3), rng.normal(size=200), rng.normal(size=200),
                                rng.normal(size=200)]) == 1  # one seasonal series of four
 
 

@@ -20,7 +20,6 @@ import signal
 import threading
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from forecast.client import Item, Producer
 from forecast.local_redis import RedisServer
 from forecast.processes import WorkerProcess, wait_until
 from testkit import PacedProducer
+from testkit.results import write_results
 from tests import procs
 
 pytestmark = [pytest.mark.slow, pytest.mark.tf]
@@ -45,7 +45,6 @@ WORKERS = 3
 MIN_KILLS = 10
 PRODUCE_S = 45.0  # the background producer spreads its values over this long
 N_STEPS = 3
-RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "chaos-results.json"
 WORKER_ENV: dict[str, Any] = {"shards": SHARDS, "lease_ttl_ms": 1000, "batch_size": 500,
                               "max_deliveries": 5, "summary_interval_s": 5}
 
@@ -253,8 +252,7 @@ def test_chaos_nothing_lost_nothing_duplicated(fresh_server: RedisServer) -> Non
         "wall_s": round(wall, 1),
     }
     print("chaos figures:", json.dumps(figures))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+    write_results("chaos-results", figures, client)
     assert kills >= MIN_KILLS and zombie and in_flight > 0
     assert len(reference) == len(entries) - SERIES * (N_STEPS - 1)
     assert not lost, f"{len(lost)} inputs without a prediction"

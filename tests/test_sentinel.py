@@ -20,13 +20,14 @@ from typing import Any
 import pytest
 import redis
 
-from forecast import keys, processes, registry
+from forecast import keys, registry
 from forecast.client import Producer
 from forecast.errors import UsageError
 from forecast.local_redis import redis_server_binary
 from forecast.processes import WorkerProcess, wait_until
 from forecast.redis_conn import connect, sentinel_addresses
 from forecast.settings import Settings
+from testkit.results import write_results
 from tests import procs
 from tests.sentinel import MASTER, Sentinels, sentinels
 
@@ -183,9 +184,7 @@ def test_failover_under_sentinel_is_exactly_once(tmp_path: Path) -> None:
                   "failover_s": round(failover_s, 2), "resumed_s": round(resumed_s, 2),
                   "producer_retries": producer.failures}
         print("sentinel failover:", json.dumps(report))
-        out = Path(processes.__file__).resolve().parent.parent / "bench" / "results"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "sentinel-results.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_results("sentinel-results", report, client)
 
 
 def test_no_sentinel_answers_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

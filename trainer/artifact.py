@@ -4,39 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 import keras
 import numpy as np
 
-from forecast.modelio import BundleModel, LoadedModel, load_bytes, sign
+from forecast.modelio import load_bytes, sign
 from forecast.settings import Settings
 from trainer import conformal, evaluate, model, train, windows
 from trainer.data import Dataset
+from trainer.trained import Trained, utc_now
 from trainer.windows import WindowSet
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Trained:
-    """A trained, exported and re-loaded model with its manifest and holdout evaluation."""
-
-    blob: bytes
-    manifest: dict[str, Any]
-    ws: WindowSet
-    loaded: LoadedModel | BundleModel
-    holdout_pred: np.ndarray  # (m, width) on ws.holdout() windows
-    parts: Any = None  # a per-series version: its trained families (trainer.families.Part)
-    table: dict[str, int] | None = None  # and its series -> period table
-
-    @property
-    def evaluation(self) -> dict[str, Any]:
-        """The manifest's validation metrics."""
-        metrics: dict[str, Any] = self.manifest["metrics"]
-        return metrics
 
 
 def _calibrate(core: keras.Model, ws: WindowSet, mode: str, coverage: float) -> list[float] | None:
@@ -45,11 +25,6 @@ def _calibrate(core: keras.Model, ws: WindowSet, mode: str, coverage: float) -> 
     xs, ys = train.scale_windows(ws.x_val, ws.y_val, mode)
     pred = keras.ops.convert_to_numpy(core(xs, training=False))
     return conformal.conformal_q(np.abs(ys - pred), coverage)
-
-
-def utc_now() -> str:
-    """The current time as ISO 8601 UTC with seconds, e.g. 2025-01-31T12:00:00Z."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _train_rnn(ws: WindowSet, s: Settings, verbose: int

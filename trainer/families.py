@@ -1,7 +1,7 @@
 """One version for series of every frequency: a family per seasonal period, warm-up, fallback.
 
 `plan` finds each series' seasonal period on its training part (`forecast.season`) and groups
-the series by it; each family gets the window its period needs (`auto.choose_window`, for
+the series by it; each family gets the window its period needs (`sizing.choose_window`, for
 its longest series). `train_bundle` trains one hybrid per family (the time budget shared by
 their training windows), fits each family's warm-up ladder (`trainer.warmup`), finds each
 family's best single expert on validation (the fallback when the hybrid fails the gate),
@@ -24,12 +24,12 @@ from forecast import bundle, season
 from forecast.errors import DataError
 from forecast.modelio import BundleModel, load_bytes, sign
 from forecast.settings import Settings
-from trainer import auto, conformal, evaluate, windows
+from trainer import conformal, evaluate, sizing, windows
 from trainer.data import Dataset
 from trainer.windows import WindowSet
 
 if TYPE_CHECKING:
-    from trainer.artifact import Trained
+    from trainer.trained import Trained
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ def plan(dataset: Dataset, s: Settings) -> tuple[list[Family], dict[str, int]]:
         n = len(train_part(dataset.series[name], s.val_fraction, s.horizon))
         longest[p] = max(longest.get(p, 0), n)
     # a period whose series are too short for two of its seasons is served as non-seasonal
-    kept = {p: p for p in longest if p == 1 or auto.choose_window(p, s.horizon, longest[p])[1] == p}
+    kept = {p: p for p in longest
+            if p == 1 or sizing.choose_window(p, s.horizon, longest[p])[1] == p}
     by_size = sorted((p for p in kept if p > 1),
                      key=lambda p: -sum(1 for q in found.values() if q == p))
     for p in by_size[MAX_FAMILIES - 1:]:
@@ -84,7 +85,7 @@ def plan(dataset: Dataset, s: Settings) -> tuple[list[Family], dict[str, int]]:
     for p in sorted(set(table.values())):
         names = [n for n, q in table.items() if q == p]
         top = max(len(train_part(dataset.series[n], s.val_fraction, s.horizon)) for n in names)
-        n_steps, _ = auto.choose_window(p, s.horizon, top)
+        n_steps, _ = sizing.choose_window(p, s.horizon, top)
         families.append(Family(p, n_steps, names))
     return families, table
 
@@ -194,7 +195,7 @@ def holdout_forecasts(loaded: Any, ws: WindowSet, sidx: np.ndarray, pos: np.ndar
 
 def train_bundle(dataset: Dataset, s: Settings, verbose: int = 0) -> Trained:
     """Train every family and return the `Trained` bundle (with the fallback ready)."""
-    from trainer.artifact import utc_now
+    from trainer.trained import utc_now
 
     started = time.monotonic()
     families, table = plan(dataset, s)
@@ -233,7 +234,7 @@ def train_bundle(dataset: Dataset, s: Settings, verbose: int = 0) -> Trained:
 def _assemble(parts: list[Part], table: dict[str, int], dataset: Dataset, s: Settings,
               use_fallback: bool) -> Trained:
     """Pack, reload through the worker's checks, score on the validation windows."""
-    from trainer.artifact import Trained, utc_now
+    from trainer.trained import Trained, utc_now
 
     blob, index = pack(parts, table, s, use_fallback)
     width = index["width"]

@@ -36,7 +36,7 @@ from forecast.layers import (
 )
 from forecast.settings import Settings
 from trainer import conformal
-from trainer.auto import filter_choices, filter_len
+from trainer.sizing import filter_choices, filter_len
 from trainer.train import history_summary, native_stderr_filtered
 from trainer.windows import WindowSet
 

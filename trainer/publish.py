@@ -29,7 +29,7 @@ from forecast import modelio, registry
 from forecast.errors import ModelRejected
 
 if TYPE_CHECKING:  # the gate itself needs no TensorFlow
-    from trainer.artifact import Trained
+    from trainer.trained import Trained
 
 log = logging.getLogger(__name__)
 

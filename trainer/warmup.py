@@ -34,8 +34,8 @@ from forecast.layers import (
     window_stats,
 )
 from trainer import conformal
-from trainer.auto import filter_len
 from trainer.hybrid import SCALING, SHARPNESS_GRID, SPREAD_SHRINK
+from trainer.sizing import filter_len
 
 log = logging.getLogger(__name__)
 
