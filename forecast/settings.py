@@ -140,9 +140,10 @@ class Settings(BaseSettings):
         cli=WORKER, ge=0.0, le=1.0,
     )
     gap_policy: Literal["carry", "fill", "reset"] = setting(
-        "carry", "After missing steps of a series (learnt from its ts): carry (use the values "
-        "as they come), fill (the model's forecasts of the missing steps enter the window, "
-        "never scored) or reset (the window starts again)", cli=WORKER,
+        "fill", "After missing steps of a series (learnt from its ts): fill (the model's "
+        "forecasts of the missing steps enter the window, never scored; the default, chosen "
+        "by make bench-gaps), carry (use the values as they come) or reset (the window starts "
+        "again)", cli=WORKER,
     )
     gap_max_steps: int = setting(
         24, "A gap longer than this many steps resets the window, whatever the policy",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -82,9 +83,15 @@ def test_a_redis_outage_does_not_end_the_watching_trainer(
         fresh_server.stop()
         wait_until(lambda: metrics.REDIS_ERRORS._value.get() > errors, 10, what="the outage seen")
         assert thread.is_alive()
+        back_ms = int(time.time() * 1000)
         fresh_server.start()
-        client.delete(keys.TRAINER)
-        wait_until(lambda: client.get(keys.TRAINER), 20, what="the status written again")
+
+        def status_since_back() -> bool:
+            raw = client.get(keys.TRAINER)
+            status = json.loads(raw) if raw else {}
+            return status.get("state") == "watching" and status.get("updated_at", 0) >= back_ms
+
+        wait_until(status_since_back, 20, what="the status written again")
         assert thread.is_alive() and len(trained) == 1
     finally:
         stop.set()

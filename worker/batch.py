@@ -53,7 +53,7 @@ class Served:
     shadows: list[Predictor] = field(default_factory=list)
     gamma: float = 0.1
     follow: outputs.Follow | None = None  # FORECAST_FOLLOW: series copied to their own stream
-    gap_policy: str = "carry"  # FORECAST_GAP_POLICY (worker.gaps)
+    gap_policy: str = "fill"  # FORECAST_GAP_POLICY (worker.gaps)
     gap_max_steps: int = 24
 
     @property

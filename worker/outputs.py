@@ -117,18 +117,34 @@ def _times(o: Outputs, h: int, pos: list[int], stamps: np.ndarray, timing: Timin
 
 def latest(o: Outputs, series: list[bytes]) -> list[Value]:
     """series/JSON pairs: each series' last entry of the batch, as a JSON object of its fields
-    (`forecast:latest`; every value a string, as in the stream)."""
-    last: dict[bytes, int] = {}
-    for e, s in enumerate(series):
-        last[s] = e
-    names = [n for n in o.columns if n != "series"]
-    cols = [o.columns[n] for n in names]
+    (`forecast:latest`; every value a string, as in the stream).
+
+    Built column by column: the values are decimals, ids and digits, which need no JSON
+    escaping (a column that would is encoded by `json.dumps`).
+
+    >>> o = Outputs(version="v1", n=3)
+    >>> o.set("series", [b"a", b"b", b"a"]); o.set("prediction", ["1", "2", "3"])
+    >>> o.set("source_id", [b"1-0", b"2-0", b"3-0"]); o.set("gap_steps", ["", "", "2"])
+    >>> latest(o, [b"a", b"b", b"a"])
+    [b'a', '{"model_version":"v1","prediction":"3","source_id":"3-0","gap_steps":"2"}', \
+b'b', '{"model_version":"v1","prediction":"2","source_id":"2-0"}']
+    """
+    last = dict(zip(series, range(len(series)), strict=True))  # the last entry of each
+    picked = list(last.values())
+    body = [f'{{"model_version":{json.dumps(o.version)}'] * len(picked)
+    for name, column in o.columns.items():
+        if name == "series":
+            continue
+        values = [column[e] for e in picked]
+        text = [v.decode() if isinstance(v, bytes) else v for v in values]
+        joined_text = "".join(text)
+        if '"' in joined_text or "\\" in joined_text or not joined_text.isprintable():
+            key = json.dumps(name)
+            body = [b + f",{key}:{json.dumps(t)}" if t else b
+                    for b, t in zip(body, text, strict=True)]
+        else:
+            body = [b + f',"{name}":"{t}"' if t else b for b, t in zip(body, text, strict=True)]
     out: list[Value] = []
-    for s, e in last.items():
-        fields: dict[str, Any] = {"model_version": o.version}
-        for name, col in zip(names, cols, strict=True):
-            v = col[e]
-            if v:
-                fields[name] = v.decode() if isinstance(v, bytes) else v
-        out += [s, json.dumps(fields, separators=(",", ":"))]
+    for s, b in zip(last, body, strict=True):
+        out += [s, b + "}"]
     return out
