@@ -34,7 +34,7 @@ bench-gaps: $(STAMP)
 # The documentation site (MkDocs, Material theme), warnings as errors, into site/.
 docs: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,docs]'
-	DISABLE_MKDOCS_2_WARNING=true $(VENV)/bin/mkdocs build --strict --quiet
+	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check forecast worker trainer cli testkit tests bench

@@ -160,7 +160,6 @@ def gaps_block() -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "bench": bench_block,
-    "bench-redis": lambda: bench_block("bench-redis"),
     "quality": quality_block,
     "chaos": lambda: facts_block("chaos"),
     "sentinel": lambda: facts_block("sentinel"),
