@@ -165,3 +165,25 @@ def test_a_worker_process_serves_the_hybrid_as_it_predicts_offline(redis_url: st
     np.testing.assert_allclose(served, offline[:, :2], rtol=1e-5)
     lower = np.array([[float(c) for c in p[b"lower_path"].split(b",")] for p in preds])
     np.testing.assert_allclose(lower, offline[:, 2:4], rtol=1e-5)
+
+
+def test_a_network_that_loses_to_naive_still_serves_the_best_forecaster(
+        r: Any, redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Random walks: the trained hybrid cannot beat naive, so the gate refuses it and the
+    best single forecaster of each family on validation is published as current instead,
+    with its intervals (exit code 5): a registry with data always serves forecasts."""
+    from forecast import registry
+
+    rng = np.random.default_rng(3)
+    csv = write_csv(tmp_path / "walks.csv",
+                    {f"y{s}": np.round(np.cumsum(rng.normal(size=90)) + 50, 4)
+                     for s in range(8)})
+    rc = main(["train", "--csv", str(csv), "--redis-url", redis_url, "--quiet", "--epochs", "2",
+               "--units", "4", "--ensemble", "1", "--model-dir", str(tmp_path / "m")])
+    out = capsys.readouterr()
+    assert rc == 5, out.err
+    assert "does not beat naive" in out.err and "published v2 as current (fallback:" in out.out
+    assert registry.current_version(r) == "v2"
+    manifest = json.loads(r.get("forecast:model:v2:manifest"))
+    assert manifest["fallback"]["families"] and manifest["outputs"] == "interval"
+    assert manifest["gate"]["decision"] == "promote"
