@@ -243,9 +243,35 @@ def build_commit(
 def _passes(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
             timing: Timing) -> None:
     """Predict the batch (in passes when it has gaps to fill), then fill the commit."""
-    plan = gaps.plan(served.gap_policy, timing.gap, batch.slots, served.gap_max_steps)
     if timing.gap.any():
         metrics.GAPS.inc(int((timing.gap > 0).sum()))
+        parts = _gapped(commit, store, served, batch, timing)
+        rows = np.unique(np.concatenate([p.rows for p in parts]))
+    else:  # the common case: one pass, nothing to fill or restart
+        parts = [_predict(commit, store, served, batch, None)]
+        rows = parts[0].rows  # sorted and unique (`SeriesStore.advance`)
+    pairs = zip(store.keys_of(rows), store.encode(rows), strict=True)
+    commit.state = [b for pair in pairs for b in pair]
+    commit.pending = [(store, p.joined) for p in parts]
+    done = [p for p in parts if p.out is not None and len(p.out)]
+    if len(done) == 1:
+        one = done[0]
+        assert one.out is not None
+        _outputs(commit, served, one.out, one.pos, batch, timing, one.warm)
+    elif done:
+        out = np.concatenate([p.out for p in done if p.out is not None])
+        pos = np.concatenate([p.pos for p in done])
+        warm = None
+        if any(p.warm is not None for p in done):
+            warm = np.concatenate([p.warm if p.warm is not None else np.zeros(len(p.pos), bool)
+                                   for p in done])
+        _outputs(commit, served, out, pos, batch, timing, warm)
+
+
+def _gapped(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
+            timing: Timing) -> list[Part]:
+    """The passes of a batch with gaps (`worker.gaps.plan`), fills and restarts applied."""
+    plan = gaps.plan(served.gap_policy, timing.gap, batch.slots, served.gap_max_steps)
     parts: list[Part] = []
     for idx in plan.passes:
         part = batch if len(plan.passes) == 1 else batch.take(idx)
@@ -256,19 +282,7 @@ def _passes(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
         at = part.positions()
         restart = np.where(at >= 0, plan.restart[np.maximum(at, 0)], False)
         parts.append(_predict(commit, store, served, part, restart))
-    rows = np.unique(np.concatenate([p.rows for p in parts]))
-    pairs = zip(store.keys_of(rows), store.encode(rows), strict=True)
-    commit.state = [b for pair in pairs for b in pair]
-    commit.pending = [(store, p.joined) for p in parts]
-    done = [p for p in parts if p.out is not None and len(p.out)]
-    if done:
-        out = np.concatenate([p.out for p in done if p.out is not None])
-        pos = np.concatenate([p.pos for p in done])
-        warm = None
-        if any(p.warm is not None for p in done):
-            warm = np.concatenate([p.warm if p.warm is not None else np.zeros(len(p.pos), bool)
-                                   for p in done])
-        _outputs(commit, served, out, pos, batch, timing, warm)
+    return parts
 
 
 def _with_fills(store: SeriesStore, served: Served, part: Batch,
@@ -328,7 +342,7 @@ class Part:
 
 
 def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
-             restart: np.ndarray) -> Part:
+             restart: np.ndarray | None) -> Part:
     """Advance every window, one model call per served version, adapt the intervals."""
     adv = store.advance(batch.slots, batch.values, restart)
     m = len(batch)

@@ -130,21 +130,39 @@ def latest(o: Outputs, series: list[bytes]) -> list[Value]:
 b'b', '{"model_version":"v1","prediction":"2","source_id":"2-0"}']
     """
     last = dict(zip(series, range(len(series)), strict=True))  # the last entry of each
-    picked = list(last.values())
-    body = [f'{{"model_version":{json.dumps(o.version)}'] * len(picked)
+    picked = None if len(last) == len(series) else list(last.values())
+    head = f'{{"model_version":{json.dumps(o.version)}'.replace("%", "%%")
+    template, texts = [head], []  # the fields every picked entry has: one %-format per entry
+    rest: list[tuple[str, list[str]]] = []  # the others: added where not empty
     for name, column in o.columns.items():
         if name == "series":
             continue
-        values = [column[e] for e in picked]
-        text = [v.decode() if isinstance(v, bytes) else v for v in values]
+        text = _texts(column if picked is None else [column[e] for e in picked])
         joined_text = "".join(text)
         if '"' in joined_text or "\\" in joined_text or not joined_text.isprintable():
-            key = json.dumps(name)
-            body = [b + f",{key}:{json.dumps(t)}" if t else b
-                    for b, t in zip(body, text, strict=True)]
+            rest.append((json.dumps(name), [json.dumps(t) if t else "" for t in text]))
+        elif name in o.full:
+            template.append(f',"{name}":"%s"')
+            texts.append(text)
         else:
-            body = [b + f',"{name}":"{t}"' if t else b for b, t in zip(body, text, strict=True)]
+            rest.append((f'"{name}"', [f'"{t}"' if t else "" for t in text]))
+    fmt_ = "".join(template)
+    body = [fmt_ % row for row in zip(*texts, strict=True)] if texts else [fmt_] * len(last)
+    for key, values in rest:
+        body = [b + f",{key}:{v}" if v else b for b, v in zip(body, values, strict=True)]
     out: list[Value] = []
     for s, b in zip(last, body, strict=True):
         out += [s, b + "}"]
     return out
+
+
+def _texts(values: Any) -> list[str]:
+    """A column's values as str (ids and series come as bytes)."""
+    if values and isinstance(values[0], bytes):
+        try:
+            text = b"\x00".join(values).decode("utf-8", "replace").split("\x00")
+        except TypeError:  # a column of bytes and str
+            text = []
+        if len(text) == len(values):  # no value holds a NUL
+            return text
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values]
