@@ -66,7 +66,7 @@ class Sweep:
     n_windows: int
 
     def weighted(self, costs: Costs) -> np.ndarray:
-        """Each value's score if it were detected (NAB's S(t) column) under a profile."""
+        """Each value's score if it were detected (NAB's sweep score) under a profile."""
         inside = self.window >= 0
         return np.where(inside, self.sigma * costs.tp / MAX_TP, self.sigma * costs.fp)
 
