@@ -48,7 +48,8 @@ COMMIT_LATENCY = Histogram(
 )
 E2E_LAG = Histogram(
     "forecast_end_to_end_lag_seconds",
-    "Seconds from the input entry's id time to its committed prediction",
+    "Seconds from the input entry's id time to its committed prediction (up to 8 sampled "
+    "predictions per batch)",
     buckets=LAG_BUCKETS,
 )
 GROUP_LAG = Gauge("forecast_group_lag", "Entries not yet delivered to the group", ["stream"])
