@@ -1,0 +1,97 @@
+"""The verdict rule (worker.anomaly): calibration to the chosen rate, no alert storms, state."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from worker import anomaly
+from worker.anomaly import KINDS, Calibration, judge
+
+
+def _stream(errors: np.ndarray, rate: float, chunk: int | None = None) -> anomaly.Verdicts:
+    """Judge (series, time) errors as batches of `chunk` steps (all series each step)."""
+    n_series, n = errors.shape
+    rows = np.tile(np.arange(n_series), n)
+    flat = errors.T.ravel()
+    cal = Calibration.empty(n_series)
+    if chunk is None:
+        return judge(cal, rows, flat, rate)
+    parts = [judge(cal, rows[i:i + chunk], flat[i:i + chunk], rate)
+             for i in range(0, len(flat), chunk)]
+    return anomaly.Verdicts(*(np.concatenate([getattr(p, f) for p in parts])
+                              for f in ("score", "flag", "direction", "kind")))
+
+
+def test_flag_rate_is_the_chosen_rate_whatever_the_noise_level() -> None:
+    rng = np.random.default_rng(7)
+    scales = np.logspace(-3, 3, 12)[:, None]
+    for rate, n in ((0.01, 6_000), (0.002, 20_000)):
+        errors = rng.standard_normal((len(scales), n)) * scales
+        v = _stream(errors, rate)
+        per_series = v.flag.reshape(n, len(scales)).mean(axis=0)
+        assert ((per_series >= 0.5 * rate) & (per_series <= 2.0 * rate)).all(), per_series / rate
+
+
+def test_heavy_tailed_noise_is_calibrated_too() -> None:
+    rng = np.random.default_rng(3)
+    errors = rng.standard_t(3, size=(8, 20_000))
+    v = _stream(errors, 0.005)
+    per_series = v.flag.reshape(20_000, 8).mean(axis=0)
+    assert ((per_series >= 0.0025) & (per_series <= 0.01)).all(), per_series
+
+
+def test_a_level_shift_gives_one_level_shift_verdict_then_quiet_then_resumes() -> None:
+    rng = np.random.default_rng(1)
+    e = rng.standard_normal(400) * 0.1
+    e[200:206] += 5.0  # a shift the forecasts take six values to catch up with
+    e[300] += 5.0  # a later spike: flagging has resumed
+    v = judge(Calibration.empty(1), np.zeros(400, dtype=np.int64), e, 0.001)
+    flagged = [(int(i), KINDS[v.kind[i]]) for i in np.flatnonzero(v.flag)]
+    assert flagged == [(200, "spike"), (201, "level_shift"), (300, "spike")]
+
+
+def test_one_outlier_barely_moves_the_scale_and_threshold() -> None:
+    cal = Calibration.empty(1)
+    rows = np.zeros(300, dtype=np.int64)
+    rng = np.random.default_rng(2)
+    judge(cal, rows, rng.standard_normal(300), 0.001)
+    scale, q = float(cal.scale[0]), float(cal.q[0])
+    judge(cal, rows[:1], np.array([1e6]), 0.001)
+    assert float(cal.scale[0]) <= scale * (1 + anomaly.SCALE_EWMA * anomaly.CLIP)
+    assert float(cal.q[0]) <= q * (1 + anomaly.STEP)
+
+
+def test_verdicts_do_not_depend_on_batch_boundaries_or_restarts() -> None:
+    rng = np.random.default_rng(5)
+    errors = rng.standard_normal((5, 2_000))
+    errors[:, 700:703] += 9.0
+    whole = _stream(errors, 0.01)
+    for chunk in (1, 7, 64):
+        parts = _stream(errors, 0.01, chunk)
+        assert np.array_equal(whole.flag, parts.flag)
+        assert np.array_equal(whole.kind, parts.kind)
+        np.testing.assert_array_equal(whole.score, parts.score)
+    # a restart: the state as a checkpoint keeps it, restored into a fresh calibration
+    rows = np.tile(np.arange(5), 2_000)
+    flat = errors.T.ravel()
+    cal = Calibration.empty(5)
+    first = judge(cal, rows[:4_000], flat[:4_000], 0.01)
+    saved = cal.snapshot(np.arange(5))
+    fresh = Calibration.empty(5)
+    fresh.restore(np.arange(5), saved)
+    second = judge(fresh, rows[4_000:], flat[4_000:], 0.01)
+    assert np.array_equal(np.concatenate([first.flag, second.flag]), whole.flag)
+
+
+def test_scores_are_comparable_across_noise_levels() -> None:
+    rng = np.random.default_rng(9)
+    base = rng.standard_normal(3_000)
+    small = judge(Calibration.empty(1), np.zeros(3_000, dtype=np.int64), base * 1e-3, 0.001)
+    big = judge(Calibration.empty(1), np.zeros(3_000, dtype=np.int64), base * 1e3, 0.001)
+    np.testing.assert_allclose(small.score[1:], big.score[1:], rtol=1e-4, atol=1e-6)
+    assert np.nanmax(small.score) <= 1.0 and np.nanmin(small.score) >= 0.0
+
+
+def test_values_without_a_forecast_get_no_verdict() -> None:
+    v = judge(Calibration.empty(2), np.array([0, 1, 0]), np.array([np.nan, 1.0, np.nan]), 0.01)
+    assert np.isnan(v.score[[0, 2]]).all() and not v.flag.any()

@@ -1,0 +1,175 @@
+"""A verdict on every value that had a forecast: how strange it is, and whether to flag it.
+
+Per series the verdict keeps a few small numbers (`Calibration`, 13 bytes a series):
+
+- `scale`, a robust EWMA of the absolute forecast error: an error enters it clipped at
+  `CLIP` scales, so one outlier moves it by a few percent at most;
+- `q`, the series' threshold on the error in scales, calibrated online so that on normal
+  data a fraction `rate` of the values exceed it (a quantile found by stochastic
+  approximation, conformal style: every value that exceeds it raises it, every other value
+  lowers it a little; at equilibrium the exceedance rate is `rate`, whatever the noise);
+- `n`, the values scored so far (no flag during the first `WARMUP`);
+- `mode`, `since`, `calm`: the alert state machine below.
+
+The score is the value's tail probability under an exponential tail through 1 at no error
+and `rate` at the threshold, on a log scale: 0 for a value right on its forecast, 0.5 on
+the threshold (probability `rate`), 1 at probability `rate ** 2` (twice the threshold) or
+beyond, so it compares across series and noise levels.
+
+Alert rule (no storms): a value beyond the threshold is a `spike`; the next one beyond it
+in the same direction makes it a `level_shift` (one verdict), and the series stays quiet
+until `SETTLE` values in a row are back inside the threshold (the forecasts caught up) or
+`HOLD_MAX` values have passed (the new level is the norm). While quiet the threshold does
+not move, so a shift does not teach the series to tolerate shifts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CLIP = 4.0  # an error enters the scale clipped at this many scales
+SCALE_EWMA = 0.02  # weight of a new error in the scale
+STEP = 0.05  # relative change of the threshold per exceedance
+Q0 = 5.0  # the threshold a series starts from, in scales
+WARMUP = 50  # values scored before a series can be flagged (its scale settles)
+SETTLE = 5  # values in a row inside the threshold that end a quiet period
+HOLD_MAX = 200  # a quiet period ends after this many values at the latest
+KINDS = ("", "spike", "level_shift")  # kind codes 0, 1, 2
+NORMAL, SPIKED, QUIET = 0, 1, 2  # modes (times the direction: +1 up, -1 down)
+STATE = np.dtype([("scale", "<f4"), ("q", "<f4"), ("n", "<u2"), ("mode", "i1"),
+                  ("since", "u1"), ("calm", "u1")])  # one series' state, as checkpointed
+
+
+@dataclass
+class Calibration:
+    """Per-series verdict state, one row per series (small plain arrays)."""
+
+    scale: np.ndarray  # float32, NaN: no error seen yet
+    q: np.ndarray  # float32, threshold in scales
+    n: np.ndarray  # uint16, values scored (capped)
+    mode: np.ndarray  # int8, NORMAL, +-SPIKED, +-QUIET
+    since: np.ndarray  # uint8, values since the quiet period began (capped)
+    calm: np.ndarray  # uint8, values in a row inside the threshold while quiet
+
+    @classmethod
+    def empty(cls, rows: int) -> Calibration:
+        """State of `rows` series never scored."""
+        return cls(np.full(rows, np.nan, np.float32), np.full(rows, Q0, np.float32),
+                   np.zeros(rows, np.uint16), np.zeros(rows, np.int8),
+                   np.zeros(rows, np.uint8), np.zeros(rows, np.uint8))
+
+    def snapshot(self, rows: np.ndarray) -> np.ndarray:
+        """The rows' state as a `STATE` record array (what a checkpoint keeps).
+
+        >>> cal = Calibration.empty(2); cal.q[1] = 7.5
+        >>> back = Calibration.empty(2); back.restore(np.arange(2), cal.snapshot(np.arange(2)))
+        >>> back.q.tolist(), STATE.itemsize
+        ([5.0, 7.5], 13)
+        """
+        out = np.empty(len(rows), STATE)
+        for name in STATE.names or ():
+            out[name] = getattr(self, name)[rows]
+        return out
+
+    def restore(self, rows: np.ndarray, saved: np.ndarray) -> None:
+        """Put back what `snapshot` gave."""
+        for name in STATE.names or ():
+            getattr(self, name)[rows] = saved[name]
+
+
+@dataclass
+class Verdicts:
+    """Per value (the order given to `judge`): score 0..1 (NaN: nothing to judge against),
+    flagged, direction (+1 up, -1 down), kind code (`KINDS`)."""
+
+    score: np.ndarray
+    flag: np.ndarray
+    direction: np.ndarray
+    kind: np.ndarray
+
+
+def tail_score(r: np.ndarray, q: np.ndarray, rate: float) -> np.ndarray:
+    """The score of errors of `r` scales against thresholds `q` (see the module docstring).
+
+    >>> tail_score(np.array([0.0, 5.0, 10.0, 50.0]), np.full(4, 5.0), 0.001).round(3).tolist()
+    [0.0, 0.5, 1.0, 1.0]
+    """
+    # log p = (r / q) * log(rate): an exponential tail through p=1 at r=0 and p=rate at q
+    return np.clip(r / (2.0 * q), 0.0, 1.0)
+
+
+def judge(cal: Calibration, rows: np.ndarray, errors: np.ndarray, rate: float) -> Verdicts:
+    """The verdicts on values whose forecast errors (actual - forecast; NaN: none) are
+    `errors`, of series `rows`, in stream order; the rows' state moves past them.
+
+    Vectorised over series: step k judges every series' k-th value of the batch.
+
+    >>> cal = Calibration.empty(1)
+    >>> e = np.r_[np.tile([1.0, -1.0], 30), 30.0, 0.5, -25.0, -25.0, -25.0, 0.2]
+    >>> v = judge(cal, np.zeros(len(e), dtype=np.int64), e, 0.001)
+    >>> [(i, KINDS[v.kind[i]], int(v.direction[i])) for i in np.flatnonzero(v.flag).tolist()]
+    [(60, 'spike', 1), (62, 'spike', -1), (63, 'level_shift', -1)]
+    """
+    m = len(rows)
+    out = Verdicts(np.full(m, np.nan), np.zeros(m, bool), np.zeros(m, np.int8),
+                   np.zeros(m, np.int8))
+    if m == 0:
+        return out
+    order = np.argsort(rows, kind="stable")
+    g = rows[order]
+    starts = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
+    rank = np.arange(m) - np.repeat(starts, np.diff(np.append(starts, m)))
+    for k in range(int(rank.max()) + 1):
+        at = order[rank == k]
+        _step(cal, rows[at], errors[at], rate, out, at)
+    return out
+
+
+def _step(cal: Calibration, rows: np.ndarray, e: np.ndarray, rate: float, out: Verdicts,
+          at: np.ndarray) -> None:
+    """One value of each of the (distinct) series `rows`: its verdict, then the state."""
+    ok = ~np.isnan(e)
+    rows, e, at = rows[ok], e[ok], at[ok]
+    scale = cal.scale[rows].astype(np.float64)
+    first = ~(scale > 0)  # NaN or 0: the first error only sets the scale
+    cal.scale[rows[first]] = np.maximum(np.abs(e[first]), 1e-12)
+    keep = ~first
+    rows, e, at, scale = rows[keep], e[keep], at[keep], scale[keep]
+    if not len(rows):
+        return
+    q, mode = cal.q[rows].astype(np.float64), cal.mode[rows].astype(np.int64)
+    r = np.abs(e) / scale
+    beyond = r > q
+    direction = np.where(e >= 0, 1, -1)
+    quiet = np.abs(mode) == QUIET
+    flag = beyond & ~quiet & (cal.n[rows] >= WARMUP)
+    shift = flag & (mode == SPIKED * direction)
+    out.score[at] = tail_score(r, q, rate)
+    out.direction[at] = direction
+    out.flag[at] = flag
+    out.kind[at] = np.where(shift, 2, np.where(flag, 1, 0))
+    _advance_modes(cal, rows, beyond, flag, shift, direction, quiet)
+    learn = ~quiet & ~shift  # a level shift's values teach the threshold nothing
+    step = np.where(beyond, STEP * (1.0 - rate), -STEP * rate)
+    cal.q[rows] = np.where(learn, q * (1.0 + step), q)
+    clipped = np.minimum(np.abs(e), CLIP * scale)
+    weight = np.maximum(SCALE_EWMA, 1.0 / (cal.n[rows] + 2.0))  # a running mean at first
+    cal.scale[rows] = (1.0 - weight) * scale + weight * clipped
+    cal.n[rows] = np.minimum(cal.n[rows].astype(np.int64) + 1, np.iinfo(np.uint16).max)
+
+
+def _advance_modes(cal: Calibration, rows: np.ndarray, beyond: np.ndarray, flag: np.ndarray,
+                   shift: np.ndarray, direction: np.ndarray, quiet: np.ndarray) -> None:
+    """The alert state machine (module docstring): spiked -> level shift -> quiet -> normal."""
+    since = np.where(quiet, np.minimum(cal.since[rows].astype(np.int64) + 1, 255), 0)
+    calm = np.where(quiet & ~beyond, cal.calm[rows].astype(np.int64) + 1, 0)
+    mode = cal.mode[rows].astype(np.int64)
+    ended = quiet & ((calm >= SETTLE) | (since >= HOLD_MAX))
+    mode = np.where(ended, NORMAL, mode)
+    mode = np.where(~quiet, np.where(flag & ~shift, SPIKED * direction, NORMAL), mode)
+    mode = np.where(shift, QUIET * direction, mode)
+    cal.mode[rows] = mode
+    cal.since[rows] = np.where(np.abs(mode) == QUIET, since, 0)
+    cal.calm[rows] = np.where(np.abs(mode) == QUIET, calm, 0)
