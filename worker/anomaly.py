@@ -11,10 +11,11 @@ Per series the verdict keeps a few small numbers (`Calibration`, 13 bytes a seri
 - `n`, the values scored so far (no flag during the first `WARMUP`);
 - `mode`, `since`, `calm`: the alert state machine below.
 
-The score is the value's tail probability under an exponential tail through 1 at no error
-and `rate` at the threshold, on a log scale: 0 for a value right on its forecast, 0.5 on
-the threshold (probability `rate`), 1 at probability `rate ** 2` (twice the threshold) or
-beyond, so it compares across series and noise levels.
+The score is the error measured against the series' own threshold, `r / (r + q)` for an
+error of `r` scales: 0 for a value right on its forecast, 0.5 on the threshold (a value
+that strange comes once in 1/`rate` values), towards 1 beyond it, never saturating (a
+stranger value always scores higher). The thresholds are calibrated to the same rate, so
+scores compare across series and noise levels.
 
 Alert rule (no storms): a value beyond the threshold is a `spike`; the next one beyond it
 in the same direction makes it a `level_shift` (one verdict), and the series stays quiet
@@ -90,14 +91,13 @@ class Verdicts:
     kind: np.ndarray
 
 
-def tail_score(r: np.ndarray, q: np.ndarray, rate: float) -> np.ndarray:
+def tail_score(r: np.ndarray, q: np.ndarray) -> np.ndarray:
     """The score of errors of `r` scales against thresholds `q` (see the module docstring).
 
-    >>> tail_score(np.array([0.0, 5.0, 10.0, 50.0]), np.full(4, 5.0), 0.001).round(3).tolist()
-    [0.0, 0.5, 1.0, 1.0]
+    >>> tail_score(np.array([0.0, 5.0, 15.0, 45.0]), np.full(4, 5.0)).round(3).tolist()
+    [0.0, 0.5, 0.75, 0.9]
     """
-    # log p = (r / q) * log(rate): an exponential tail through p=1 at r=0 and p=rate at q
-    return np.clip(r / (2.0 * q), 0.0, 1.0)
+    return r / (r + q)
 
 
 def judge(cal: Calibration, rows: np.ndarray, errors: np.ndarray, rate: float) -> Verdicts:
@@ -146,7 +146,7 @@ def _step(cal: Calibration, rows: np.ndarray, e: np.ndarray, rate: float, out: V
     quiet = np.abs(mode) == QUIET
     flag = beyond & ~quiet & (cal.n[rows] >= WARMUP)
     shift = flag & (mode == SPIKED * direction)
-    out.score[at] = tail_score(r, q, rate)
+    out.score[at] = tail_score(r, q)
     out.direction[at] = direction
     out.flag[at] = flag
     out.kind[at] = np.where(shift, 2, np.where(flag, 1, 0))
