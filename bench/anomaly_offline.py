@@ -50,7 +50,7 @@ def verdict_scores(x: np.ndarray, forecaster: Forecaster, rate: float) -> tuple[
     """Per value: the anomaly score (0 where none) and whether it was flagged."""
     errors = x - forecaster(x)
     cal = anomaly.Calibration.empty(1)
-    v = anomaly.judge(cal, np.zeros(len(x), dtype=np.int64), errors, rate)
+    v = anomaly.judge(cal, np.zeros(len(x), dtype=np.int64), x, errors, rate)
     return np.nan_to_num(v.score, nan=0.0), v.flag
 
 

@@ -14,9 +14,10 @@ def _stream(errors: np.ndarray, rate: float, chunk: int | None = None) -> anomal
     rows = np.tile(np.arange(n_series), n)
     flat = errors.T.ravel()
     cal = Calibration.empty(n_series)
+    zeros = np.zeros(len(flat))  # the values: a flat line, the errors are the noise
     if chunk is None:
-        return judge(cal, rows, flat, rate)
-    parts = [judge(cal, rows[i:i + chunk], flat[i:i + chunk], rate)
+        return judge(cal, rows, zeros, flat, rate)
+    parts = [judge(cal, rows[i:i + chunk], zeros[i:i + chunk], flat[i:i + chunk], rate)
              for i in range(0, len(flat), chunk)]
     return anomaly.Verdicts(*(np.concatenate([getattr(p, f) for p in parts])
                               for f in ("score", "flag", "direction", "kind")))
@@ -45,7 +46,7 @@ def test_a_level_shift_gives_one_level_shift_verdict_then_quiet_then_resumes() -
     e = rng.standard_normal(400) * 0.1
     e[200:206] += 5.0  # a shift the forecasts take six values to catch up with
     e[300] += 5.0  # a later spike: flagging has resumed
-    v = judge(Calibration.empty(1), np.zeros(400, dtype=np.int64), e, 0.001)
+    v = judge(Calibration.empty(1), np.zeros(400, dtype=np.int64), np.zeros(400), e, 0.001)
     flagged = [(int(i), KINDS[v.kind[i]]) for i in np.flatnonzero(v.flag)]
     assert flagged == [(200, "spike"), (201, "level_shift"), (300, "spike")]
 
@@ -54,9 +55,9 @@ def test_one_outlier_barely_moves_the_scale_and_threshold() -> None:
     cal = Calibration.empty(1)
     rows = np.zeros(300, dtype=np.int64)
     rng = np.random.default_rng(2)
-    judge(cal, rows, rng.standard_normal(300), 0.001)
+    judge(cal, rows, np.zeros(300), rng.standard_normal(300), 0.001)
     scale, q = float(cal.scale[0]), float(cal.q[0])
-    judge(cal, rows[:1], np.array([1e6]), 0.001)
+    judge(cal, rows[:1], np.zeros(1), np.array([1e6]), 0.001)
     assert float(cal.scale[0]) <= scale * (1 + anomaly.SCALE_EWMA * anomaly.CLIP)
     assert float(cal.q[0]) <= q * (1 + anomaly.STEP)
 
@@ -75,23 +76,34 @@ def test_verdicts_do_not_depend_on_batch_boundaries_or_restarts() -> None:
     rows = np.tile(np.arange(5), 2_000)
     flat = errors.T.ravel()
     cal = Calibration.empty(5)
-    first = judge(cal, rows[:4_000], flat[:4_000], 0.01)
+    zeros = np.zeros(len(flat))
+    first = judge(cal, rows[:4_000], zeros[:4_000], flat[:4_000], 0.01)
     saved = cal.snapshot(np.arange(5))
     fresh = Calibration.empty(5)
     fresh.restore(np.arange(5), saved)
-    second = judge(fresh, rows[4_000:], flat[4_000:], 0.01)
+    second = judge(fresh, rows[4_000:], zeros[4_000:], flat[4_000:], 0.01)
     assert np.array_equal(np.concatenate([first.flag, second.flag]), whole.flag)
 
 
 def test_scores_are_comparable_across_noise_levels() -> None:
     rng = np.random.default_rng(9)
     base = rng.standard_normal(3_000)
-    small = judge(Calibration.empty(1), np.zeros(3_000, dtype=np.int64), base * 1e-3, 0.001)
-    big = judge(Calibration.empty(1), np.zeros(3_000, dtype=np.int64), base * 1e3, 0.001)
+    rows, values = np.zeros(3_000, dtype=np.int64), np.cumsum(base)
+    small = judge(Calibration.empty(1), rows, values * 1e-3, base * 1e-3, 0.001)
+    big = judge(Calibration.empty(1), rows, values * 1e3, base * 1e3, 0.001)
     np.testing.assert_allclose(small.score[1:], big.score[1:], rtol=1e-4, atol=1e-6)
     assert np.nanmax(small.score) <= 1.0 and np.nanmin(small.score) >= 0.0
 
 
 def test_values_without_a_forecast_get_no_verdict() -> None:
-    v = judge(Calibration.empty(2), np.array([0, 1, 0]), np.array([np.nan, 1.0, np.nan]), 0.01)
+    v = judge(Calibration.empty(2), np.array([0, 1, 0]), np.ones(3),
+              np.array([np.nan, 1.0, np.nan]), 0.01)
     assert np.isnan(v.score[[0, 2]]).all() and not v.flag.any()
+
+
+def test_a_flat_line_does_not_make_its_next_small_step_infinitely_strange() -> None:
+    rng = np.random.default_rng(4)
+    y = np.r_[rng.standard_normal(500), np.zeros(500), 0.3]  # noise, then exact forecasts
+    v = judge(Calibration.empty(1), np.zeros(len(y), dtype=np.int64), y,
+              np.r_[y[:500], np.zeros(500), 0.3], 0.001)
+    assert not v.flag[-1] and v.score[-1] < 0.5

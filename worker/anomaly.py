@@ -1,6 +1,6 @@
 """A verdict on every value that had a forecast: how strange it is, and whether to flag it.
 
-Per series the verdict keeps a few small numbers (`Calibration`, 13 bytes a series):
+Per series the verdict keeps a few small numbers (`Calibration`, 21 bytes a series):
 
 - `scale`, a robust EWMA of the absolute forecast error: an error enters it clipped at
   `CLIP` scales, so one outlier moves it by a few percent at most;
@@ -8,6 +8,10 @@ Per series the verdict keeps a few small numbers (`Calibration`, 13 bytes a seri
   data a fraction `rate` of the values exceed it (a quantile found by stochastic
   approximation, conformal style: every value that exceeds it raises it, every other value
   lowers it a little; at equilibrium the exceedance rate is `rate`, whatever the noise);
+- `level` and `spread`, the running mean of the values and of their absolute deviation
+  from it (an EWMA once `1 / LEVEL_EWMA` values are seen): the error scale never falls
+  below `FLOOR` spreads, so a series whose forecasts were exact for a while (a flat line,
+  a quantised sensor) does not call its next small step infinitely strange;
 - `n`, the values scored so far (no flag during the first `WARMUP`);
 - `mode`, `since`, `calm`: the alert state machine below.
 
@@ -32,6 +36,8 @@ import numpy as np
 
 CLIP = 4.0  # an error enters the scale clipped at this many scales
 SCALE_EWMA = 0.02  # weight of a new error in the scale
+LEVEL_EWMA = 0.001  # weight of a new value in the level and spread (after 1,000 values)
+FLOOR = 1.0  # the error scale is at least this many spreads (chosen on NAB, offline)
 STEP = 0.05  # relative change of the threshold per exceedance
 Q0 = 5.0  # the threshold a series starts from, in scales
 WARMUP = 50  # values scored before a series can be flagged (its scale settles)
@@ -39,7 +45,8 @@ SETTLE = 5  # values in a row inside the threshold that end a quiet period
 HOLD_MAX = 200  # a quiet period ends after this many values at the latest
 KINDS = ("", "spike", "level_shift")  # kind codes 0, 1, 2
 NORMAL, SPIKED, QUIET = 0, 1, 2  # modes (times the direction: +1 up, -1 down)
-STATE = np.dtype([("scale", "<f4"), ("q", "<f4"), ("n", "<u2"), ("mode", "i1"),
+STATE = np.dtype([("scale", "<f4"), ("q", "<f4"), ("level", "<f4"), ("spread", "<f4"),
+                  ("n", "<u2"), ("mode", "i1"),
                   ("since", "u1"), ("calm", "u1")])  # one series' state, as checkpointed
 
 
@@ -49,6 +56,8 @@ class Calibration:
 
     scale: np.ndarray  # float32, NaN: no error seen yet
     q: np.ndarray  # float32, threshold in scales
+    level: np.ndarray  # float32, running mean of the values (NaN: none yet)
+    spread: np.ndarray  # float32, running mean absolute deviation from `level`
     n: np.ndarray  # uint16, values scored (capped)
     mode: np.ndarray  # int8, NORMAL, +-SPIKED, +-QUIET
     since: np.ndarray  # uint8, values since the quiet period began (capped)
@@ -58,6 +67,7 @@ class Calibration:
     def empty(cls, rows: int) -> Calibration:
         """State of `rows` series never scored."""
         return cls(np.full(rows, np.nan, np.float32), np.full(rows, Q0, np.float32),
+                   np.full(rows, np.nan, np.float32), np.zeros(rows, np.float32),
                    np.zeros(rows, np.uint16), np.zeros(rows, np.int8),
                    np.zeros(rows, np.uint8), np.zeros(rows, np.uint8))
 
@@ -67,7 +77,7 @@ class Calibration:
         >>> cal = Calibration.empty(2); cal.q[1] = 7.5
         >>> back = Calibration.empty(2); back.restore(np.arange(2), cal.snapshot(np.arange(2)))
         >>> back.q.tolist(), STATE.itemsize
-        ([5.0, 7.5], 13)
+        ([5.0, 7.5], 21)
         """
         out = np.empty(len(rows), STATE)
         for name in STATE.names or ():
@@ -100,15 +110,16 @@ def tail_score(r: np.ndarray, q: np.ndarray) -> np.ndarray:
     return r / (r + q)
 
 
-def judge(cal: Calibration, rows: np.ndarray, errors: np.ndarray, rate: float) -> Verdicts:
-    """The verdicts on values whose forecast errors (actual - forecast; NaN: none) are
-    `errors`, of series `rows`, in stream order; the rows' state moves past them.
+def judge(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.ndarray,
+          rate: float) -> Verdicts:
+    """The verdicts on `values` of series `rows` (in stream order) whose forecast errors
+    (actual - forecast; NaN: no forecast) are `errors`; the rows' state moves past them.
 
     Vectorised over series: step k judges every series' k-th value of the batch.
 
     >>> cal = Calibration.empty(1)
     >>> e = np.r_[np.tile([1.0, -1.0], 30), 30.0, 0.5, -25.0, -25.0, -25.0, 0.2]
-    >>> v = judge(cal, np.zeros(len(e), dtype=np.int64), e, 0.001)
+    >>> v = judge(cal, np.zeros(len(e), dtype=np.int64), np.zeros(len(e)), e, 0.001)
     >>> [(i, KINDS[v.kind[i]], int(v.direction[i])) for i in np.flatnonzero(v.flag).tolist()]
     [(60, 'spike', 1), (62, 'spike', -1), (63, 'level_shift', -1)]
     """
@@ -123,16 +134,18 @@ def judge(cal: Calibration, rows: np.ndarray, errors: np.ndarray, rate: float) -
     rank = np.arange(m) - np.repeat(starts, np.diff(np.append(starts, m)))
     for k in range(int(rank.max()) + 1):
         at = order[rank == k]
-        _step(cal, rows[at], errors[at], rate, out, at)
+        _step(cal, rows[at], values[at], errors[at], rate, out, at)
     return out
 
 
-def _step(cal: Calibration, rows: np.ndarray, e: np.ndarray, rate: float, out: Verdicts,
-          at: np.ndarray) -> None:
+def _step(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate: float,
+          out: Verdicts, at: np.ndarray) -> None:
     """One value of each of the (distinct) series `rows`: its verdict, then the state."""
+    floor = FLOOR * cal.spread[rows].astype(np.float64)  # from the values before this one
+    _move_level(cal, rows, y)
     ok = ~np.isnan(e)
-    rows, e, at = rows[ok], e[ok], at[ok]
-    scale = cal.scale[rows].astype(np.float64)
+    rows, e, at, floor = rows[ok], e[ok], at[ok], floor[ok]
+    scale = np.maximum(cal.scale[rows].astype(np.float64), floor)
     first = ~(scale > 0)  # NaN or 0: the first error only sets the scale
     cal.scale[rows[first]] = np.maximum(np.abs(e[first]), 1e-12)
     keep = ~first
@@ -158,6 +171,19 @@ def _step(cal: Calibration, rows: np.ndarray, e: np.ndarray, rate: float, out: V
     weight = np.maximum(SCALE_EWMA, 1.0 / (cal.n[rows] + 2.0))  # a running mean at first
     cal.scale[rows] = (1.0 - weight) * scale + weight * clipped
     cal.n[rows] = np.minimum(cal.n[rows].astype(np.int64) + 1, np.iinfo(np.uint16).max)
+
+
+def _move_level(cal: Calibration, rows: np.ndarray, y: np.ndarray) -> None:
+    """The rows' level and spread take in the values `y` (NaN: none)."""
+    ok = ~np.isnan(y)
+    rows, y = rows[ok], y[ok]
+    level = cal.level[rows].astype(np.float64)
+    new = np.isnan(level)
+    level[new] = y[new]
+    weight = np.maximum(LEVEL_EWMA, 1.0 / (cal.n[rows] + 2.0))
+    level = (1.0 - weight) * level + weight * y
+    cal.level[rows] = level
+    cal.spread[rows] = (1.0 - weight) * cal.spread[rows] + weight * np.abs(y - level)
 
 
 def _advance_modes(cal: Calibration, rows: np.ndarray, beyond: np.ndarray, flag: np.ndarray,
