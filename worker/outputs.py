@@ -147,12 +147,20 @@ b'b', '{"model_version":"v1","prediction":"2","source_id":"2-0"}']
         else:
             rest.append((f'"{name}"', [f'"{t}"' if t else "" for t in text]))
     fmt_ = "".join(template)
-    body = [fmt_ % row for row in zip(*texts, strict=True)] if texts else [fmt_] * len(last)
-    for key, values in rest:
-        body = [b + f",{key}:{v}" if v else b for b, v in zip(body, values, strict=True)]
-    out: list[Value] = []
-    for s, b in zip(last, body, strict=True):
-        out += [s, b + "}"]
+    n = len(last)
+    if texts and not rest:  # the usual batch: one format over all of it (no value has a NUL)
+        flat: list[str] = [""] * (len(texts) * n)
+        for k, text in enumerate(texts):
+            flat[k::len(texts)] = text
+        body = ((fmt_ + "}\x00") * n % tuple(flat)).split("\x00")[:n]
+    else:
+        body = [fmt_ % row for row in zip(*texts, strict=True)] if texts else [fmt_] * n
+        for key, values in rest:
+            body = [b + f",{key}:{v}" if v else b for b, v in zip(body, values, strict=True)]
+        body = [b + "}" for b in body]
+    out: list[Value] = [b""] * (2 * n)
+    out[0::2] = list(last)
+    out[1::2] = body
     return out
 
 
