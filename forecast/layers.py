@@ -52,6 +52,41 @@ def window_stats(windows: np.ndarray, mode: str = "window") -> tuple[np.ndarray,
     return loc, mad + EPS * np.mean(np.abs(w), axis=1, keepdims=True) + TINY
 
 
+def scale_is_informative(windows: np.ndarray, mode: str = "window") -> np.ndarray:
+    """(m,) bool: False where a window's scale is (almost) only its epsilon floor.
+
+    A window without variation (`[0, 0]`, `[5, 5]`: common in short windows of counts or
+    quantised values) has a scale of `EPS * mean|w| + TINY`, so any change after it is
+    1e6..1e12 scaled units: such windows say nothing about errors in scaled units, and one
+    in ten of them is enough to blow up a 90% conformal half-width. Calibration and
+    selection in scaled units leave them out (`calibration_mask`). Always True with mode
+    'none'.
+
+    >>> w = np.array([[0.0, 0.0], [5.0, 5.0], [266.0, 145.9], [7.0, 8.0]])
+    >>> scale_is_informative(w, "diff").tolist()
+    [False, False, True, True]
+    """
+    w = np.asarray(windows, dtype=np.float64).reshape(len(windows), -1)
+    if mode == "none":
+        return np.ones(len(w), dtype=bool)
+    _, scale = window_stats(w, mode)
+    floor = EPS * np.mean(np.abs(w), axis=1, keepdims=True) + TINY
+    return (scale > 2 * floor)[:, 0]
+
+
+def calibration_mask(windows: np.ndarray, mode: str = "window") -> np.ndarray:
+    """The windows to calibrate on in scaled units: the informative ones, or all of them when
+    none is (a family of constant series).
+
+    >>> calibration_mask(np.array([[1.0, 1.0], [1.0, 2.0]]), "diff").tolist()
+    [False, True]
+    >>> calibration_mask(np.zeros((2, 3)), "diff").tolist()
+    [True, True]
+    """
+    keep = scale_is_informative(windows, mode)
+    return keep if keep.any() else np.ones_like(keep)
+
+
 @keras.saving.register_keras_serializable(package="forecast")
 class WindowScale(keras.layers.Layer):
     """(batch, n_steps, 1) raw window -> [(window - loc) / scale, loc, scale], each (batch, 1)."""

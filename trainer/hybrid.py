@@ -32,6 +32,7 @@ from forecast.layers import (
     HybridOutput,
     SoftClip,
     WindowScale,
+    calibration_mask,
     window_stats,
 )
 from forecast.settings import Settings
@@ -258,9 +259,10 @@ def calibrate(h: Hybrid, ws: WindowSet, coverage: float, min_spread: float = 0.0
     """
     if not ws.has_val:
         return None, 0.0
-    point, spread = h.scaled(ws.x_val)
-    loc, scale = window_stats(ws.x_val, SCALING)
-    yz = (ws.y_val - loc) / scale
+    keep = calibration_mask(ws.x_val, SCALING)  # constant windows: no scaled errors
+    point, spread = h.scaled(ws.x_val[keep])
+    loc, scale = window_stats(ws.x_val[keep], SCALING)
+    yz = (ws.y_val[keep] - loc) / scale
     offset = float(np.median(np.maximum(spread, min_spread))) * SPREAD_SHRINK
     r = np.abs(yz - point) / (np.maximum(spread, min_spread) + offset)
     return conformal.conformal_q(r, coverage), offset

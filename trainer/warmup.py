@@ -31,6 +31,7 @@ from forecast.layers import (
     NaiveExpert,
     SelectByCount,
     WindowScale,
+    calibration_mask,
     window_stats,
 )
 from trainer import conformal
@@ -113,7 +114,14 @@ def _calibrate(point: np.ndarray, spread: np.ndarray, yz: np.ndarray, coverage: 
 
 def fit_level(length: int, period: int, x: np.ndarray, y: np.ndarray, horizon: int,
               coverage: float | None) -> Level:
-    """The best forecaster of `length` values on the windows (x, y), with its interval."""
+    """The best forecaster of `length` values on the windows (x, y), with its interval.
+
+    Chosen and calibrated on the windows whose scale is informative: a constant window
+    (`[0, 0]` of a count series) puts any next value 1e6..1e12 scaled units away, which
+    would make the selection loss and the conformal half-width meaningless.
+    """
+    keep = calibration_mask(x, SCALING)
+    x, y = x[keep], y[keep]
     loc, scale = window_stats(x, SCALING)
     yz = (y - loc) / scale
     candidates: list[Level] = []
@@ -237,8 +245,9 @@ def single_expert(n_steps: int, flen: int, period: int, k: int, horizon: int,
     if coverage:
         scaled = keras.Model(raw, keras.layers.Concatenate()([point, spread]))
         p, sp = _scaled(scaled, x, horizon)
-        lo, sc = window_stats(x, SCALING)
-        q, offset = _calibrate(p, sp, (y - lo) / sc, coverage)
+        keep = calibration_mask(x, SCALING)  # see `fit_level`
+        lo, sc = window_stats(x[keep], SCALING)
+        q, offset = _calibrate(p[keep], sp[keep], (y[keep] - lo) / sc, coverage)
     out = HybridOutput(q=q, offset=offset, min_spread=MIN_SPREAD, name="output")(
         [point, spread, loc, scale])
     return keras.Model(raw, out, name="single_expert")
