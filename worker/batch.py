@@ -266,11 +266,7 @@ def _passes(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
     commit.state = [b for pair in pairs for b in pair]
     commit.pending = [(store, p.joined) for p in parts]
     done = [p for p in parts if p.out is not None and len(p.out)]
-    if len(done) == 1:
-        one = done[0]
-        assert one.out is not None
-        _outputs(commit, served, one.out, one.pos, batch, timing, one.warm)
-    elif done:
+    if done:
         out = np.concatenate([p.out for p in done if p.out is not None])
         pos = np.concatenate([p.pos for p in done])
         warm = None

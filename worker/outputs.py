@@ -6,7 +6,6 @@ from __future__ import annotations
 import fnmatch
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -137,7 +136,8 @@ b'b', '{"model_version":"v1","prediction":"2","source_id":"2-0"}']
     for name, column in o.columns.items():
         if name == "series":
             continue
-        text = _texts(column if picked is None else [column[e] for e in picked])
+        values = column if picked is None else [column[e] for e in picked]
+        text = [v.decode() if isinstance(v, bytes) else v for v in values]
         joined_text = "".join(text)
         if '"' in joined_text or "\\" in joined_text or not joined_text.isprintable():
             rest.append((json.dumps(name), [json.dumps(t) if t else "" for t in text]))
@@ -147,30 +147,10 @@ b'b', '{"model_version":"v1","prediction":"2","source_id":"2-0"}']
         else:
             rest.append((f'"{name}"', [f'"{t}"' if t else "" for t in text]))
     fmt_ = "".join(template)
-    n = len(last)
-    if texts and not rest:  # the usual batch: one format over all of it (no value has a NUL)
-        flat: list[str] = [""] * (len(texts) * n)
-        for k, text in enumerate(texts):
-            flat[k::len(texts)] = text
-        body = ((fmt_ + "}\x00") * n % tuple(flat)).split("\x00")[:n]
-    else:
-        body = [fmt_ % row for row in zip(*texts, strict=True)] if texts else [fmt_] * n
-        for key, values in rest:
-            body = [b + f",{key}:{v}" if v else b for b, v in zip(body, values, strict=True)]
-        body = [b + "}" for b in body]
-    out: list[Value] = [b""] * (2 * n)
+    body = [fmt_ % row for row in zip(*texts, strict=True)] if texts else [fmt_] * len(last)
+    for key, extra in rest:
+        body = [b + f",{key}:{v}" if v else b for b, v in zip(body, extra, strict=True)]
+    out: list[Value] = [b""] * (2 * len(body))
     out[0::2] = list(last)
-    out[1::2] = body
+    out[1::2] = [b + "}" for b in body]
     return out
-
-
-def _texts(values: Any) -> list[str]:
-    """A column's values as str (ids and series come as bytes)."""
-    if values and isinstance(values[0], bytes):
-        try:
-            text = b"\x00".join(values).decode("utf-8", "replace").split("\x00")
-        except TypeError:  # a column of bytes and str
-            text = []
-        if len(text) == len(values):  # no value holds a NUL
-            return text
-    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values]
