@@ -32,7 +32,9 @@ def test_loads_and_predicts_like_a_plain_model_call(tutorial_model: Any) -> None
     got = loaded.predict(windows)
     want = loaded.model(windows[..., None], training=False).numpy()
     assert got.shape == (2000, 3) and got.dtype == np.float32
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # float32 rounding, relative to the window's magnitude (the forecast is y * scale + loc)
+    tol = 1e-5 + 1e-6 * np.abs(windows).max(axis=1, keepdims=True)
+    assert np.all(np.abs(got - want) <= tol + 1e-5 * np.abs(want))
     mean, lower, upper = got[:, 0], got[:, 1], got[:, 2]
     assert np.all(lower <= mean) and np.all(mean <= upper)
 
