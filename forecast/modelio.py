@@ -27,6 +27,7 @@ from forecast.errors import ModelRejected
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("point", "interval")
+SIZES = (40, 256, 2048)  # batch sizes numpy is timed against TensorFlow at, when a model loads
 
 
 def sign(blob: bytes, key: str) -> str:
@@ -60,9 +61,9 @@ class LoadedModel:
         self._constant = tf.constant
         # Plain numpy when every layer has a twin, it agrees and it is faster (forecast.npgraph):
         # a TF call costs ~0.2-0.7 ms whatever the batch, most of a small model's batch time.
-        self._numpy = _numpy_twin(model, self.n_steps, bool(manifest.get("partial")),
-                                  self._tf_predict)
-        self.engine = "tensorflow" if self._numpy is None else "numpy"
+        self._numpy, self.numpy_rows = _numpy_twin(model, self.n_steps,
+                                                   bool(manifest.get("partial")), self._tf_predict)
+        self.engine = f"numpy up to {self.numpy_rows} windows" if self.numpy_rows else "tensorflow"
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
         """(m, n_steps) raw float32 windows -> (m, horizon), or (m, 3*horizon) with intervals."""
@@ -72,7 +73,7 @@ class LoadedModel:
         if x.ndim not in (2, 3) or x.shape[1] != self.n_steps or x.size != len(x) * self.n_steps:
             raise ValueError(f"expected windows of shape (m, {self.n_steps}), got {x.shape}")
         x = x.reshape(len(x), self.n_steps, 1)
-        if self._numpy is not None:
+        if len(x) <= self.numpy_rows:
             out: np.ndarray = self._numpy(x)
             return out
         return self._tf_predict(x)
@@ -101,15 +102,16 @@ def probe_windows(n_steps: int, partial: bool, rows: int = 64) -> np.ndarray:
     return x.astype(np.float32).reshape(rows, n_steps, 1)
 
 
-def _numpy_twin(model: Any, n_steps: int, partial: bool, reference: Any) -> Any:
-    """The model's numpy function, or None where a layer has no twin or the two disagree."""
+def _numpy_twin(model: Any, n_steps: int, partial: bool, reference: Any) -> tuple[Any, int]:
+    """The model's numpy function and the batch size up to which it serves (`_numpy_rows`),
+    or (None, 0) where a layer has no twin or the two disagree."""
     from forecast import npgraph
 
     try:
         fn = npgraph.compile_model(model)
     except npgraph.Unsupported as exc:
         log.info("model served by TensorFlow: %s has no numpy twin", exc)
-        return None
+        return None, 0
     x = probe_windows(n_steps, partial)
     want = reference(x)
     with np.errstate(all="ignore"):
@@ -118,11 +120,22 @@ def _numpy_twin(model: Any, n_steps: int, partial: bool, reference: Any) -> Any:
         close = (np.abs(got - want) <= bound) | (np.isnan(got) & np.isnan(want))
     if got.shape != want.shape or got.dtype != np.float32 or not close.all():
         log.warning("model served by TensorFlow: its numpy twin differs on test windows")
-        return None
-    if _seconds(fn, x[:40]) > _seconds(reference, x[:40]):
-        log.info("model served by TensorFlow: faster than its numpy twin on 40 windows")
-        return None
-    return fn
+        return None, 0
+    return fn, _numpy_rows(fn, reference, n_steps)
+
+
+def _numpy_rows(fn: Any, reference: Any, n_steps: int) -> int:
+    """The largest batch (of SIZES) up to which numpy was faster; 0: TensorFlow always.
+
+    TensorFlow spreads a large batch over every core; numpy (one BLAS thread in the worker)
+    wins on the small batches a worker sees at moderate rates."""
+    rows = 0
+    for size in SIZES:
+        x = np.tile(probe_windows(n_steps, False, 40), (size // 40 + 1, 1, 1))[:size]
+        if _seconds(fn, x) > _seconds(reference, x):
+            break
+        rows = size
+    return rows
 
 
 def _seconds(fn: Any, x: np.ndarray, calls: int = 5) -> float:

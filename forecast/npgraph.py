@@ -57,6 +57,11 @@ def _activation(fn: Any) -> Callable[[Array], Array]:
     return _ACTIVATIONS[fn]
 
 
+def _matmul(x: Array, w: Array) -> Array:
+    """x (..., d) @ w (d, k) as one 2-D product (a 3-D `@` makes one BLAS call per row)."""
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[1])
+
+
 def _np(variable: Any) -> Array:
     return np.asarray(keras.ops.convert_to_numpy(variable), dtype=F32)
 
@@ -68,7 +73,7 @@ def _dense(layer: Any) -> Twin:
     kernel = _np(layer.kernel)
     bias = _np(layer.bias) if layer.use_bias else F32(0)
     act = _activation(layer.activation)
-    return lambda x: act(x @ kernel + bias)
+    return lambda x: act(_matmul(x, kernel) + bias)
 
 
 def _check_recurrent(layer: Any) -> None:
@@ -84,7 +89,7 @@ def _simple_rnn(layer: Any) -> Twin:
     act = _activation(cell.activation)
 
     def run(x: Array) -> Array:
-        inputs = x @ kernel + bias  # (b, n, units): every step's input term at once
+        inputs = _matmul(x, kernel) + bias  # (b, n, units): every step's input term at once
         h = act(inputs[:, 0])
         for t in range(1, x.shape[1]):
             h = act(inputs[:, t] + h @ rec)
@@ -104,7 +109,7 @@ def _lstm(layer: Any) -> Twin:
         h = np.zeros((len(x), u), dtype=F32)
         c = np.zeros_like(h)
         for t in range(x.shape[1]):
-            z = x[:, t] @ kernel + h @ rec + bias
+            z = x[:, t] @ kernel + h @ rec + bias  # 2-D products
             i, f, g, o = gate(z[:, :u]), gate(z[:, u:2 * u]), z[:, 2 * u:3 * u], gate(z[:, 3 * u:])
             c = f * c + i * act(g)
             h = o * act(c)
@@ -194,7 +199,7 @@ def _expert_bank(layer: fl.ExpertBank) -> Twin:
 
     def bank(z: Array) -> Array:
         w = sliding_window_view(z[:, :, 0], L, axis=1)  # (b, positions, L)
-        return (w @ kernel).reshape(len(z), w.shape[1], names, H)
+        return _matmul(w, kernel).reshape(len(z), w.shape[1], names, H)
 
     def errors(f: Array, z: Array) -> Array:
         n = z.shape[1]

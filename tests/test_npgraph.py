@@ -77,7 +77,7 @@ def test_the_tutorial_model_is_served_by_numpy_with_the_same_predictions() -> No
     model = tmodel.build_serving(core, 3, "window", q=[2.0])
     loaded = LoadedModel("v", {"n_steps": 3, "horizon": 1, "outputs": "interval"}, model)
     x = np.array([[7, 8, 9], [997, 998, 999], [5, 5, 5]], dtype=np.float32)
-    assert loaded._numpy is not None or loaded.engine == "tensorflow"  # the faster one serves
+    assert loaded.numpy_rows in (0, 40, 256, 2048)  # the faster engine serves, by batch size
     np.testing.assert_allclose(loaded.predict(x), model(x[..., None]).numpy(), rtol=1e-6)
     np.testing.assert_allclose(npgraph.compile_model(model)(x[..., None]),
                                model(x[..., None]).numpy(), rtol=1e-6)
