@@ -306,7 +306,8 @@ TWINS: dict[type, Callable[[Any], Twin]] = {
 # --- the graph ----------------------------------------------------------------------------
 
 
-def _twin(op: Any) -> Twin:
+def twin(op: Any) -> Twin:
+    """The numpy function of one layer (or nested model) as its weights are now."""
     if isinstance(op, keras.Model):
         return compile_model(op)
     factory = TWINS.get(type(op))
@@ -337,7 +338,7 @@ def compile_model(model: Any) -> Callable[[Array], Any]:
         for node in model._nodes_by_depth[depth]:
             if node.is_input:
                 continue
-            steps.append((_twin(node.operation), _reader(node.arguments),
+            steps.append((twin(node.operation), _reader(node.arguments),
                           [id(t) for t in node.outputs]))
     source = id(model.inputs[0])
     targets = [id(t) for t in model.outputs]

@@ -17,12 +17,14 @@ pass the gate.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 
+from forecast import npgraph
 from forecast.layers import (
     ExpertBank,
     FillMissing,
@@ -47,6 +49,7 @@ COMB = ("ses0.3", "holt0.3", "theta0.5")
 SHARPNESS = (1e-3, *SHARPNESS_GRID)  # 1e-3: an equal-weight average
 MIN_SPREAD = 0.05
 MAX_WINDOWS = 20_000  # validation windows per length (a random subset beyond that)
+CHUNK = 4096  # windows per numpy call while fitting
 
 
 @dataclass
@@ -64,11 +67,11 @@ class Level:
 
 
 def _combine(z: Any, x: Any, loc: Any, scale: Any, lv: Level, horizon: int, name: str
-             ) -> tuple[Any, Any, Any]:
-    """(point, spread, combine layer or None) in scaled units for one level's window."""
+             ) -> tuple[Any, Any]:
+    """(point, spread) in scaled units for one level's window."""
     if lv.filter_len == 0:
         point, spread = NaiveExpert(horizon, name=f"{name}_naive")(z)
-        return point, spread, None
+        return point, spread
     bank = ExpertBank(filter_len=lv.filter_len, horizon=horizon, period=lv.period, log=True,
                       name=f"{name}_experts")
     f, e = bank([x, z, loc, scale])
@@ -76,7 +79,7 @@ def _combine(z: Any, x: Any, loc: Any, scale: Any, lv: Level, horizon: int, name
     point, spread = combine([f, e, scale])  # no features: the gate's net terms stay zero
     if lv.comb:
         combine.prior.assign(_comb_prior(bank.names, bank.n_experts, horizon))
-    return point, spread, combine
+    return point, spread
 
 
 def _comb_prior(names: list[str], k: int, horizon: int) -> np.ndarray:
@@ -87,22 +90,49 @@ def _comb_prior(names: list[str], k: int, horizon: int) -> np.ndarray:
     return np.where(keep[:, None], 0.0, -60.0).repeat(horizon, axis=1).astype("float32")
 
 
-def _scaled_model(lv: Level, horizon: int) -> tuple[keras.Model, Any]:
-    raw = keras.Input((lv.length, 1), name="raw_window")
-    z, loc, scale = WindowScale(mode=SCALING, name="window_scale")(raw)
-    point, spread, combine = _combine(z, raw, loc, scale, lv, horizon, "level")
-    out = keras.layers.Concatenate(name="point_spread")([point, spread])
-    return keras.Model(raw, out), combine
-
-
 def _set_sharpness(combine: Any, value: float) -> None:
     raw = float(np.log(np.expm1(value)))
     combine.sharp.assign(np.full(combine.sharp.shape, raw, dtype="float32"))
 
 
+def _numpy(model: keras.Model, x: np.ndarray) -> list[np.ndarray]:
+    """`model`'s outputs on windows `x` through its numpy twin (`forecast.npgraph`), in
+    chunks: no graph tracing per candidate model, and the expert bank's memory bounded."""
+    run = npgraph.compile_model(model)
+    x3 = x.reshape(len(x), -1, 1).astype(np.float32)
+    parts = []
+    for i in range(0, len(x3), CHUNK):
+        out = run(x3[i:i + CHUNK])
+        parts.append(out if isinstance(out, list) else [out])
+    return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+
 def _scaled(model: keras.Model, x: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    out = model.predict(x.reshape(len(x), -1, 1).astype(np.float32), batch_size=4096, verbose=0)
+    out = _numpy(model, x)[0]
     return out[:, :horizon].astype(np.float64), out[:, horizon:].astype(np.float64)
+
+
+def _candidate(lv: Level, x: np.ndarray, horizon: int
+               ) -> Iterator[tuple[float, np.ndarray, np.ndarray]]:
+    """(sharpness, point, spread) in scaled units on windows `x` for each sharpness a
+    candidate level tries: its expert bank runs once, the combine once per sharpness."""
+    raw = keras.Input((lv.length, 1), name="raw_window")
+    z, loc, scale = WindowScale(mode=SCALING, name="window_scale")(raw)
+    if lv.filter_len == 0:
+        point, spread = _numpy(keras.Model(raw, NaiveExpert(horizon)(z)), x)
+        yield 0.0, point.astype(np.float64), spread.astype(np.float64)
+        return
+    bank = ExpertBank(filter_len=lv.filter_len, horizon=horizon, period=lv.period, log=True)
+    f, e = bank([raw, z, loc, scale])
+    inputs = _numpy(keras.Model(raw, [f, e, scale]), x)
+    combine = GatedCombine(SHARPNESS[0])
+    combine([f, e, scale])
+    if lv.comb:
+        combine.prior.assign(_comb_prior(bank.names, bank.n_experts, horizon))
+    for sharp in SHARPNESS:
+        _set_sharpness(combine, sharp)
+        point, spread = npgraph.twin(combine)(inputs)
+        yield sharp, point.astype(np.float64), spread.astype(np.float64)
 
 
 def _calibrate(point: np.ndarray, spread: np.ndarray, yz: np.ndarray, coverage: float
@@ -138,11 +168,7 @@ def fit_level(length: int, period: int, x: np.ndarray, y: np.ndarray, horizon: i
         candidates.append(Level(length, 0, 1, 0.0, None, 0.0, np.inf))
     best: Level | None = None
     for lv in candidates:
-        model, combine = _scaled_model(lv, horizon)
-        for sharp in (SHARPNESS if combine is not None else (0.0,)):
-            if combine is not None:
-                _set_sharpness(combine, sharp)
-            point, spread = _scaled(model, x, horizon)
+        for sharp, point, spread in _candidate(lv, x, horizon):
             loss = float(np.mean(np.abs(yz - point)))
             if best is None or loss < best.val_loss:
                 q, offset = _calibrate(point, spread, yz, coverage) if coverage else (None, 0.0)
@@ -205,7 +231,7 @@ def warm_model(n_steps: int, levels: list[Level], horizon: int) -> keras.Model:
         if lv.length < n_steps:
             x = keras.layers.Cropping1D((n_steps - lv.length, 0), name=f"{name}_crop")(filled)
         z, loc, scale = WindowScale(mode=SCALING, name=f"{name}_scale")(x)
-        point, spread, _ = _combine(z, x, loc, scale, lv, horizon, name)
+        point, spread = _combine(z, x, loc, scale, lv, horizon, name)
         outs.append(HybridOutput(q=lv.q, offset=lv.offset, min_spread=MIN_SPREAD,
                                  name=f"{name}_output")([point, spread, loc, scale]))
     out = SelectByCount([lv.length for lv in levels], name="by_count")([count, *outs])
