@@ -42,7 +42,8 @@ def sign(blob: bytes, key: str) -> str:
 class LoadedModel:
     """A checked model: `predict` maps raw windows (m, n_steps) to raw forecasts."""
 
-    def __init__(self, version: str, manifest: dict[str, Any], model: Any) -> None:
+    def __init__(self, version: str, manifest: dict[str, Any], model: Any,
+                 numpy: bool = True) -> None:
         import tensorflow as tf
 
         self.version = version
@@ -61,8 +62,11 @@ class LoadedModel:
         self._constant = tf.constant
         # Plain numpy when every layer has a twin, it agrees and it is faster (forecast.npgraph):
         # a TF call costs ~0.2-0.7 ms whatever the batch, most of a small model's batch time.
-        self._numpy, self.numpy_rows = _numpy_twin(model, self.n_steps,
-                                                   bool(manifest.get("partial")), self._tf_predict)
+        self._numpy: Any = None
+        self.numpy_rows = 0
+        if numpy:
+            self._numpy, self.numpy_rows = _numpy_twin(
+                model, self.n_steps, bool(manifest.get("partial")), self._tf_predict)
         self.engine = f"numpy up to {self.numpy_rows} windows" if self.numpy_rows else "tensorflow"
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
@@ -178,9 +182,12 @@ def _load_keras(blob: bytes) -> Any:
         os.unlink(name)
 
 
-def load_bytes(blob: bytes, manifest: dict[str, Any], hmac_key: str = ""
+def load_bytes(blob: bytes, manifest: dict[str, Any], hmac_key: str = "", numpy: bool = True
                ) -> LoadedModel | BundleModel:
-    """Check and load an artifact (a `.keras` file or a bundle); raises ModelRejected."""
+    """Check and load an artifact (a `.keras` file or a bundle); raises ModelRejected.
+
+    `numpy=False` skips the numpy engine (its check and timing at load): TensorFlow serves
+    every batch, as it would the large ones anyway (the trainer's holdout forecasts)."""
     _check_manifest(manifest)
     registry.verify_sha256(blob, manifest)
     if hmac_key:
@@ -190,11 +197,12 @@ def load_bytes(blob: bytes, manifest: dict[str, Any], hmac_key: str = ""
         if not hmac.compare_digest(sign(blob, hmac_key), signature):
             raise ModelRejected("bad HMAC signature")
     if bundle.is_bundle(blob):
-        return _load_bundle(blob, manifest)
-    return _load_part(blob, manifest)
+        return _load_bundle(blob, manifest, numpy)
+    return _load_part(blob, manifest, numpy=numpy)
 
 
-def _load_part(blob: bytes, manifest: dict[str, Any], what: str = "model") -> LoadedModel:
+def _load_part(blob: bytes, manifest: dict[str, Any], what: str = "model", numpy: bool = True
+               ) -> LoadedModel:
     """One `.keras` artifact, checked against the manifest's n_steps, horizon and outputs."""
     model = _load_keras(blob)
     n_steps, horizon = manifest["n_steps"], manifest["horizon"]
@@ -203,7 +211,7 @@ def _load_part(blob: bytes, manifest: dict[str, Any], what: str = "model") -> Lo
     shape = tuple(model.inputs[0].shape)
     if shape != (None, n_steps, 1):
         raise ModelRejected(f"{what}: input shape {shape} does not match (None, {n_steps}, 1)")
-    loaded = LoadedModel(str(manifest.get("version", "local")), manifest, model)
+    loaded = LoadedModel(str(manifest.get("version", "local")), manifest, model, numpy)
     out_shape = tuple(model.outputs[0].shape) if len(model.outputs) == 1 else None
     if out_shape is None or len(out_shape) != 2 or out_shape[1] != loaded.width:
         raise ModelRejected(f"{what}: output shape {out_shape} does not match (None, "
@@ -299,7 +307,7 @@ class BundleModel:
                 f"n_steps={self.n_steps}, horizon={self.horizon})")
 
 
-def _load_bundle(blob: bytes, manifest: dict[str, Any]) -> BundleModel:
+def _load_bundle(blob: bytes, manifest: dict[str, Any], numpy: bool = True) -> BundleModel:
     try:
         index, parts = bundle.unpack(blob)
     except Exception as exc:
@@ -321,11 +329,11 @@ def _load_bundle(blob: bytes, manifest: dict[str, Any]) -> BundleModel:
         for name in (spec["full"], spec.get("warm")):
             if name is not None and name not in parts:
                 raise ModelRejected(f"bundle part {name!r} is missing")
-        whole = _load_part(parts[spec["full"]], part, f"part {spec['full']}")
+        whole = _load_part(parts[spec["full"]], part, f"part {spec['full']}", numpy)
         warm = None
         if spec.get("warm"):
             warm = _load_part(parts[spec["warm"]], {**part, "partial": True},
-                              f"part {spec['warm']}")
+                              f"part {spec['warm']}", numpy)
         families.append((spec, whole, warm))
     loaded = BundleModel(version, manifest, index, families)
     probe = np.stack([np.linspace(1.0, 2.0, width), np.linspace(-50.0, 100.0, width)])

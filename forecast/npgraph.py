@@ -352,3 +352,14 @@ def compile_model(model: Any) -> Callable[[Array], Any]:
             return env[targets[0]]
         return [env[t] for t in targets]
     return run
+
+
+def predict(model: Any, x: Array, chunk: int = 4096) -> list[Array]:
+    """`model`'s outputs (a list, one array per output) on windows `x` (m, n, 1) through its
+    numpy twin, `chunk` windows at a time (bounds the memory of an expert bank's backtests)."""
+    run = compile_model(model)
+    parts = []
+    for i in range(0, len(x), chunk):
+        out = run(x[i:i + chunk])
+        parts.append(out if isinstance(out, list) else [out])
+    return [np.concatenate(p) for p in zip(*parts, strict=True)]

@@ -265,7 +265,7 @@ def _assemble(parts: list[Part], table: dict[str, int], dataset: Dataset, s: Set
     }
     if s.model_hmac_key:
         manifest["hmac"] = sign(blob, s.model_hmac_key)
-    loaded = load_bytes(blob, manifest, s.model_hmac_key)
+    loaded = load_bytes(blob, manifest, s.model_hmac_key, numpy=False)  # big batches: TF
     ws, _ = windows.build_partial(dataset, width, s.horizon, s.val_fraction, MIN_VALUES)
     _, y, sidx, pos, _ = ws.holdout()
     _, pred = holdout_forecasts(loaded, ws, sidx, pos)

@@ -26,6 +26,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from forecast import npgraph
 from forecast.layers import (
     ExpertBank,
     GatedCombine,
@@ -86,8 +87,10 @@ class Hybrid:
         points, spreads = [], []
         self.combiners = [GatedCombine(SHARPNESS, name=f"combine_{i}")
                           for i in range(self.members)]
+        self.hidden = []  # net, then combine, member by member: the order the seeded init draws in
         for i, combine in enumerate(self.combiners):
             hidden = _recurrent(s.arch, s.units, f"rnn_{i}")(zc)
+            self.hidden.append(hidden)
             p, sp = combine([f, e, hidden])
             points.append(p)
             spreads.append(sp)
@@ -98,6 +101,7 @@ class Hybrid:
         else:
             point, spread, stacked = points[0], spreads[0], points[0]
         self.point, self.spread = point, spread
+        self.features = keras.Model(self.raw, [f, e, *self.hidden], name="hybrid_features")
         self.train_model = keras.Model(self.raw, stacked, name="hybrid_train")
         self.train_model.compile(optimizer=keras.optimizers.Adam(s.learning_rate), loss="mae")
         self.scaled_model = keras.Model(
@@ -237,11 +241,15 @@ def fit(h: Hybrid, ws: WindowSet, s: Settings, verbose: int = 0,
 
 
 def _best_start(h: Hybrid, val: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
-    """Pick the starting sharpness by validation loss; the start's weights and loss."""
+    """Pick the starting sharpness by validation loss (the training loss, MAE of every
+    member); the start's weights and loss. The experts and nets run once (numpy twins),
+    only the members' combines per sharpness."""
+    f, e, *hidden = npgraph.predict(h.features, val[0])
     best: dict[str, Any] = {}
     for value in SHARPNESS_GRID:
         h.set_sharpness(value)
-        loss = float(h.train_model.evaluate(val[0], val[1], batch_size=4096, verbose=0))
+        points = [npgraph.twin(c)([f, e, z])[0] for c, z in zip(h.combiners, hidden, strict=True)]
+        loss = float(np.mean(np.abs(np.concatenate(points, axis=1) - val[1])))
         if not best or loss < best["val_loss"]:
             best = {"sharpness": value, "val_loss": loss}
     h.set_sharpness(best["sharpness"])

@@ -96,15 +96,9 @@ def _set_sharpness(combine: Any, value: float) -> None:
 
 
 def _numpy(model: keras.Model, x: np.ndarray) -> list[np.ndarray]:
-    """`model`'s outputs on windows `x` through its numpy twin (`forecast.npgraph`), in
-    chunks: no graph tracing per candidate model, and the expert bank's memory bounded."""
-    run = npgraph.compile_model(model)
-    x3 = x.reshape(len(x), -1, 1).astype(np.float32)
-    parts = []
-    for i in range(0, len(x3), CHUNK):
-        out = run(x3[i:i + CHUNK])
-        parts.append(out if isinstance(out, list) else [out])
-    return [np.concatenate(p) for p in zip(*parts, strict=True)]
+    """`model`'s outputs on raw windows `x` (m, n) through its numpy twin: no graph tracing
+    per candidate model (`forecast.npgraph`)."""
+    return npgraph.predict(model, x.reshape(len(x), -1, 1).astype(np.float32), CHUNK)
 
 
 def _scaled(model: keras.Model, x: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
