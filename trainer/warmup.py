@@ -106,27 +106,35 @@ def _scaled(model: keras.Model, x: np.ndarray, horizon: int) -> tuple[np.ndarray
     return out[:, :horizon].astype(np.float64), out[:, horizon:].astype(np.float64)
 
 
-def _candidate(lv: Level, x: np.ndarray, horizon: int
-               ) -> Iterator[tuple[float, np.ndarray, np.ndarray]]:
-    """(sharpness, point, spread) in scaled units on windows `x` for each sharpness a
-    candidate level tries: its expert bank runs once, the combine once per sharpness."""
-    raw = keras.Input((lv.length, 1), name="raw_window")
+Candidate = tuple[int, int, bool, float, np.ndarray, np.ndarray]
+
+
+def _candidates(length: int, period: int, x: np.ndarray, horizon: int) -> Iterator[Candidate]:
+    """(filter_len, period, comb, sharpness, point, spread) in scaled units on windows `x`
+    of every forecaster a level of `length` tries. Backtests on a half, a third or a
+    quarter of the window (the longer filter holds two seasons sooner); each filter's
+    expert bank runs once, its combine (all experts, or COMB's) once per sharpness."""
+    raw = keras.Input((length, 1), name="raw_window")
     z, loc, scale = WindowScale(mode=SCALING, name="window_scale")(raw)
-    if lv.filter_len == 0:
+    flens = [f for f in sorted({filter_len(length, horizon, share) for share in (2, 3, 4)})
+             if length - f >= horizon and length >= 3]
+    if not flens:
         point, spread = _numpy(keras.Model(raw, NaiveExpert(horizon)(z)), x)
-        yield 0.0, point.astype(np.float64), spread.astype(np.float64)
-        return
-    bank = ExpertBank(filter_len=lv.filter_len, horizon=horizon, period=lv.period, log=True)
-    f, e = bank([raw, z, loc, scale])
-    inputs = _numpy(keras.Model(raw, [f, e, scale]), x)
-    combine = GatedCombine(SHARPNESS[0])
-    combine([f, e, scale])
-    if lv.comb:
-        combine.prior.assign(_comb_prior(bank.names, bank.n_experts, horizon))
-    for sharp in SHARPNESS:
-        _set_sharpness(combine, sharp)
-        point, spread = npgraph.twin(combine)(inputs)
-        yield sharp, point.astype(np.float64), spread.astype(np.float64)
+        yield 0, 1, False, 0.0, point.astype(np.float64), spread.astype(np.float64)
+    for flen in flens:
+        p = period if period >= 2 and flen >= 2 * period else 1
+        bank = ExpertBank(filter_len=flen, horizon=horizon, period=p, log=True)
+        f, e = bank([raw, z, loc, scale])
+        inputs = _numpy(keras.Model(raw, [f, e, scale]), x)
+        for comb in (False, True):
+            combine = GatedCombine(SHARPNESS[0])
+            combine([f, e, scale])
+            if comb:
+                combine.prior.assign(_comb_prior(bank.names, bank.n_experts, horizon))
+            for sharp in SHARPNESS:
+                _set_sharpness(combine, sharp)
+                point, spread = npgraph.twin(combine)(inputs)
+                yield flen, p, comb, sharp, point.astype(np.float64), spread.astype(np.float64)
 
 
 def _calibrate(point: np.ndarray, spread: np.ndarray, yz: np.ndarray, coverage: float
@@ -148,25 +156,12 @@ def fit_level(length: int, period: int, x: np.ndarray, y: np.ndarray, horizon: i
     x, y = x[keep], y[keep]
     loc, scale = window_stats(x, SCALING)
     yz = (y - loc) / scale
-    candidates: list[Level] = []
-    # backtests on a half, a third or a quarter of the window: the longer filter holds two
-    # seasons sooner
-    lengths = sorted({filter_len(length, horizon, share) for share in (2, 3, 4)})
-    for flen in lengths:
-        if length - flen < horizon or length < 3:
-            continue
-        p = period if period >= 2 and flen >= 2 * period else 1
-        for comb in (False, True):
-            candidates.append(Level(length, flen, p, SHARPNESS[0], None, 0.0, np.inf, comb))
-    if not candidates:
-        candidates.append(Level(length, 0, 1, 0.0, None, 0.0, np.inf))
     best: Level | None = None
-    for lv in candidates:
-        for sharp, point, spread in _candidate(lv, x, horizon):
-            loss = float(np.mean(np.abs(yz - point)))
-            if best is None or loss < best.val_loss:
-                q, offset = _calibrate(point, spread, yz, coverage) if coverage else (None, 0.0)
-                best = Level(length, lv.filter_len, lv.period, sharp, q, offset, loss, lv.comb)
+    for flen, p, comb, sharp, point, spread in _candidates(length, period, x, horizon):
+        loss = float(np.mean(np.abs(yz - point)))
+        if best is None or loss < best.val_loss:
+            q, offset = _calibrate(point, spread, yz, coverage) if coverage else (None, 0.0)
+            best = Level(length, flen, p, sharp, q, offset, loss, comb)
     assert best is not None
     return best
 
@@ -240,8 +235,7 @@ def expert_errors(n_steps: int, flen: int, period: int, x: np.ndarray, y: np.nda
     bank = ExpertBank(filter_len=flen, horizon=horizon, period=period, log=True)
     f, _ = bank([raw, z, loc, scale])
     model = keras.Model(raw, f)
-    pred = model.predict(x.reshape(len(x), -1, 1).astype(np.float32), batch_size=4096,
-                         verbose=0).astype(np.float64)  # (m, K, H)
+    pred = _numpy(model, x)[0].astype(np.float64)  # (m, K, H)
     lo, sc = window_stats(x, SCALING)
     yz = (y - lo) / sc
     names = [*bank.names, *(f"log_{n}" for n in bank.names)]
