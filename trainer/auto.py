@@ -10,9 +10,10 @@ The settings' own defaults are the tutorial's (SimpleRNN(50), n_steps=3, 200 epo
   (at least 2H + 4) for their in-window backtests, shrunk when the series are too short;
   how the window splits between the two (backtests on a half or a third) is chosen on
   validation by the trainer (`filter_choices`, `trainer.hybrid.build`);
-* epochs with early stopping on validation (100, patience 10, and a 6-minute budget), the
-  starting sharpness of the expert selection picked on validation, and the untrained
-  selection kept when training does not beat it; a batch size that grows with the data.
+* epochs with early stopping on validation (100, patience 10, and a 3-minute budget shared
+  by the families by training windows, at least 20 s each), the starting sharpness of the
+  expert selection picked on validation, and the untrained selection kept when training
+  does not beat it; a batch size that grows with the data.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from trainer.sizing import choose_window, common_period, filter_len
 
 log = logging.getLogger(__name__)
 
-TRAIN_BUDGET_S = 180.0  # fitting stops (best weights kept) after this, over all families
+TRAIN_BUDGET_S = 180.0  # fitting stops (best weights kept) after this, shared by the families
 
 
 def _train_lengths(dataset: Dataset, val_fraction: float) -> list[int]:
