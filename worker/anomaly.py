@@ -124,8 +124,7 @@ def judge(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.nda
     [(60, 'spike', 1), (62, 'spike', -1), (63, 'level_shift', -1)]
     """
     m = len(rows)
-    out = Verdicts(np.full(m, np.nan), np.zeros(m, bool), np.zeros(m, np.int8),
-                   np.zeros(m, np.int8))
+    out = _no_verdicts(m)
     if m == 0:
         return out
     order = np.argsort(rows, kind="stable")
@@ -136,6 +135,38 @@ def judge(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.nda
         at = order[rank == k]
         _step(cal, rows[at], values[at], errors[at], rate, out, at)
     return out
+
+
+def judge_once(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.ndarray,
+               rate: float) -> Verdicts:
+    """`judge` for a batch in which every series appears once (`rows` distinct): one step,
+    no sort; the same verdicts and state, bit for bit (every operation is per value).
+
+    >>> rng = np.random.default_rng(0)
+    >>> e = rng.standard_normal((120, 5)); e[100, 3] = 60.0
+    >>> y, rows = rng.standard_normal((120, 5)), np.array([3, 0, 4, 1, 2])
+    >>> a, b = Calibration.empty(5), Calibration.empty(5)
+    >>> seen = [(judge(a, rows, y[k], e[k], 0.01), judge_once(b, rows, y[k], e[k], 0.01))
+    ...         for k in range(120)]
+    >>> all(np.array_equal(getattr(va, f), getattr(vb, f), equal_nan=f == "score")
+    ...     for va, vb in seen for f in ("score", "flag", "direction", "kind"))
+    True
+    >>> a.snapshot(np.arange(5)).tobytes() == b.snapshot(np.arange(5)).tobytes()
+    True
+    >>> [(k, i) for k, (_, v) in enumerate(seen) for i in np.flatnonzero(v.flag).tolist()]
+    [(100, 3)]
+    """
+    m = len(rows)
+    out = _no_verdicts(m)
+    if m:
+        _step(cal, rows, values, errors, rate, out, np.arange(m))
+    return out
+
+
+def _no_verdicts(m: int) -> Verdicts:
+    """`m` values not judged (yet)."""
+    return Verdicts(np.full(m, np.nan), np.zeros(m, bool), np.zeros(m, np.int8),
+                    np.zeros(m, np.int8))
 
 
 def _step(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate: float,
