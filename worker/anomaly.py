@@ -172,15 +172,19 @@ def _no_verdicts(m: int) -> Verdicts:
 def _step(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate: float,
           out: Verdicts, at: np.ndarray) -> None:
     """One value of each of the (distinct) series `rows`: its verdict, then the state."""
+    # The `.all()` / `.any()` checks skip work that would change nothing (a batch where
+    # every value has a forecast and no series is flagged or quiet is the common case).
     floor = FLOOR * cal.spread[rows].astype(np.float64)  # from the values before this one
     _move_level(cal, rows, y)
     ok = ~np.isnan(e)
-    rows, e, at, floor = rows[ok], e[ok], at[ok], floor[ok]
+    if not ok.all():
+        rows, e, at, floor = rows[ok], e[ok], at[ok], floor[ok]
     scale = np.maximum(cal.scale[rows].astype(np.float64), floor)
     first = ~(scale > 0)  # NaN or 0: the first error only sets the scale
-    cal.scale[rows[first]] = np.maximum(np.abs(e[first]), 1e-12)
-    keep = ~first
-    rows, e, at, scale = rows[keep], e[keep], at[keep], scale[keep]
+    if first.any():
+        cal.scale[rows[first]] = np.maximum(np.abs(e[first]), 1e-12)
+        keep = ~first
+        rows, e, at, scale = rows[keep], e[keep], at[keep], scale[keep]
     if not len(rows):
         return
     q, mode = cal.q[rows].astype(np.float64), cal.mode[rows].astype(np.int64)
@@ -192,9 +196,12 @@ def _step(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate
     shift = flag & (mode == SPIKED * direction)
     out.score[at] = tail_score(r, q)
     out.direction[at] = direction
-    out.flag[at] = flag
-    out.kind[at] = np.where(shift, 2, np.where(flag, 1, 0))
-    _advance_modes(cal, rows, beyond, flag, shift, direction, quiet)
+    flagged = flag.any()
+    if flagged:
+        out.flag[at] = flag
+        out.kind[at] = np.where(shift, 2, np.where(flag, 1, 0))
+    if flagged or mode.any():  # else every mode stays NORMAL, `since` and `calm` 0
+        _advance_modes(cal, rows, beyond, flag, shift, direction, quiet)
     learn = ~quiet & ~shift  # a level shift's values teach the threshold nothing
     step = np.where(beyond, STEP * (1.0 - rate), -STEP * rate)
     cal.q[rows] = np.where(learn, q * (1.0 + step), q)
@@ -207,10 +214,12 @@ def _step(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate
 def _move_level(cal: Calibration, rows: np.ndarray, y: np.ndarray) -> None:
     """The rows' level and spread take in the values `y` (NaN: none)."""
     ok = ~np.isnan(y)
-    rows, y = rows[ok], y[ok]
+    if not ok.all():
+        rows, y = rows[ok], y[ok]
     level = cal.level[rows].astype(np.float64)
     new = np.isnan(level)
-    level[new] = y[new]
+    if new.any():
+        level[new] = y[new]
     weight = np.maximum(LEVEL_EWMA, 1.0 / (cal.n[rows] + 2.0))
     level = (1.0 - weight) * level + weight * y
     cal.level[rows] = level
