@@ -121,10 +121,11 @@ def _row(blob: bytes) -> tuple[int, int, np.void]:
 def decode_blob(blob: bytes) -> Checkpoint:
     """Any readable blob, of any version; `CheckpointError` for anything else.
 
-    >>> nan = np.full(1, np.nan)
+    >>> nan, cal = np.full(1, np.nan), np.zeros(1, STATE)
+    >>> cal["q"] = 5.0  # a threshold is positive
     >>> raw = encode_rows(np.array([2]), np.array([5]), np.ones(1), np.zeros(1), nan, nan, nan,
-    ...                   np.full(1, -1), np.full((1, 3), np.nan), np.zeros(1),
-    ...                   np.zeros(1, STATE), np.array([[0, 7, 8]]))[0]
+    ...                   np.full(1, -1), np.full((1, 3), np.nan), np.zeros(1), cal,
+    ...                   np.array([[0, 7, 8]]))[0]
     >>> c = decode_blob(raw); (c.count, c.last_ts, c.values.tolist())
     (2, 5, [7.0, 8.0])
     >>> decode_blob(b"xyz")
