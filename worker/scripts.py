@@ -4,6 +4,11 @@ Every script that changes a consumer group or writes output first checks that th
 caller still holds the shard lease (a fencing token), inside the same atomic script.
 A worker that lost its lease (paused, partitioned) therefore cannot read, claim or
 commit anything again: no zombie writes.
+
+The batch commit (COMMIT) writes everything a batch produces in one script: the output
+entries, the alerts of flagged values (`forecast:anomalies`), the dead letters, the
+checkpoints (with the verdict state) and `forecast:latest`, and acknowledges the inputs. An
+input acknowledged is never delivered again, so each of these is written exactly once.
 """
 
 from __future__ import annotations
