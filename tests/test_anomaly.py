@@ -131,3 +131,28 @@ def test_the_one_value_per_series_fast_path_is_judge_bit_for_bit() -> None:
     every = np.arange(n_series)
     assert a.snapshot(every).tobytes() == b.snapshot(every).tobytes()
     assert flagged > 0
+
+
+def test_the_python_loop_is_the_vectorised_steps_bit_for_bit() -> None:
+    rng = np.random.default_rng(12)
+    n_series, m = 6, 3_000
+    rows = rng.integers(0, n_series, m)
+    errors = rng.standard_t(3, m) * np.logspace(-3, 3, n_series)[rows]
+    errors[rng.random(m) < 0.03] = np.nan
+    errors[1_500:1_510] += 1e5  # spikes, level shifts and quiet periods
+    values = np.cumsum(rng.standard_normal(m))
+    values[rng.random(m) < 0.01] = np.nan
+    out = []
+    for looped in (True, False):
+        cal = Calibration.empty(n_series)
+        parts = [judge(cal, rows[i:i + 250], values[i:i + 250], errors[i:i + 250], 0.01,
+                       looped=looped) for i in range(0, m, 250)]
+        out.append((parts, cal.snapshot(np.arange(n_series)).tobytes()))
+    (loop, loop_state), (vec, vec_state) = out
+    for a, b in zip(loop, vec, strict=True):
+        for name in ("flag", "direction", "kind"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+        assert np.array_equal(a.score, b.score, equal_nan=True)
+    assert loop_state == vec_state
+    assert sum(int(p.flag.sum()) for p in loop) > 0
+    assert {int(k) for p in loop for k in p.kind} >= {1, 2}

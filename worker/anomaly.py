@@ -43,6 +43,7 @@ Q0 = 5.0  # the threshold a series starts from, in scales
 WARMUP = 50  # values scored before a series can be flagged (its scale settles)
 SETTLE = 5  # values in a row inside the threshold that end a quiet period
 HOLD_MAX = 200  # a quiet period ends after this many values at the latest
+LOOP_RATIO = 16  # `judge` loops in Python when a series has more than 1/16 of the values
 KINDS = ("", "spike", "level_shift")  # kind codes 0, 1, 2
 NORMAL, SPIKED, QUIET = 0, 1, 2  # modes (times the direction: +1 up, -1 down)
 STATE = np.dtype([("scale", "<f4"), ("q", "<f4"), ("level", "<f4"), ("spread", "<f4"),
@@ -111,11 +112,13 @@ def tail_score(r: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def judge(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.ndarray,
-          rate: float) -> Verdicts:
+          rate: float, looped: bool | None = None) -> Verdicts:
     """The verdicts on `values` of series `rows` (in stream order) whose forecast errors
     (actual - forecast; NaN: no forecast) are `errors`; the rows' state moves past them.
 
-    Vectorised over series: step k judges every series' k-th value of the batch.
+    Vectorised over series: step k judges every series' k-th value of the batch; a batch
+    of few long series (or `looped`) runs value by value in plain Python instead, with the
+    same verdicts and state, bit for bit (`_looped`).
 
     >>> cal = Calibration.empty(1)
     >>> e = np.r_[np.tile([1.0, -1.0], 30), 30.0, 0.5, -25.0, -25.0, -25.0, 0.2]
@@ -130,11 +133,77 @@ def judge(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.nda
     order = np.argsort(rows, kind="stable")
     g = rows[order]
     starts = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
-    rank = np.arange(m) - np.repeat(starts, np.diff(np.append(starts, m)))
+    lengths = np.diff(np.append(starts, m))
+    if looped or (looped is None and int(lengths.max()) * LOOP_RATIO > m):
+        _looped(cal, g, values[order], errors[order], rate, out, order)
+        return out
+    rank = np.arange(m) - np.repeat(starts, lengths)
     for k in range(int(rank.max()) + 1):
         at = order[rank == k]
         _step(cal, rows[at], values[at], errors[at], rate, out, at)
     return out
+
+
+def _f32(x: float) -> float:
+    """`x` rounded to float32, as storing it in the state does."""
+    return float(np.float32(x))
+
+
+def _looped(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate: float,
+            out: Verdicts, at: np.ndarray) -> None:
+    """`_step` value by value (`rows` sorted, each series' values in stream order), in plain
+    Python floats rounded to float32 wherever `_step` stores one: the same results."""
+    score, flag_out, dir_out, kind_out = out.score, out.flag, out.direction, out.kind
+    rows_l, y_l, e_l, at_l = rows.tolist(), y.tolist(), e.tolist(), at.tolist()
+    i, m = 0, len(rows_l)
+    while i < m:
+        r = rows_l[i]
+        scale, q, level = float(cal.scale[r]), float(cal.q[r]), float(cal.level[r])
+        spread, n, mode = float(cal.spread[r]), int(cal.n[r]), int(cal.mode[r])
+        since, calm = int(cal.since[r]), int(cal.calm[r])
+        while i < m and rows_l[i] == r:
+            yi, ei, j = y_l[i], e_l[i], at_l[i]
+            i += 1
+            floor = FLOOR * spread
+            if yi == yi:  # _move_level
+                if level != level:
+                    level = yi
+                w = max(LEVEL_EWMA, 1.0 / (n + 2.0))
+                level64 = (1.0 - w) * level + w * yi
+                level = _f32(level64)
+                spread = _f32((1.0 - w) * spread + w * abs(yi - level64))
+            if ei != ei:
+                continue
+            s = scale if scale != scale or scale > floor else floor  # np.maximum keeps NaN
+            if not s > 0:  # the first error only sets the scale
+                scale = _f32(max(abs(ei), 1e-12))
+                continue
+            ratio = abs(ei) / s
+            beyond = ratio > q
+            direction = 1 if ei >= 0 else -1
+            quiet = abs(mode) == QUIET
+            flag = beyond and not quiet and n >= WARMUP
+            shift = flag and mode == SPIKED * direction
+            score[j], dir_out[j] = ratio / (ratio + q), direction
+            if flag:
+                flag_out[j], kind_out[j] = True, 2 if shift else 1
+            since = min(since + 1, 255) if quiet else 0
+            calm = calm + 1 if quiet and not beyond else 0
+            if quiet and (calm >= SETTLE or since >= HOLD_MAX):
+                mode = NORMAL
+            if not quiet:
+                mode = SPIKED * direction if flag and not shift else NORMAL
+            if shift:
+                mode = QUIET * direction
+            if abs(mode) != QUIET:
+                since = calm = 0
+            if not quiet and not shift:
+                q = _f32(q * (1.0 + (STEP * (1.0 - rate) if beyond else -STEP * rate)))
+            w = max(SCALE_EWMA, 1.0 / (n + 2.0))
+            scale = _f32((1.0 - w) * s + w * min(abs(ei), CLIP * s))
+            n = min(n + 1, np.iinfo(np.uint16).max)
+        cal.scale[r], cal.q[r], cal.level[r], cal.spread[r] = scale, q, level, spread
+        cal.n[r], cal.mode[r], cal.since[r], cal.calm[r] = n, mode, since, calm
 
 
 def judge_once(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.ndarray,
