@@ -81,7 +81,7 @@ class Checkpoint:
     seq: int = -1
     steps: tuple[float, float, float] = (float("nan"),) * 3
     period: int = 0
-    cal: np.void | None = None  # a `worker.anomaly.STATE` record (None: starts empty)
+    cal: np.ndarray | None = None  # one `worker.anomaly.STATE` row (None: starts empty)
 
 
 def blob_version(blob: bytes) -> int:
@@ -156,7 +156,7 @@ def decode_blob(blob: bytes) -> Checkpoint:
     return Checkpoint(count, last_ts, values, int(row["aci_version"]), aci, float(row["pred"]),
                       float(row["lo"]), float(row["hi"]), int(row["seq"]),
                       (steps[0], steps[1], steps[2]), int(row["period"]),
-                      row["cal"].copy() if version >= 5 else None)
+                      np.array(row["cal"]).reshape(1) if version >= 5 else None)
 
 
 def encode_rows(count: np.ndarray, last_ts: np.ndarray, aci_version: np.ndarray,
