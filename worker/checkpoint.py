@@ -88,7 +88,7 @@ def blob_version(blob: bytes) -> int:
     """The layout number of a blob, from the flags of its first 32 bits.
 
     >>> blob_version((3).to_bytes(4, "little")), blob_version(HEAD.to_bytes(4, "little"))
-    (1, 4)
+    (1, 5)
     """
     if len(blob) < 4:
         raise CheckpointError(f"a blob of {len(blob)} bytes has no header")
