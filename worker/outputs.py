@@ -134,11 +134,11 @@ def _verdicts(o: Outputs, v: np.ndarray) -> None:
     flag = v[:, FLAG] > 0
     n = len(score)
     if judged.all():
-        o.set("anomaly_score", ["%.4g" % x for x in score.tolist()], full=True)
+        o.set("anomaly_score", [f"{x:.4g}" for x in score.tolist()], full=True)
         o.set("anomaly", np.where(flag, "1", "0").tolist() if flag.any() else ["0"] * n,
               full=True)
     else:
-        o.set("anomaly_score", ["%.4g" % x if x == x else "" for x in score.tolist()])
+        o.set("anomaly_score", [f"{x:.4g}" if x == x else "" for x in score.tolist()])
         o.set("anomaly", np.where(flag, "1", np.where(judged, "0", "")).tolist())
     if flag.any():
         o.set("direction", np.where(flag, np.where(v[:, DIRECTION] > 0, "up", "down"),
@@ -166,7 +166,7 @@ def alerts(version: str, v: np.ndarray, pos: list[int], ids: list[bytes],
                               "source_id", ids[i]]
         if stamps[i] >= 0:
             entry += ["ts", str(int(stamps[i]))]
-        entry += ["score", "%.4g" % row[SCORE], "kind", KINDS[int(row[KIND])],
+        entry += ["score", f"{row[SCORE]:.4g}", "kind", KINDS[int(row[KIND])],
                   "direction", "up" if row[DIRECTION] > 0 else "down",
                   "prediction", fmt([row[POINT]])[0]]
         if not np.isnan(row[LOWER]):
