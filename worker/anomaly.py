@@ -244,16 +244,18 @@ def _step(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate
     # The `.all()` / `.any()` checks skip work that would change nothing (a batch where
     # every value has a forecast and no series is flagged or quiet is the common case).
     floor = FLOOR * cal.spread[rows].astype(np.float64)  # from the values before this one
-    _move_level(cal, rows, y)
+    n = cal.n[rows]
+    inv = 1.0 / (n + 2.0)
+    _move_level(cal, rows, y, inv)
     ok = ~np.isnan(e)
     if not ok.all():
-        rows, e, at, floor = rows[ok], e[ok], at[ok], floor[ok]
+        rows, e, at, floor, n, inv = rows[ok], e[ok], at[ok], floor[ok], n[ok], inv[ok]
     scale = np.maximum(cal.scale[rows].astype(np.float64), floor)
     first = ~(scale > 0)  # NaN or 0: the first error only sets the scale
     if first.any():
         cal.scale[rows[first]] = np.maximum(np.abs(e[first]), 1e-12)
         keep = ~first
-        rows, e, at, scale = rows[keep], e[keep], at[keep], scale[keep]
+        rows, e, at, scale, n, inv = rows[keep], e[keep], at[keep], scale[keep], n[keep], inv[keep]
     if not len(rows):
         return
     q, mode = cal.q[rows].astype(np.float64), cal.mode[rows].astype(np.int64)
@@ -261,7 +263,7 @@ def _step(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate
     beyond = r > q
     direction = np.where(e >= 0, 1, -1)
     quiet = np.abs(mode) == QUIET
-    flag = beyond & ~quiet & (cal.n[rows] >= WARMUP)
+    flag = beyond & ~quiet & (n >= WARMUP)
     shift = flag & (mode == SPIKED * direction)
     out.score[at] = tail_score(r, q)
     out.direction[at] = direction
@@ -275,21 +277,21 @@ def _step(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate
     step = np.where(beyond, STEP * (1.0 - rate), -STEP * rate)
     cal.q[rows] = np.where(learn, q * (1.0 + step), q)
     clipped = np.minimum(np.abs(e), CLIP * scale)
-    weight = np.maximum(SCALE_EWMA, 1.0 / (cal.n[rows] + 2.0))  # a running mean at first
+    weight = np.maximum(SCALE_EWMA, inv)  # a running mean at first
     cal.scale[rows] = (1.0 - weight) * scale + weight * clipped
-    cal.n[rows] = np.minimum(cal.n[rows].astype(np.int64) + 1, np.iinfo(np.uint16).max)
+    cal.n[rows] = np.minimum(n.astype(np.int64) + 1, np.iinfo(np.uint16).max)
 
 
-def _move_level(cal: Calibration, rows: np.ndarray, y: np.ndarray) -> None:
-    """The rows' level and spread take in the values `y` (NaN: none)."""
+def _move_level(cal: Calibration, rows: np.ndarray, y: np.ndarray, inv: np.ndarray) -> None:
+    """The rows' level and spread take in the values `y` (NaN: none); `inv`: 1 / (n + 2)."""
     ok = ~np.isnan(y)
     if not ok.all():
-        rows, y = rows[ok], y[ok]
+        rows, y, inv = rows[ok], y[ok], inv[ok]
     level = cal.level[rows].astype(np.float64)
     new = np.isnan(level)
     if new.any():
         level[new] = y[new]
-    weight = np.maximum(LEVEL_EWMA, 1.0 / (cal.n[rows] + 2.0))
+    weight = np.maximum(LEVEL_EWMA, inv)
     level = (1.0 - weight) * level + weight * y
     cal.level[rows] = level
     cal.spread[rows] = (1.0 - weight) * cal.spread[rows] + weight * np.abs(y - level)

@@ -437,10 +437,17 @@ def _judge(store: SeriesStore, joined: Joined, ready: np.ndarray, rate: float,
         v = judge_once(cal, adv.rows, values, errors, rate)
     else:
         v = judge(cal, adv.rows[adv.group_of], values, errors, rate)
-    widen = np.exp(joined.a_before)  # the factor the written interval was widened by
-    lower = point - (point - joined.prev_lo[:, 0]) * widen
-    upper = point + (joined.prev_hi[:, 0] - point) * widen
-    return np.stack([v.score, v.flag, v.direction, v.kind, point, lower, upper], axis=1)
+    res = np.empty((len(y), len(outputs.VERDICT)))
+    res[:, outputs.SCORE], res[:, outputs.FLAG] = v.score, v.flag
+    res[:, outputs.DIRECTION], res[:, outputs.KIND] = v.direction, v.kind
+    if v.flag.any():  # what the alerts say they were judged against
+        widen = np.exp(joined.a_before)  # the factor the written interval was widened by
+        res[:, outputs.POINT] = point
+        res[:, outputs.LOWER] = point - (point - joined.prev_lo[:, 0]) * widen
+        res[:, outputs.UPPER] = point + (joined.prev_hi[:, 0] - point) * widen
+    else:
+        res[:, outputs.POINT:] = np.nan
+    return res
 
 
 def _shadow_forecasts(model: Predictor, x: np.ndarray, route: routing.Route, ok: np.ndarray
