@@ -10,11 +10,16 @@ import pytest
 import redis
 
 from forecast import keys
+from forecast.client import Producer
 from forecast.grammar import Limits
 from forecast.processes import wait_until
-from tests.helpers import LinearModel, NaiveModel, make_worker
+from forecast.redis_conn import connect
+from forecast.settings import Settings
+from testkit.cluster import LocalCluster, cluster_available
+from tests.helpers import LinearModel, NaiveModel, StaticWatcher, make_worker
 from worker.batch import Commit, Served, build_commit
 from worker.checkpoint import blob_dtype, head_of
+from worker.loop import Worker
 from worker.pipeline import RETRYABLE
 from worker.shard import Shard
 from worker.state import SeriesStore
@@ -187,3 +192,28 @@ def test_a_value_after_missing_steps_is_not_judged_unless_they_were_filled() -> 
         assert out[b"101-0"].get("gap_steps") == "5"
         assert ("anomaly_score" in out[b"101-0"]) is judged, policy
         assert "anomaly_score" in out[b"102-0"], policy
+
+
+@pytest.mark.skipif(not cluster_available(), reason="redis-server/redis-cli missing")
+def test_on_a_cluster_the_alert_goes_to_its_shards_own_stream(cluster: LocalCluster) -> None:
+    cluster.flush()
+    shards = 3
+    settings = Settings(_env_file=None, redis_url=cluster.url, cluster=True, shards=shards,  # type: ignore[call-arg]
+                        metrics_port=0, block_ms=50, lease_ttl_ms=1000, consumer="c1")
+    client: Any = connect(settings)
+    w = Worker(connect(settings, timeout=5), settings,
+               watcher=StaticWatcher(NaiveModel("v1", half=0.5)))
+    values = [*_calm(150), 25.0]
+    Producer(client, shards, cluster=True).push_many(
+        [("pump", str(v), 1_000 + i) for i, v in enumerate(values)])
+    mine = keys.shard_keys(keys.shard_of("pump", shards), shards, cluster=True)
+    streams = keys.anomaly_streams(shards, cluster=True)
+    assert mine.anomalies in streams and client.keyslot(mine.anomalies) == client.keyslot(
+        mine.values)
+    _run(w, lambda: client.xlen(mine.predictions) == len(values) - 2
+         and client.xpending(mine.values, "forecast")["pending"] == 0, "every value handled")
+    w.shutdown()
+    alerts = client.xrange(mine.anomalies)
+    assert [(f[b"series"], f[b"value"]) for _, f in alerts] == [(b"pump", b"25")]
+    assert sum(client.xlen(s) for s in streams) == 1 and not client.exists(keys.ANOMALIES)
+    client.close()
