@@ -217,3 +217,26 @@ def test_on_a_cluster_the_alert_goes_to_its_shards_own_stream(cluster: LocalClus
     assert [(f[b"series"], f[b"value"]) for _, f in alerts] == [(b"pump", b"25")]
     assert sum(client.xlen(s) for s in streams) == 1 and not client.exists(keys.ANOMALIES)
     client.close()
+
+
+def test_tail_anomalies_follows_the_flagged_values(r: redis.Redis, redis_url: str) -> None:
+    import io
+
+    from cli.parser import build_parser
+    from forecast.client import run_tail
+    from forecast.errors import UsageError
+
+    r.xadd(keys.PREDICTIONS, {"series": "pump", "prediction": "10", "model_version": "v1",
+                              "source_id": "1-0"})
+    r.xadd(keys.ANOMALIES, {"series": "pump", "value": "25", "source_id": "2-0", "score": "0.96",
+                            "kind": "spike", "direction": "up", "prediction": "10",
+                            "lower": "9.5", "upper": "10.5", "model_version": "v1"})
+    settings = Settings(_env_file=None, redis_url=redis_url)  # type: ignore[call-arg]
+    out = io.StringIO()
+    args = build_parser().parse_args(["tail", "--anomalies", "--from-start", "--count", "1"])
+    assert run_tail(args, settings, out=out) == 0
+    assert out.getvalue() == ("ANOMALY spike up  pump  value=25  score=0.96  prediction=10  "
+                              "interval=[9.5, 10.5]  model=v1  source=2-0\n")
+    both = build_parser().parse_args(["tail", "--anomalies", "--deadletter"])
+    with pytest.raises(UsageError, match="one of them"):
+        run_tail(both, settings, out=out)
