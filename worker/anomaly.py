@@ -247,26 +247,43 @@ def _step(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate
     n = cal.n[rows]
     inv = 1.0 / (n + 2.0)
     _move_level(cal, rows, y, inv)
-    ok = ~np.isnan(e)
-    if not ok.all():
+    missing = np.isnan(e)
+    if missing.any():
+        ok = ~missing
         rows, e, at, floor, n, inv = rows[ok], e[ok], at[ok], floor[ok], n[ok], inv[ok]
     scale = np.maximum(cal.scale[rows].astype(np.float64), floor)
-    first = ~(scale > 0)  # NaN or 0: the first error only sets the scale
-    if first.any():
+    known = scale > 0  # else NaN or 0: the first error only sets the scale
+    if not known.all():
+        first = ~known
         cal.scale[rows[first]] = np.maximum(np.abs(e[first]), 1e-12)
-        keep = ~first
-        rows, e, at, scale, n, inv = rows[keep], e[keep], at[keep], scale[keep], n[keep], inv[keep]
+        k = known
+        rows, e, at, scale, n, inv = rows[k], e[k], at[k], scale[k], n[k], inv[k]
     if not len(rows):
         return
     q, mode = cal.q[rows].astype(np.float64), cal.mode[rows].astype(np.int64)
-    r = np.abs(e) / scale
+    size = np.abs(e)
+    r = size / scale
     beyond = r > q
-    direction = np.where(e >= 0, 1, -1)
+    direction = (e >= 0) * 2 - 1  # +1 up, -1 down
+    out.score[at] = tail_score(r, q)
+    out.direction[at] = direction
+    if beyond.any() or mode.any():
+        _flag_and_learn(cal, rows, q, mode, beyond, direction, n, rate, out, at)
+    else:  # nothing beyond, no series spiked or quiet: modes stay, every threshold goes down
+        cal.q[rows] = q * (1.0 + (-STEP * rate))
+    clipped = np.minimum(size, CLIP * scale)
+    weight = np.maximum(SCALE_EWMA, inv)  # a running mean at first
+    cal.scale[rows] = (1.0 - weight) * scale + weight * clipped
+    cal.n[rows] = np.minimum(n.astype(np.int64) + 1, np.iinfo(np.uint16).max)
+
+
+def _flag_and_learn(cal: Calibration, rows: np.ndarray, q: np.ndarray, mode: np.ndarray,
+                    beyond: np.ndarray, direction: np.ndarray, n: np.ndarray, rate: float,
+                    out: Verdicts, at: np.ndarray) -> None:
+    """The flags and kinds of one step, the alert state machine, and the thresholds."""
     quiet = np.abs(mode) == QUIET
     flag = beyond & ~quiet & (n >= WARMUP)
     shift = flag & (mode == SPIKED * direction)
-    out.score[at] = tail_score(r, q)
-    out.direction[at] = direction
     flagged = flag.any()
     if flagged:
         out.flag[at] = flag
@@ -276,16 +293,13 @@ def _step(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate
     learn = ~quiet & ~shift  # a level shift's values teach the threshold nothing
     step = np.where(beyond, STEP * (1.0 - rate), -STEP * rate)
     cal.q[rows] = np.where(learn, q * (1.0 + step), q)
-    clipped = np.minimum(np.abs(e), CLIP * scale)
-    weight = np.maximum(SCALE_EWMA, inv)  # a running mean at first
-    cal.scale[rows] = (1.0 - weight) * scale + weight * clipped
-    cal.n[rows] = np.minimum(n.astype(np.int64) + 1, np.iinfo(np.uint16).max)
 
 
 def _move_level(cal: Calibration, rows: np.ndarray, y: np.ndarray, inv: np.ndarray) -> None:
     """The rows' level and spread take in the values `y` (NaN: none); `inv`: 1 / (n + 2)."""
-    ok = ~np.isnan(y)
-    if not ok.all():
+    missing = np.isnan(y)
+    if missing.any():
+        ok = ~missing
         rows, y, inv = rows[ok], y[ok], inv[ok]
     level = cal.level[rows].astype(np.float64)
     new = np.isnan(level)
