@@ -240,3 +240,19 @@ def test_tail_anomalies_follows_the_flagged_values(r: redis.Redis, redis_url: st
     both = build_parser().parse_args(["tail", "--anomalies", "--deadletter"])
     with pytest.raises(UsageError, match="one of them"):
         run_tail(both, settings, out=out)
+
+
+def test_the_verdict_state_grows_with_the_store_and_a_forgotten_series_starts_empty() -> None:
+    from worker.anomaly import judge
+
+    store = SeriesStore(width=3, initial=2)
+    names = [b"a", b"b", b"c", b"d", b"e"]
+    slots = store.place(names, lambda s: [None] * len(s))
+    assert len(store.cal_q) >= 5 and len(store.calibration().scale) == len(store.vals)
+    for _ in range(2):  # the first error sets each scale, the second is scored
+        judge(store.calibration(), slots, np.zeros(5), np.ones(5), 0.01)
+    assert store.cal_n[slots].tolist() == [1] * 5
+    assert store.forget([b"a"]) == 1  # the series TTL swept it
+    again = store.place([b"a"], lambda s: [None] * len(s))
+    assert store.cal_n[again].tolist() == [0] and np.isnan(store.cal_scale[again]).all()
+    assert store.cal_n[store.index[b"b"]] == 1
