@@ -43,6 +43,7 @@ Q0 = 5.0  # the threshold a series starts from, in scales
 WARMUP = 50  # values scored before a series can be flagged (its scale settles)
 SETTLE = 5  # values in a row inside the threshold that end a quiet period
 HOLD_MAX = 200  # a quiet period ends after this many values at the latest
+N_MAX = int(np.iinfo(np.uint16).max)  # `n` stops counting here
 LOOP_RATIO = 16  # `judge` loops in Python when a series has more than 1/16 of the values
 KINDS = ("", "spike", "level_shift")  # kind codes 0, 1, 2
 NORMAL, SPIKED, QUIET = 0, 1, 2  # modes (times the direction: +1 up, -1 down)
@@ -144,17 +145,13 @@ def judge(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.nda
     return out
 
 
-def _f32(x: float) -> float:
-    """`x` rounded to float32, as storing it in the state does."""
-    return float(np.float32(x))
-
-
 def _looped(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate: float,
             out: Verdicts, at: np.ndarray) -> None:
     """`_step` value by value (`rows` sorted, each series' values in stream order), in plain
     Python floats rounded to float32 wherever `_step` stores one: the same results."""
     score, flag_out, dir_out, kind_out = out.score, out.flag, out.direction, out.kind
     rows_l, y_l, e_l, at_l = rows.tolist(), y.tolist(), e.tolist(), at.tolist()
+    f32, n_max = np.float32, N_MAX
     i, m = 0, len(rows_l)
     while i < m:
         r = rows_l[i]
@@ -165,20 +162,22 @@ def _looped(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, ra
             yi, ei, j = y_l[i], e_l[i], at_l[i]
             i += 1
             floor = FLOOR * spread
+            inv = 1.0 / (n + 2.0)
             if yi == yi:  # _move_level
                 if level != level:
                     level = yi
-                w = max(LEVEL_EWMA, 1.0 / (n + 2.0))
+                w = max(LEVEL_EWMA, inv)
                 level64 = (1.0 - w) * level + w * yi
-                level = _f32(level64)
-                spread = _f32((1.0 - w) * spread + w * abs(yi - level64))
+                level = float(f32(level64))
+                spread = float(f32((1.0 - w) * spread + w * abs(yi - level64)))
             if ei != ei:
                 continue
+            size = abs(ei)
             s = scale if scale != scale or scale > floor else floor  # np.maximum keeps NaN
             if not s > 0:  # the first error only sets the scale
-                scale = _f32(max(abs(ei), 1e-12))
+                scale = float(f32(max(size, 1e-12)))
                 continue
-            ratio = abs(ei) / s
+            ratio = size / s
             beyond = ratio > q
             direction = 1 if ei >= 0 else -1
             quiet = abs(mode) == QUIET
@@ -198,10 +197,10 @@ def _looped(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, ra
             if abs(mode) != QUIET:
                 since = calm = 0
             if not quiet and not shift:
-                q = _f32(q * (1.0 + (STEP * (1.0 - rate) if beyond else -STEP * rate)))
-            w = max(SCALE_EWMA, 1.0 / (n + 2.0))
-            scale = _f32((1.0 - w) * s + w * min(abs(ei), CLIP * s))
-            n = min(n + 1, np.iinfo(np.uint16).max)
+                q = float(f32(q * (1.0 + (STEP * (1.0 - rate) if beyond else -STEP * rate))))
+            w = max(SCALE_EWMA, inv)
+            scale = float(f32((1.0 - w) * s + w * min(size, CLIP * s)))
+            n = min(n + 1, n_max)
         cal.scale[r], cal.q[r], cal.level[r], cal.spread[r] = scale, q, level, spread
         cal.n[r], cal.mode[r], cal.since[r], cal.calm[r] = n, mode, since, calm
 
@@ -274,7 +273,7 @@ def _step(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate
     clipped = np.minimum(size, CLIP * scale)
     weight = np.maximum(SCALE_EWMA, inv)  # a running mean at first
     cal.scale[rows] = (1.0 - weight) * scale + weight * clipped
-    cal.n[rows] = np.minimum(n.astype(np.int64) + 1, np.iinfo(np.uint16).max)
+    cal.n[rows] = np.minimum(n.astype(np.int64) + 1, N_MAX)
 
 
 def _flag_and_learn(cal: Calibration, rows: np.ndarray, q: np.ndarray, mode: np.ndarray,
