@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--deadletter", action="store_true", help="follow the dead-letter stream instead"
     )
+    p.add_argument(
+        "--anomalies", action="store_true",
+        help="follow the flagged values (forecast:anomalies) instead",
+    )
     _add(p, "tail")
     p.set_defaults(run=commands.tail)
 

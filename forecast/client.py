@@ -174,21 +174,32 @@ def run_push(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def format_prediction(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
-    """One readable line for a prediction (or dead letter).
+    """One readable line for a prediction (or dead letter, or anomaly).
 
     >>> format_prediction(b"1-0", {b"series": b"s1", b"prediction": b"10.705",
     ...                   b"model_version": b"v1", b"source_id": b"0-9"})
     's1  prediction=10.705  model=v1  source=0-9'
+    >>> format_prediction(b"2-0", {b"series": b"s1", b"value": b"99", b"score": b"0.97",
+    ...                   b"kind": b"spike", b"direction": b"up", b"prediction": b"10.7",
+    ...                   b"model_version": b"v1", b"source_id": b"0-10"})
+    'ANOMALY spike up  s1  value=99  score=0.97  prediction=10.7  model=v1  source=0-10'
     """
     f = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
     if "reason" in f:
         shown = {k: v[:60] for k, v in f.items() if k not in ("reason", "source_id")}
         return f"DEAD {f['reason']}  source={f.get('source_id', '?')}  fields={shown}"
     line = f"{f.get('series', '?')}  prediction={f.get('prediction', '?')}"
+    if "score" in f and "kind" in f:  # an entry of forecast:anomalies
+        line = (f"ANOMALY {f['kind']} {f.get('direction', '?')}  {f.get('series', '?')}  "
+                f"value={f.get('value', '?')}  score={f['score']}  "
+                f"prediction={f.get('prediction', '?')}")
     if "lower" in f:
         line += f"  interval=[{f['lower']}, {f['upper']}]"
     if "path" in f:
         line += f"  path={f['path']}"
+    if f.get("anomaly") == "1":
+        line += f"  anomaly={f.get('kind', '?')}/{f.get('direction', '?')}"
+        line += f" score={f.get('anomaly_score', '?')}"
     return line + f"  model={f.get('model_version', '?')}  source={f.get('source_id', '?')}"
 
 
@@ -225,12 +236,19 @@ def run_get(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdo
 
 
 def run_tail(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) -> int:
-    """`forecast tail`: follow predictions (or dead letters) until Ctrl-C or --count."""
+    """`forecast tail`: follow predictions (or dead letters, or anomalies) until Ctrl-C or
+    --count."""
+    anomalies = getattr(args, "anomalies", False)
+    if args.deadletter and anomalies:
+        raise UsageError("--deadletter and --anomalies: follow one of them")
     client = connect(settings, timeout=None)
-    streams = (keys.deadletter_streams if args.deadletter else keys.output_streams)(
-        settings.shards, settings.cluster
-    )
-    if args.series and not args.deadletter:  # a followed series has its own stream
+    pick = keys.output_streams
+    if args.deadletter:
+        pick = keys.deadletter_streams
+    elif anomalies:
+        pick = keys.anomaly_streams
+    streams = pick(settings.shards, settings.cluster)
+    if args.series and not args.deadletter and not anomalies:  # a followed series' stream
         k = keys.shard_of(args.series, settings.shards) if settings.cluster else 0
         own = keys.shard_keys(k, settings.shards, settings.cluster).follow_stream(
             args.series.encode()).decode()

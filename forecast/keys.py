@@ -15,6 +15,7 @@ VALUES = "forecast:values"
 PREDICTIONS = "forecast:predictions"
 LATEST = "forecast:latest"  # hash: series -> its newest forecast (JSON); per shard on a cluster
 DEADLETTER = "forecast:deadletter"
+ANOMALIES = "forecast:anomalies"  # stream: the flagged values; per shard on a cluster
 
 # Model registry.
 MODELS_STREAM = "forecast:models"  # announcements of published / promoted versions
@@ -110,12 +111,13 @@ class ShardKeys:
     fence: str  # touched when a zombie tries to read: aborts its WATCHed read (see worker)
     seen: str = ""  # sorted set: series -> last commit time (ms), for FORECAST_SERIES_TTL_MS
     latest: str = ""  # hash: series -> its newest forecast (JSON)
+    anomalies: str = ""  # stream: the flagged values (worker.anomaly)
 
     @property
     def commit_keys(self) -> list[str]:
         """KEYS of the commit script, in its order (then the followed series' streams)."""
         return [self.values, self.predictions, self.deadletter, self.state, self.lease,
-                self.seen, self.latest]
+                self.seen, self.latest, self.anomalies]
 
     def follow_stream(self, series: bytes) -> bytes:
         """The output stream of one followed series (FORECAST_FOLLOW), beside this shard's.
@@ -133,8 +135,9 @@ def shard_keys(shard: int, shards: int, cluster: bool = False) -> ShardKeys:
     >>> k.values, k.predictions, k.state
     ('forecast:values', 'forecast:predictions', 'forecast:state')
     >>> k = shard_keys(2, 4, cluster=True)
-    >>> k.values, k.predictions, k.lease
-    ('forecast:values:{2}', 'forecast:predictions:{2}', 'forecast:lease:{2}')
+    >>> k.values, k.predictions, k.lease, k.anomalies
+    ('forecast:values:{2}', 'forecast:predictions:{2}', 'forecast:lease:{2}', \
+'forecast:anomalies:{2}')
     """
     values = values_stream(shard, shards, cluster)
     tag = "" if shards == 1 and not cluster else f":{{{shard}}}"
@@ -151,6 +154,7 @@ def shard_keys(shard: int, shards: int, cluster: bool = False) -> ShardKeys:
         fence=f"forecast:fence{tag}",
         seen=f"forecast:seen{tag}",
         latest=LATEST + out_tag,
+        anomalies=ANOMALIES + out_tag,
     )
 
 
@@ -173,3 +177,14 @@ def deadletter_streams(shards: int, cluster: bool) -> list[str]:
     if not cluster:
         return [DEADLETTER]
     return [shard_keys(k, shards, cluster).deadletter for k in range(shards)]
+
+
+def anomaly_streams(shards: int, cluster: bool) -> list[str]:
+    """Every stream of flagged values (`forecast:anomalies`, one per shard on a cluster).
+
+    >>> anomaly_streams(4, False), anomaly_streams(2, True)
+    (['forecast:anomalies'], ['forecast:anomalies:{0}', 'forecast:anomalies:{1}'])
+    """
+    if not cluster:
+        return [ANOMALIES]
+    return [shard_keys(k, shards, cluster).anomalies for k in range(shards)]

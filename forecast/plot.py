@@ -2,7 +2,8 @@
 
 The x axis counts the series' input entries (oldest to newest). A prediction whose
 `source_id` is input entry X forecasts the value after X, so it is drawn one step to the
-right of X; the last one may sit one step past the newest value (the next forecast).
+right of X; the last one may sit one step past the newest value (the next forecast). The
+output entry of X also carries the verdict on X: a flagged value (`anomaly=1`) is marked.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Forecast:
     value: float
     lower: float | None = None
     upper: float | None = None
+    anomaly: bool = False  # the input it follows was flagged (the entry's `anomaly=1`)
 
 
 def parse_id(entry_id: bytes | str) -> EntryId:
@@ -134,7 +136,7 @@ def read_predictions(
         source = parse_id(fields[b"source_id"])
         if source not in found:
             lower, upper = to_float(fields.get(b"lower")), to_float(fields.get(b"upper"))
-            found[source] = Forecast(value, lower, upper)
+            found[source] = Forecast(value, lower, upper, fields.get(b"anomaly") == b"1")
             if len(found) >= want:
                 break
     return found
@@ -161,6 +163,19 @@ def align(
     return values, preds
 
 
+def flagged(actual: dict[EntryId, float], predicted: dict[EntryId, Forecast],
+            last: int) -> list[Actual]:
+    """The flagged values as `(step, value)` on the axis of `align`.
+
+    >>> a = {(1, 0): 10.0, (2, 0): 50.0, (3, 0): 12.0}
+    >>> flagged(a, {(2, 0): Forecast(12.0, anomaly=True), (3, 0): Forecast(12.5)}, 10)
+    [(1, 50.0)]
+    """
+    timeline = sorted(set(actual) | set(predicted))[-last:]
+    return [(i, actual[e]) for i, e in enumerate(timeline)
+            if e in actual and (f := predicted.get(e)) is not None and f.anomaly]
+
+
 def mae(actual: list[Actual], predicted: list[Predicted]) -> float | None:
     """Mean absolute error over the steps that have both a value and a prediction.
 
@@ -179,10 +194,12 @@ def render_plot(
     predicted: list[tuple[int, float, float | None, float | None]],
     series: str,
     path: str | Path,
+    anomalies: list[tuple[int, float]] | None = None,
 ) -> Path:
-    """Draw values (line), predictions (markers) and the interval band to a PNG; return its path.
+    """Draw values (line), predictions (markers), the interval band and the flagged values
+    (`anomalies`, red crosses) to a PNG; return its path.
 
-    Both lists hold `(step, value)` / `(step, prediction, lower, upper)` on the same x axis.
+    The lists hold `(step, value)` / `(step, prediction, lower, upper)` on the same x axis.
     """
     from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas for PNG
 
@@ -205,10 +222,15 @@ def render_plot(
                 [b[0] for b in band], [b[1] for b in band], [b[2] for b in band],
                 color="tab:orange", alpha=0.2, linewidth=0, label="interval",
             )
+    if anomalies:
+        ax.scatter([a[0] for a in anomalies], [a[1] for a in anomalies], color="tab:red",
+                   marker="x", s=60, zorder=3, label="anomaly")
     error = mae(actual, predicted)
     title = f"series {series}: {len(actual)} values, {len(predicted)} predictions"
     if error is not None:
         title += f", MAE {error:.4g}"
+    if anomalies:
+        title += f", {len(anomalies)} flagged"
     ax.set_title(title)
     ax.set_xlabel("input entry (oldest → newest); a prediction sits on the value it forecasts")
     ax.set_ylabel("value")
@@ -240,7 +262,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"of {values_stream} and {out_stream}"
         )
     points, preds = align(actual, predicted, last)
-    out = render_plot(points, preds, series, args.plot_out)
+    out = render_plot(points, preds, series, args.plot_out, flagged(actual, predicted, last))
     log.info("plot written", extra={"series": series, "values": len(points), "path": str(out)})
     print(out)
     return 0

@@ -149,6 +149,11 @@ class Settings(BaseSettings):
         24, "A gap longer than this many steps resets the window, whatever the policy",
         cli=WORKER, ge=1, le=10_000,
     )
+    anomaly_rate: float = setting(
+        0.001, "Anomaly verdicts: the flags expected per value on normal data (each series' "
+        "threshold calibrates itself to it online); 0 turns verdicts off (no anomaly fields, "
+        "nothing written to forecast:anomalies)", cli=WORKER, ge=0.0, le=0.5,
+    )
     follow: str = setting(
         "", "Glob patterns, comma-separated, of series whose outputs also go to their own "
         "stream forecast:predictions:<series> (capped), for dashboards (empty: none)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from worker import anomaly
-from worker.anomaly import KINDS, Calibration, judge
+from worker.anomaly import KINDS, Calibration, judge, judge_once
 
 
 def _stream(errors: np.ndarray, rate: float, chunk: int | None = None) -> anomaly.Verdicts:
@@ -107,3 +107,52 @@ def test_a_flat_line_does_not_make_its_next_small_step_infinitely_strange() -> N
     v = judge(Calibration.empty(1), np.zeros(len(y), dtype=np.int64), y,
               np.r_[y[:500], np.zeros(500), 0.3], 0.001)
     assert not v.flag[-1] and v.score[-1] < 0.5
+
+
+def test_the_one_value_per_series_fast_path_is_judge_bit_for_bit() -> None:
+    rng = np.random.default_rng(11)
+    n_series, steps = 40, 600
+    a, b = Calibration.empty(n_series), Calibration.empty(n_series)
+    flagged = 0
+    for k in range(steps):
+        rows = rng.permutation(n_series)[:rng.integers(1, n_series + 1)]
+        errors = rng.standard_t(3, len(rows)) * np.logspace(-2, 2, n_series)[rows]
+        errors[rng.random(len(rows)) < 0.05] = np.nan  # no forecast
+        if k in (300, 301):
+            errors[:3] += 1e4  # spikes and level shifts
+        values = rng.standard_normal(len(rows))
+        values[rng.random(len(rows)) < 0.02] = np.nan  # a fill
+        va = judge(a, rows, values, errors, 0.01)
+        vb = judge_once(b, rows, values, errors, 0.01)
+        for name in ("flag", "direction", "kind"):
+            assert np.array_equal(getattr(va, name), getattr(vb, name)), (k, name)
+        assert np.array_equal(va.score, vb.score, equal_nan=True), k
+        flagged += int(va.flag.sum())
+    every = np.arange(n_series)
+    assert a.snapshot(every).tobytes() == b.snapshot(every).tobytes()
+    assert flagged > 0
+
+
+def test_the_python_loop_is_the_vectorised_steps_bit_for_bit() -> None:
+    rng = np.random.default_rng(12)
+    n_series, m = 6, 3_000
+    rows = rng.integers(0, n_series, m)
+    errors = rng.standard_t(3, m) * np.logspace(-3, 3, n_series)[rows]
+    errors[rng.random(m) < 0.03] = np.nan
+    errors[1_500:1_510] += 1e5  # spikes, level shifts and quiet periods
+    values = np.cumsum(rng.standard_normal(m))
+    values[rng.random(m) < 0.01] = np.nan
+    out = []
+    for looped in (True, False):
+        cal = Calibration.empty(n_series)
+        parts = [judge(cal, rows[i:i + 250], values[i:i + 250], errors[i:i + 250], 0.01,
+                       looped=looped) for i in range(0, m, 250)]
+        out.append((parts, cal.snapshot(np.arange(n_series)).tobytes()))
+    (loop, loop_state), (vec, vec_state) = out
+    for a, b in zip(loop, vec, strict=True):
+        for name in ("flag", "direction", "kind"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+        assert np.array_equal(a.score, b.score, equal_nan=True)
+    assert loop_state == vec_state
+    assert sum(int(p.flag.sum()) for p in loop) > 0
+    assert {int(k) for p in loop for k in p.kind} >= {1, 2}

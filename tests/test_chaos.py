@@ -231,6 +231,11 @@ def test_chaos_nothing_lost_nothing_duplicated(fresh_server: RedisServer) -> Non
             order_violations += 1
         last[series] = sid
     dead = client.xlen(keys.DEADLETTER)
+    # the anomaly alerts, written by the same commits: each flagged output entry has exactly
+    # one alert on forecast:anomalies, and no alert is there twice
+    alerts = Counter((f[b"series"], f[b"source_id"]) for _, f in client.xrange(keys.ANOMALIES))
+    flagged = {(f[b"series"], f[b"source_id"]) for _, f in preds if f.get(b"anomaly") == b"1"}
+    judged = sum(b"anomaly_score" in f for _, f in preds)
     # forecast:latest after every kill: each series' entry is its last prediction
     newest = {f[b"series"]: f for _, f in preds}
     stale = [s for s, f in newest.items()
@@ -249,6 +254,8 @@ def test_chaos_nothing_lost_nothing_duplicated(fresh_server: RedisServer) -> Non
         "max_rel_error": float(f"{worst:.3g}"), "order_violations": order_violations,
         "dead_letters": dead, "pending_at_end": pending, "exit_codes_at_stop": exit_codes,
         "latest_not_the_last_prediction": len(stale),
+        "anomalies": sum(alerts.values()),
+        "anomalies_duplicated": sum(n - 1 for n in alerts.values()),
         "wall_s": round(wall, 1),
     }
     print("chaos figures:", json.dumps(figures))
@@ -258,6 +265,8 @@ def test_chaos_nothing_lost_nothing_duplicated(fresh_server: RedisServer) -> Non
     assert not lost, f"{len(lost)} inputs without a prediction"
     assert not duplicated, f"{len(duplicated)} inputs predicted more than once"
     assert not unexpected and mismatched == 0 and order_violations == 0
+    assert set(alerts.values()) <= {1}, "alerts written more than once"
+    assert set(alerts) == flagged and judged > len(preds) // 2
     assert dead == 0 and pending == 0
     assert len(newest) == SERIES and not stale, f"forecast:latest stale for {stale[:5]}"
     assert exit_codes == [0] * WORKERS

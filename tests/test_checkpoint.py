@@ -11,6 +11,7 @@ from tests.helpers import LinearModel
 from worker import metrics
 from worker.batch import build_commit
 from worker.checkpoint import (
+    CURRENT,
     FLAG,
     FLAG3,
     FLAG4,
@@ -18,14 +19,18 @@ from worker.checkpoint import (
     blob_dtype,
     blob_version,
     decode_blob,
+    head_of,
 )
 from worker.state import SeriesStore
 
 
 def _old(version: int, width: int, count: int, values: list[float]) -> bytes:
     row = np.zeros(1, dtype=blob_dtype(width, version=version))
-    flags = {1: 0, 2: FLAG, 3: FLAG | FLAG3}[version]
-    row["count"], row["last_ts"], row["v"] = count | flags, 42, values
+    if version >= 4:
+        row["head"], row["count"], row["seq"] = head_of(version), count, -1
+    else:
+        row["count"] = count | {1: 0, 2: FLAG, 3: FLAG | FLAG3}[version]
+    row["last_ts"], row["v"] = 42, values
     if version >= 2:
         row["aci"] = 0.7
     return row.tobytes()
@@ -36,15 +41,16 @@ def test_version_1_checkpoints_still_load() -> None:
     slot = store.add(b"s", _old(1, 3, 2, [0, 7, 8]))
     assert store.vals[slot].tolist() == [0, 7, 8] and store.count[slot] == 2
     assert store.last_ts[slot] == 42 and store.aci[slot] == 0.0
-    assert blob_version(store.encode([slot])[0]) == 4
+    assert blob_version(store.encode([slot])[0]) == CURRENT
     assert decode_blob(store.encode([slot])[0]).count == 2
 
 
-@pytest.mark.parametrize("version, width", [(2, 13), (3, 11)])
+@pytest.mark.parametrize("version, width", [(2, 19), (3, 17), (4, 10)])
 def test_older_layouts_as_long_as_a_current_blob_are_read_by_their_layout(
         version: int, width: int) -> None:
-    """A width-13 version-2 blob and a width-11 version-3 blob are exactly as long as a width-4
-    current one: each must be read by its own layout, never as the current one."""
+    """A width-19 version-2 blob, a width-17 version-3 blob and a width-10 version-4 blob are
+    exactly as long as a width-4 current one: each must be read by its own layout, never as
+    the current one."""
     blob = _old(version, width, 5, [0.0] * (width - 5) + [3, 4, 5, 6, 7])
     assert len(blob) == blob_dtype(4).itemsize
     store = SeriesStore(width=4)
@@ -105,10 +111,52 @@ def test_the_period_is_kept_from_version_4_and_starts_at_0_from_older_ones() -> 
     assert store.vals[slot].tolist() == [0, 7, 8, 9] and store.period[slot] == 0
     store.period[slot] = -12  # detected online (worker.routing)
     blob = store.encode([slot])[0]
-    assert blob_version(blob) == 4 and decode_blob(blob).period == -12
+    assert blob_version(blob) == CURRENT and decode_blob(blob).period == -12
     again = SeriesStore(width=4)
     again.add_many([b"s", b"t"], [blob, None])  # the same width: the bulk path
     narrow = SeriesStore(width=2)
     narrow.add(b"s", blob)  # another width: one by one
     assert again.period[again.index[b"s"]] == -12 and again.period[again.index[b"t"]] == 0
     assert narrow.period[narrow.index[b"s"]] == -12 and narrow.vals[0].tolist() == [8, 9]
+
+
+def _judged_store() -> tuple[SeriesStore, int]:
+    """A store whose series `s` has a verdict state that is not the empty one."""
+    from worker.anomaly import judge
+
+    store = SeriesStore(width=3)
+    slot = store.set_window(b"s", [1, 2, 3])
+    rng = np.random.default_rng(0)
+    judge(store.calibration(), np.full(80, slot), rng.standard_normal(80),
+          rng.standard_normal(80), 0.01)
+    return store, slot
+
+
+def test_the_verdict_state_is_kept_from_version_5_and_starts_empty_from_older_ones() -> None:
+    store, slot = _judged_store()
+    saved = store.calibration().snapshot(np.array([slot]))
+    assert saved["n"][0] >= 50 and saved["q"][0] != 5.0
+    blob = store.encode([slot])[0]
+    same, other = SeriesStore(width=3), SeriesStore(width=5)
+    same.add_many([b"s", b"t"], [blob, None])  # the bulk path
+    other.add(b"s", blob)  # another width: one by one
+    for back in (same, other):
+        got = back.calibration().snapshot(np.array([back.index[b"s"]]))
+        assert got.tobytes() == saved.tobytes()
+    empty = SeriesStore(width=3).calibration().snapshot(np.array([0]))
+    assert same.calibration().snapshot(np.array([same.index[b"t"]])).tobytes() == empty.tobytes()
+    old = SeriesStore(width=4)
+    old.add(b"s", _old(4, 4, 3, [0, 7, 8, 9]))
+    assert old.vals[0].tolist() == [0, 7, 8, 9]
+    assert old.calibration().snapshot(np.array([0])).tobytes() == empty.tobytes()
+
+
+def test_an_impossible_verdict_state_is_refused() -> None:
+    store, slot = _judged_store()
+    store.cal_q[slot] = np.nan
+    blob = store.encode([slot])[0]
+    with pytest.raises(CheckpointError, match="impossible verdict state"):
+        decode_blob(blob)
+    fresh = SeriesStore(width=3)
+    fresh.add(b"s", blob)  # the bulk path refuses it too: the series starts afresh
+    assert fresh.count[0] == 0 and fresh.cal_q[0] == 5.0

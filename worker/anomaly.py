@@ -43,6 +43,8 @@ Q0 = 5.0  # the threshold a series starts from, in scales
 WARMUP = 50  # values scored before a series can be flagged (its scale settles)
 SETTLE = 5  # values in a row inside the threshold that end a quiet period
 HOLD_MAX = 200  # a quiet period ends after this many values at the latest
+N_MAX = int(np.iinfo(np.uint16).max)  # `n` stops counting here
+LOOP_RATIO = 16  # `judge` loops in Python when a series has more than 1/16 of the values
 KINDS = ("", "spike", "level_shift")  # kind codes 0, 1, 2
 NORMAL, SPIKED, QUIET = 0, 1, 2  # modes (times the direction: +1 up, -1 down)
 STATE = np.dtype([("scale", "<f4"), ("q", "<f4"), ("level", "<f4"), ("spread", "<f4"),
@@ -111,11 +113,13 @@ def tail_score(r: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def judge(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.ndarray,
-          rate: float) -> Verdicts:
+          rate: float, looped: bool | None = None) -> Verdicts:
     """The verdicts on `values` of series `rows` (in stream order) whose forecast errors
     (actual - forecast; NaN: no forecast) are `errors`; the rows' state moves past them.
 
-    Vectorised over series: step k judges every series' k-th value of the batch.
+    Vectorised over series: step k judges every series' k-th value of the batch; a batch
+    of few long series (or `looped`) runs value by value in plain Python instead, with the
+    same verdicts and state, bit for bit (`_looped`).
 
     >>> cal = Calibration.empty(1)
     >>> e = np.r_[np.tile([1.0, -1.0], 30), 30.0, 0.5, -25.0, -25.0, -25.0, 0.2]
@@ -124,63 +128,183 @@ def judge(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.nda
     [(60, 'spike', 1), (62, 'spike', -1), (63, 'level_shift', -1)]
     """
     m = len(rows)
-    out = Verdicts(np.full(m, np.nan), np.zeros(m, bool), np.zeros(m, np.int8),
-                   np.zeros(m, np.int8))
+    out = _no_verdicts(m)
     if m == 0:
         return out
     order = np.argsort(rows, kind="stable")
     g = rows[order]
     starts = np.flatnonzero(np.concatenate(([True], g[1:] != g[:-1])))
-    rank = np.arange(m) - np.repeat(starts, np.diff(np.append(starts, m)))
+    lengths = np.diff(np.append(starts, m))
+    if looped or (looped is None and int(lengths.max()) * LOOP_RATIO > m):
+        _looped(cal, g, values[order], errors[order], rate, out, order)
+        return out
+    rank = np.arange(m) - np.repeat(starts, lengths)
     for k in range(int(rank.max()) + 1):
         at = order[rank == k]
         _step(cal, rows[at], values[at], errors[at], rate, out, at)
     return out
 
 
+def _looped(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate: float,
+            out: Verdicts, at: np.ndarray) -> None:
+    """`_step` value by value (`rows` sorted, each series' values in stream order), in plain
+    Python floats rounded to float32 wherever `_step` stores one: the same results."""
+    score, flag_out, dir_out, kind_out = out.score, out.flag, out.direction, out.kind
+    rows_l, y_l, e_l, at_l = rows.tolist(), y.tolist(), e.tolist(), at.tolist()
+    f32, n_max = np.float32, N_MAX
+    i, m = 0, len(rows_l)
+    while i < m:
+        r = rows_l[i]
+        scale, q, level = float(cal.scale[r]), float(cal.q[r]), float(cal.level[r])
+        spread, n, mode = float(cal.spread[r]), int(cal.n[r]), int(cal.mode[r])
+        since, calm = int(cal.since[r]), int(cal.calm[r])
+        while i < m and rows_l[i] == r:
+            yi, ei, j = y_l[i], e_l[i], at_l[i]
+            i += 1
+            floor = FLOOR * spread
+            inv = 1.0 / (n + 2.0)
+            if yi == yi:  # _move_level
+                if level != level:
+                    level = yi
+                w = max(LEVEL_EWMA, inv)
+                level64 = (1.0 - w) * level + w * yi
+                level = float(f32(level64))
+                spread = float(f32((1.0 - w) * spread + w * abs(yi - level64)))
+            if ei != ei:
+                continue
+            size = abs(ei)
+            s = scale if scale != scale or scale > floor else floor  # np.maximum keeps NaN
+            if not s > 0:  # the first error only sets the scale
+                scale = float(f32(max(size, 1e-12)))
+                continue
+            ratio = size / s
+            beyond = ratio > q
+            direction = 1 if ei >= 0 else -1
+            quiet = abs(mode) == QUIET
+            flag = beyond and not quiet and n >= WARMUP
+            shift = flag and mode == SPIKED * direction
+            score[j], dir_out[j] = ratio / (ratio + q), direction
+            if flag:
+                flag_out[j], kind_out[j] = True, 2 if shift else 1
+            since = min(since + 1, 255) if quiet else 0
+            calm = calm + 1 if quiet and not beyond else 0
+            if quiet and (calm >= SETTLE or since >= HOLD_MAX):
+                mode = NORMAL
+            if not quiet:
+                mode = SPIKED * direction if flag and not shift else NORMAL
+            if shift:
+                mode = QUIET * direction
+            if abs(mode) != QUIET:
+                since = calm = 0
+            if not quiet and not shift:
+                q = float(f32(q * (1.0 + (STEP * (1.0 - rate) if beyond else -STEP * rate))))
+            w = max(SCALE_EWMA, inv)
+            scale = float(f32((1.0 - w) * s + w * min(size, CLIP * s)))
+            n = min(n + 1, n_max)
+        cal.scale[r], cal.q[r], cal.level[r], cal.spread[r] = scale, q, level, spread
+        cal.n[r], cal.mode[r], cal.since[r], cal.calm[r] = n, mode, since, calm
+
+
+def judge_once(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.ndarray,
+               rate: float) -> Verdicts:
+    """`judge` for a batch in which every series appears once (`rows` distinct): one step,
+    no sort; the same verdicts and state, bit for bit (every operation is per value).
+
+    >>> rng = np.random.default_rng(0)
+    >>> e = rng.standard_normal((120, 5)); e[100, 3] = 60.0
+    >>> y, rows = rng.standard_normal((120, 5)), np.array([3, 0, 4, 1, 2])
+    >>> a, b = Calibration.empty(5), Calibration.empty(5)
+    >>> seen = [(judge(a, rows, y[k], e[k], 0.01), judge_once(b, rows, y[k], e[k], 0.01))
+    ...         for k in range(120)]
+    >>> all(np.array_equal(getattr(va, f), getattr(vb, f), equal_nan=f == "score")
+    ...     for va, vb in seen for f in ("score", "flag", "direction", "kind"))
+    True
+    >>> a.snapshot(np.arange(5)).tobytes() == b.snapshot(np.arange(5)).tobytes()
+    True
+    >>> [(k, i) for k, (_, v) in enumerate(seen) for i in np.flatnonzero(v.flag).tolist()]
+    [(100, 3)]
+    """
+    m = len(rows)
+    out = _no_verdicts(m)
+    if m:
+        _step(cal, rows, values, errors, rate, out, np.arange(m))
+    return out
+
+
+def _no_verdicts(m: int) -> Verdicts:
+    """`m` values not judged (yet)."""
+    return Verdicts(np.full(m, np.nan), np.zeros(m, bool), np.zeros(m, np.int8),
+                    np.zeros(m, np.int8))
+
+
 def _step(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate: float,
           out: Verdicts, at: np.ndarray) -> None:
     """One value of each of the (distinct) series `rows`: its verdict, then the state."""
+    # The `.all()` / `.any()` checks skip work that would change nothing (a batch where
+    # every value has a forecast and no series is flagged or quiet is the common case).
     floor = FLOOR * cal.spread[rows].astype(np.float64)  # from the values before this one
-    _move_level(cal, rows, y)
-    ok = ~np.isnan(e)
-    rows, e, at, floor = rows[ok], e[ok], at[ok], floor[ok]
+    n = cal.n[rows]
+    inv = 1.0 / (n + 2.0)
+    _move_level(cal, rows, y, inv)
+    missing = np.isnan(e)
+    if missing.any():
+        ok = ~missing
+        rows, e, at, floor, n, inv = rows[ok], e[ok], at[ok], floor[ok], n[ok], inv[ok]
     scale = np.maximum(cal.scale[rows].astype(np.float64), floor)
-    first = ~(scale > 0)  # NaN or 0: the first error only sets the scale
-    cal.scale[rows[first]] = np.maximum(np.abs(e[first]), 1e-12)
-    keep = ~first
-    rows, e, at, scale = rows[keep], e[keep], at[keep], scale[keep]
+    known = scale > 0  # else NaN or 0: the first error only sets the scale
+    if not known.all():
+        first = ~known
+        cal.scale[rows[first]] = np.maximum(np.abs(e[first]), 1e-12)
+        k = known
+        rows, e, at, scale, n, inv = rows[k], e[k], at[k], scale[k], n[k], inv[k]
     if not len(rows):
         return
     q, mode = cal.q[rows].astype(np.float64), cal.mode[rows].astype(np.int64)
-    r = np.abs(e) / scale
+    size = np.abs(e)
+    r = size / scale
     beyond = r > q
-    direction = np.where(e >= 0, 1, -1)
-    quiet = np.abs(mode) == QUIET
-    flag = beyond & ~quiet & (cal.n[rows] >= WARMUP)
-    shift = flag & (mode == SPIKED * direction)
+    direction = (e >= 0) * 2 - 1  # +1 up, -1 down
     out.score[at] = tail_score(r, q)
     out.direction[at] = direction
-    out.flag[at] = flag
-    out.kind[at] = np.where(shift, 2, np.where(flag, 1, 0))
-    _advance_modes(cal, rows, beyond, flag, shift, direction, quiet)
+    if beyond.any() or mode.any():
+        _flag_and_learn(cal, rows, q, mode, beyond, direction, n, rate, out, at)
+    else:  # nothing beyond, no series spiked or quiet: modes stay, every threshold goes down
+        cal.q[rows] = q * (1.0 + (-STEP * rate))
+    clipped = np.minimum(size, CLIP * scale)
+    weight = np.maximum(SCALE_EWMA, inv)  # a running mean at first
+    cal.scale[rows] = (1.0 - weight) * scale + weight * clipped
+    cal.n[rows] = np.minimum(n.astype(np.int64) + 1, N_MAX)
+
+
+def _flag_and_learn(cal: Calibration, rows: np.ndarray, q: np.ndarray, mode: np.ndarray,
+                    beyond: np.ndarray, direction: np.ndarray, n: np.ndarray, rate: float,
+                    out: Verdicts, at: np.ndarray) -> None:
+    """The flags and kinds of one step, the alert state machine, and the thresholds."""
+    quiet = np.abs(mode) == QUIET
+    flag = beyond & ~quiet & (n >= WARMUP)
+    shift = flag & (mode == SPIKED * direction)
+    flagged = flag.any()
+    if flagged:
+        out.flag[at] = flag
+        out.kind[at] = np.where(shift, 2, np.where(flag, 1, 0))
+    if flagged or mode.any():  # else every mode stays NORMAL, `since` and `calm` 0
+        _advance_modes(cal, rows, beyond, flag, shift, direction, quiet)
     learn = ~quiet & ~shift  # a level shift's values teach the threshold nothing
     step = np.where(beyond, STEP * (1.0 - rate), -STEP * rate)
     cal.q[rows] = np.where(learn, q * (1.0 + step), q)
-    clipped = np.minimum(np.abs(e), CLIP * scale)
-    weight = np.maximum(SCALE_EWMA, 1.0 / (cal.n[rows] + 2.0))  # a running mean at first
-    cal.scale[rows] = (1.0 - weight) * scale + weight * clipped
-    cal.n[rows] = np.minimum(cal.n[rows].astype(np.int64) + 1, np.iinfo(np.uint16).max)
 
 
-def _move_level(cal: Calibration, rows: np.ndarray, y: np.ndarray) -> None:
-    """The rows' level and spread take in the values `y` (NaN: none)."""
-    ok = ~np.isnan(y)
-    rows, y = rows[ok], y[ok]
+def _move_level(cal: Calibration, rows: np.ndarray, y: np.ndarray, inv: np.ndarray) -> None:
+    """The rows' level and spread take in the values `y` (NaN: none); `inv`: 1 / (n + 2)."""
+    missing = np.isnan(y)
+    if missing.any():
+        ok = ~missing
+        rows, y, inv = rows[ok], y[ok], inv[ok]
     level = cal.level[rows].astype(np.float64)
     new = np.isnan(level)
-    level[new] = y[new]
-    weight = np.maximum(LEVEL_EWMA, 1.0 / (cal.n[rows] + 2.0))
+    if new.any():
+        level[new] = y[new]
+    weight = np.maximum(LEVEL_EWMA, inv)
     level = (1.0 - weight) * level + weight * y
     cal.level[rows] = level
     cal.spread[rows] = (1.0 - weight) * cal.spread[rows] + weight * np.abs(y - level)

@@ -17,6 +17,7 @@ import numpy as np
 from forecast.grammar import Limits, parse_fields
 from forecast.registry import version_number
 from worker import gaps, metrics, outputs, routing
+from worker.anomaly import judge, judge_once
 from worker.scoring import Forecasts, Joined, Scores, adapt, evaluate
 from worker.state import COLUMNS, SeriesStore
 from worker.timing import Timing, observe
@@ -56,6 +57,7 @@ class Served:
     follow: outputs.Follow | None = None  # FORECAST_FOLLOW: series copied to their own stream
     gap_policy: str = "fill"  # FORECAST_GAP_POLICY (worker.gaps)
     gap_max_steps: int = 24
+    anomaly_rate: float = 0.0  # FORECAST_ANOMALY_RATE (worker.anomaly); 0: no verdicts
 
     @property
     def models(self) -> list[Predictor]:
@@ -81,6 +83,8 @@ class Commit:
     follow_series: list[bytes] = field(default_factory=list)  # FORECAST_FOLLOW matches
     follow: list[int] = field(default_factory=list)  # (entry, follow_series index) pairs
     deadletters: list[list[bytes | str]] = field(default_factory=list)  # flat field/value pairs
+    alerts: list[list[bytes | str]] = field(default_factory=list)  # forecast:anomalies entries
+    anomalies: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, direction): n
     state: list[bytes] = field(default_factory=list)  # flat series/blob pairs
     reasons: dict[str, int] = field(default_factory=dict)
     n_values: int = 0  # valid values in the batch
@@ -260,7 +264,7 @@ def _passes(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
         parts = _gapped(commit, store, served, batch, timing)
         rows = np.unique(np.concatenate([p.rows for p in parts]))
     else:  # the common case: one pass, nothing to fill or restart
-        parts = [_predict(commit, store, served, batch, None)]
+        parts = [_predict(commit, store, served, batch, None, None)]
         rows = parts[0].rows  # sorted and unique (`SeriesStore.advance`)
     pairs = zip(store.keys_of(rows), store.encode(rows), strict=True)
     commit.state = [b for pair in pairs for b in pair]
@@ -273,7 +277,9 @@ def _passes(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
         if any(p.warm is not None for p in done):
             warm = np.concatenate([p.warm if p.warm is not None else np.zeros(len(p.pos), bool)
                                    for p in done])
-        _outputs(commit, served, out, pos, batch, timing, warm)
+        judged = [p.verdicts for p in done if p.verdicts is not None]
+        verdicts = np.concatenate(judged) if len(judged) == len(done) else None
+        _outputs(commit, served, out, pos, batch, timing, warm, verdicts)
 
 
 def _gapped(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
@@ -289,7 +295,7 @@ def _gapped(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
             part = _with_fills(store, served, part, wanted)
         at = part.positions()
         restart = np.where(at >= 0, plan.restart[np.maximum(at, 0)], False)
-        parts.append(_predict(commit, store, served, part, restart))
+        parts.append(_predict(commit, store, served, part, restart, timing.gap))
     return parts
 
 
@@ -347,11 +353,13 @@ class Part:
     joined: Joined
     rows: np.ndarray
     warm: np.ndarray | None = None  # per row of `out`: from a window not full yet
+    verdicts: np.ndarray | None = None  # per row of `out`: its verdict (worker.outputs.SCORE...)
 
 
 def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
-             restart: np.ndarray | None) -> Part:
-    """Advance every window, one model call per served version, adapt the intervals."""
+             restart: np.ndarray | None, gap: np.ndarray | None) -> Part:
+    """Advance every window, one model call per served version, adapt the intervals, judge
+    the values (`gap`: missing steps before each value of the whole batch; None: none)."""
     adv = store.advance(batch.slots, batch.values, restart)
     m = len(batch)
     pos = batch.positions()[adv.order]  # sorted order; -1: a fill
@@ -383,13 +391,63 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
             fc.lo[ok, c], fc.hi[ok, c] = rows[:, model.horizon], rows[:, 2 * model.horizon]
     joined, factor = adapt(store, adv, batch.values[adv.order], fc, served.gamma, served.alpha,
                            version_number(served.current.version), actual=pos >= 0)
+    verdicts = None
+    if served.anomaly_rate > 0:
+        verdicts = _judge(store, joined, ready, served.anomaly_rate, _after_gap(joined, pos, gap))
     if out is None or not len(out):
         return Part(None, pos[:0], joined, adv.rows)
     if served.current.has_interval:
         out = _widen(out, served.current.horizon, factor[ready])
     real = pos[ready] >= 0  # a fill is never an output
     return Part(out[real], pos[ready][real], joined, adv.rows,
-                None if warm is None else warm[real])
+                None if warm is None else warm[real],
+                None if verdicts is None else verdicts[ready][real])
+
+
+def _after_gap(joined: Joined, pos: np.ndarray, gap: np.ndarray | None) -> np.ndarray | None:
+    """Values (sorted order) that follow missing steps not filled: the forecast their series
+    holds was made for an earlier step, so they are not judged (None: no such value)."""
+    if gap is None:
+        return None
+    missing = np.where(pos >= 0, gap[np.maximum(pos, 0)], 0) > 0
+    group = joined.adv.group_of
+    after_fill = np.zeros(len(pos), dtype=bool)
+    after_fill[1:] = ~joined.actual[:-1] & (group[1:] == group[:-1])
+    return missing & ~after_fill
+
+
+def _judge(store: SeriesStore, joined: Joined, ready: np.ndarray, rate: float,
+           after_gap: np.ndarray | None) -> np.ndarray:
+    """The verdict on every value of a pass (sorted order) as rows of `outputs.VERDICT`
+    columns, judged against its series' previous forecast and the interval written with it.
+
+    Judged: actual values with a forecast one value earlier whose own forecast is written
+    (a dead-lettered input gets no verdict); every actual value moves its series' level.
+    """
+    adv = joined.adv
+    y = joined.y[:, 0]
+    point = joined.prev_pt[:, 0]
+    judged = joined.actual & ready & ~np.isnan(point)
+    if after_gap is not None:
+        judged &= ~after_gap
+    errors = np.where(judged, y - point, np.nan)
+    values = y if joined.actual.all() else np.where(joined.actual, y, np.nan)
+    cal = store.calibration()
+    if len(adv.starts) == len(y):  # every series once: one step, no sort
+        v = judge_once(cal, adv.rows, values, errors, rate)
+    else:
+        v = judge(cal, adv.rows[adv.group_of], values, errors, rate)
+    res = np.empty((len(y), len(outputs.VERDICT)))
+    res[:, outputs.SCORE], res[:, outputs.FLAG] = v.score, v.flag
+    res[:, outputs.DIRECTION], res[:, outputs.KIND] = v.direction, v.kind
+    if v.flag.any():  # what the alerts say they were judged against
+        widen = np.exp(joined.a_before)  # the factor the written interval was widened by
+        res[:, outputs.POINT] = point
+        res[:, outputs.LOWER] = point - (point - joined.prev_lo[:, 0]) * widen
+        res[:, outputs.UPPER] = point + (joined.prev_hi[:, 0] - point) * widen
+    else:
+        res[:, outputs.POINT:] = np.nan
+    return res
 
 
 def _shadow_forecasts(model: Predictor, x: np.ndarray, route: routing.Route, ok: np.ndarray
@@ -435,17 +493,24 @@ def _drop_non_finite(commit: Commit, batch: Batch, order: np.ndarray, ready: np.
 
 
 def _outputs(commit: Commit, served: Served, out: np.ndarray, where: np.ndarray,
-             batch: Batch, timing: Timing, warm: np.ndarray | None = None) -> None:
+             batch: Batch, timing: Timing, warm: np.ndarray | None = None,
+             verdicts: np.ndarray | None = None) -> None:
     """The output entries of the values at batch positions `where`, in stream order
-    (`warmup=1` where `warm`: the series' window is not full yet)."""
+    (`warmup=1` where `warm`: the series' window is not full yet; the anomaly fields from
+    `verdicts`), and the alerts of the flagged ones."""
     back = np.argsort(where, kind="stable")
     pos = where[back].tolist()
     model = served.current
+    judged = None if verdicts is None else verdicts[back]
     written = outputs.build(model.version, model.horizon, model.has_interval, out[back], pos,
                             batch.ids, batch.series, batch.stamps, served.follow, timing,
-                            None if warm is None else warm[back])
+                            None if warm is None else warm[back], judged)
     commit.outputs, commit.latest, commit.follow = written.outputs, written.latest, written.follow
     commit.follow_series = written.follow_series
+    if judged is not None and (judged[:, outputs.FLAG] > 0).any():
+        commit.alerts = outputs.alerts(model.version, judged, pos, batch.ids, batch.series,
+                                       batch.stamps, batch.values)
+        commit.anomalies = outputs.tally(judged)
     commit.n_predictions = len(pos)
     now = int(time.time() * 1000)
     commit.lags_ms = [now - entry_ms(batch.ids[pos[j]]) for j in lag_sample(len(pos))]

@@ -2,13 +2,15 @@
 
 A blob is one packed little-endian row. Its layout version is known from its first 32 bits:
 
-* version 4 and later (written now): `head` carries the flags `FLAG | FLAG3 | FLAG4` and the
-  layout number in bits 20-27; then `count`, `last_ts`, the served version's interval state
-  (`aci_version`, `aci`, `pred`, `lo`, `hi`), the producer sequence number last accepted
-  (`seq`, -1: none), the last three `ts` differences (`steps`, ms, NaN: not yet; see
-  `worker.timing`), the series' seasonal period (`period`, for versions of several parts,
-  see `worker.routing`; 0: unknown), two spare bytes, then `width` float32 values, newest
-  last;
+* version 5 (written now): the version 4 header, then the series' anomaly-verdict state
+  (`cal`, a `worker.anomaly.STATE` record of 21 bytes) and three spare bytes, then the values;
+* version 4: `head` carries the flags `FLAG | FLAG3 | FLAG4` and the layout number in bits
+  20-27; then `count`, `last_ts`, the served version's interval state (`aci_version`, `aci`,
+  `pred`, `lo`, `hi`), the producer sequence number last accepted (`seq`, -1: none), the
+  last three `ts` differences (`steps`, ms, NaN: not yet; see `worker.timing`), the series'
+  seasonal period (`period`, for versions of several parts, see `worker.routing`; 0:
+  unknown), two spare bytes, then `width` float32 values, newest last; its verdict state
+  starts empty;
 * version 3: `count | FLAG | FLAG3`, `last_ts`, the interval state, values;
 * version 2 (`count | FLAG`, a float32 `aci`, no version number) and version 1 (`count`,
   `last_ts`, values): their interval state starts again.
@@ -26,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from worker.anomaly import QUIET, STATE
+
 FLAG = 1 << 30  # set in the head of a version 2+ blob (a window never holds 2**28 values)
 FLAG3 = 1 << 29  # also set from version 3 on
 FLAG4 = 1 << 28  # also set from version 4 on: the layout number is in bits 20-27
@@ -37,9 +41,19 @@ _V3 = [*_V1, ("aci_version", "<i4"), ("aci", "<f8"), ("pred", "<f4"), ("lo", "<f
 _V4 = [("head", "<u4"), ("count", "<i4"), ("last_ts", "<i8"), ("aci_version", "<i4"),
        ("aci", "<f8"), ("pred", "<f4"), ("lo", "<f4"), ("hi", "<f4"), ("seq", "<i8"),
        ("steps", "<f4", (3,)), ("period", "<i2"), ("spare", "<i2")]
-_HEADERS: dict[int, list[Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
-CURRENT = 4
+_V5 = [*_V4, ("cal", STATE), ("spare5", "u1", (3,))]
+_HEADERS: dict[int, list[Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
+CURRENT = 5
 HEAD = FLAG | FLAG3 | FLAG4 | (CURRENT << _NUMBER_SHIFT)
+
+
+def head_of(version: int) -> int:
+    """The first 32 bits of a blob of layout `version` (4 and later).
+
+    >>> head_of(CURRENT) == HEAD
+    True
+    """
+    return FLAG | FLAG3 | FLAG4 | (version << _NUMBER_SHIFT)
 
 
 class CheckpointError(ValueError):
@@ -67,13 +81,14 @@ class Checkpoint:
     seq: int = -1
     steps: tuple[float, float, float] = (float("nan"),) * 3
     period: int = 0
+    cal: np.ndarray | None = None  # one `worker.anomaly.STATE` row (None: starts empty)
 
 
 def blob_version(blob: bytes) -> int:
     """The layout number of a blob, from the flags of its first 32 bits.
 
     >>> blob_version((3).to_bytes(4, "little")), blob_version(HEAD.to_bytes(4, "little"))
-    (1, 4)
+    (1, 5)
     """
     if len(blob) < 4:
         raise CheckpointError(f"a blob of {len(blob)} bytes has no header")
@@ -98,7 +113,7 @@ def _row(blob: bytes) -> tuple[int, int, np.void]:
     if width < 1 or extra:
         raise CheckpointError(f"a version-{version} blob of {len(blob)} bytes is not a "
                               f"{header}-byte header and whole float32 values")
-    if version == CURRENT and int.from_bytes(blob[:4], "little") != HEAD:
+    if version >= 4 and int.from_bytes(blob[:4], "little") != head_of(version):
         raise CheckpointError(f"unknown flags in the header of a version-{version} blob")
     return version, width, np.frombuffer(blob, dtype=blob_dtype(width, version), count=1)[0]
 
@@ -106,9 +121,10 @@ def _row(blob: bytes) -> tuple[int, int, np.void]:
 def decode_blob(blob: bytes) -> Checkpoint:
     """Any readable blob, of any version; `CheckpointError` for anything else.
 
-    >>> nan = np.full(1, np.nan)
+    >>> nan, cal = np.full(1, np.nan), np.zeros(1, STATE)
+    >>> cal["q"] = 5.0  # a threshold is positive
     >>> raw = encode_rows(np.array([2]), np.array([5]), np.ones(1), np.zeros(1), nan, nan, nan,
-    ...                   np.full(1, -1), np.full((1, 3), np.nan), np.zeros(1),
+    ...                   np.full(1, -1), np.full((1, 3), np.nan), np.zeros(1), cal,
     ...                   np.array([[0, 7, 8]]))[0]
     >>> c = decode_blob(raw); (c.count, c.last_ts, c.values.tolist())
     (2, 5, [7.0, 8.0])
@@ -134,17 +150,21 @@ def decode_blob(blob: bytes) -> Checkpoint:
     if version < 4:
         return Checkpoint(count, last_ts, values, int(row["aci_version"]), aci,
                           float(row["pred"]), float(row["lo"]), float(row["hi"]))
+    if version >= 5 and not _verdict_state_ok(row["cal"]):
+        raise CheckpointError(f"a version-{version} blob has an impossible verdict state")
     steps = row["steps"].tolist()
     return Checkpoint(count, last_ts, values, int(row["aci_version"]), aci, float(row["pred"]),
                       float(row["lo"]), float(row["hi"]), int(row["seq"]),
-                      (steps[0], steps[1], steps[2]), int(row["period"]))
+                      (steps[0], steps[1], steps[2]), int(row["period"]),
+                      np.array(row["cal"]).reshape(1) if version >= 5 else None)
 
 
 def encode_rows(count: np.ndarray, last_ts: np.ndarray, aci_version: np.ndarray,
                 aci: np.ndarray, pred: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                seq: np.ndarray, steps: np.ndarray, period: np.ndarray,
+                seq: np.ndarray, steps: np.ndarray, period: np.ndarray, cal: np.ndarray,
                 vals: np.ndarray) -> list[bytes]:
-    """Current-version blobs of many rows (one bytes object each)."""
+    """Current-version blobs of many rows (one bytes object each); `cal`: their verdict
+    state (`worker.anomaly.Calibration.snapshot`)."""
     rows = np.empty(len(count), dtype=blob_dtype(vals.shape[1]))
     rows["head"] = HEAD
     rows["count"] = count
@@ -155,6 +175,8 @@ def encode_rows(count: np.ndarray, last_ts: np.ndarray, aci_version: np.ndarray,
     rows["steps"] = steps
     rows["period"] = period
     rows["spare"] = 0
+    rows["cal"] = cal
+    rows["spare5"] = 0
     rows["v"] = vals
     raw = rows.tobytes()
     size = rows.dtype.itemsize
@@ -168,5 +190,12 @@ def decode_same(blobs: list[bytes], width: int) -> tuple[np.ndarray, np.ndarray]
     count = rows["count"]
     values_ok = np.isfinite(rows["v"]) | (np.arange(width) < (width - count)[:, None])
     ok = ((rows["head"] == HEAD) & (count >= 0) & (count <= width) & values_ok.all(axis=1)
-          & np.isfinite(rows["aci"]))
+          & np.isfinite(rows["aci"]) & _verdict_state_ok(rows["cal"]))
     return rows, ok
+
+
+def _verdict_state_ok(cal: np.ndarray | np.void) -> np.ndarray:
+    """Which verdict states (`worker.anomaly.STATE`) can be real: a finite positive threshold,
+    a finite spread, a known mode."""
+    q, spread, mode = cal["q"], cal["spread"], cal["mode"]
+    return np.isfinite(q) & (q > 0) & np.isfinite(spread) & (mode >= -QUIET) & (mode <= QUIET)

@@ -70,6 +70,11 @@ REPLICA_TIMEOUTS = Counter(
     "forecast_commit_replica_timeouts_total",
     "Commits that fewer than FORECAST_COMMIT_REPLICAS replicas confirmed in time",
 )
+ANOMALIES = Counter(
+    "forecast_anomalies_total",
+    "Values flagged anomalous (FORECAST_ANOMALY_RATE), written to forecast:anomalies",
+    ["kind", "direction"],
+)
 GAPS = Counter("forecast_gaps_total",
                "Values that came after missing steps of their series (worker.timing)")
 CHECKPOINT_ERRORS = Counter(

@@ -1,5 +1,6 @@
 """A batch's forecasts as output entries (worker.wire): the columns, the latest forecast of
-each series (`forecast:latest`) and the copies for followed series (`FORECAST_FOLLOW`)."""
+each series (`forecast:latest`), the copies for followed series (`FORECAST_FOLLOW`), and the
+anomaly verdicts: their fields on the entries and the alerts of `forecast:anomalies`."""
 
 from __future__ import annotations
 
@@ -9,10 +10,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from worker.anomaly import KINDS
 from worker.timing import Timing
 from worker.wire import Outputs, Value, fmt, joined
 
 FOLLOW_CACHE = 100_000  # series whose FORECAST_FOLLOW match is remembered
+# The columns of a batch's verdicts (one row per output entry, see worker.batch): the score
+# (NaN: not judged), flagged (1/0), direction (+1/-1), kind code (worker.anomaly.KINDS), and
+# the forecast and interval (as written; NaN: none) the value was judged against.
+VERDICT = ("score", "flag", "direction", "kind", "prediction", "lower", "upper")
+SCORE, FLAG, DIRECTION, KIND, POINT, LOWER, UPPER = range(len(VERDICT))
 
 
 @dataclass
@@ -53,10 +60,11 @@ class Follow:
 def build(version: str, h: int, has_interval: bool, out: np.ndarray, pos: list[int],
           ids: list[bytes], series: list[bytes], stamps: np.ndarray,
           follow: Follow | None = None, timing: Timing | None = None,
-          warm: np.ndarray | None = None) -> Written:
+          warm: np.ndarray | None = None, verdicts: np.ndarray | None = None) -> Written:
     """Entries in stream order for the values at `pos` (their forecasts `out`, one row each:
     H points, then H lower and H upper bounds with an interval); with the `timing` of the
-    batch's values, the time each forecast is for and the gaps."""
+    batch's values, the time each forecast is for and the gaps; with `verdicts` (`VERDICT`
+    rows), the anomaly fields."""
     o = Outputs(version=version, n=len(pos))
     if len(pos) == len(ids):  # every value predicted: pos is 0..m-1
         ser, src = series, ids
@@ -81,6 +89,8 @@ def build(version: str, h: int, has_interval: bool, out: np.ndarray, pos: list[i
             o.set("upper_path", joined(out[:, 2 * h:3 * h]), full=True)
     if warm is not None and warm.any():
         o.set("warmup", np.where(warm, "1", "").tolist())
+    if verdicts is not None:
+        _verdicts(o, verdicts)
     written = Written(o)
     written.latest = latest(o, ser)
     if follow:
@@ -112,6 +122,72 @@ def _times(o: Outputs, h: int, pos: list[int], stamps: np.ndarray, timing: Timin
     gap = timing.gap[at]
     if gap.any():
         o.set("gap_steps", [str(g) if g else "" for g in gap.tolist()])
+
+
+def _verdicts(o: Outputs, v: np.ndarray) -> None:
+    """`anomaly_score` (`%.4g`) and `anomaly` (1/0) on the judged entries; `direction` and
+    `kind` on the flagged ones."""
+    score = v[:, SCORE]
+    judged = ~np.isnan(score)
+    if not judged.any():
+        return
+    flag = v[:, FLAG] > 0
+    n = len(score)
+    if judged.all():
+        o.set("anomaly_score", [f"{x:.4g}" for x in score.tolist()], full=True)
+        o.set("anomaly", np.where(flag, "1", "0").tolist() if flag.any() else ["0"] * n,
+              full=True)
+    else:
+        o.set("anomaly_score", [f"{x:.4g}" if x == x else "" for x in score.tolist()])
+        o.set("anomaly", np.where(flag, "1", np.where(judged, "0", "")).tolist())
+    if flag.any():
+        o.set("direction", np.where(flag, np.where(v[:, DIRECTION] > 0, "up", "down"),
+                                    "").tolist())
+        o.set("kind", [KINDS[k] if f else "" for k, f in
+                       zip(v[:, KIND].astype(np.int64).tolist(), flag.tolist(), strict=True)])
+
+
+def alerts(version: str, v: np.ndarray, pos: list[int], ids: list[bytes],
+           series: list[bytes], stamps: np.ndarray, values: np.ndarray) -> list[list[Value]]:
+    """The `forecast:anomalies` entries (flat field/value pairs) of the flagged rows of `v`,
+    the output entries of the values at batch positions `pos`.
+
+    >>> v = np.array([[0.2, 0, 1, 0, 5.0, 4.0, 6.0], [0.9, 1, -1, 1, 5.0, 4.0, 6.0]])
+    >>> alerts("v3", v, [0, 1], [b"1-0", b"2-0"], [b"a", b"a"], np.array([-1, 7]),
+    ...        np.array([5.1, -20.0]))
+    [['series', b'a', 'value', '-20', 'source_id', b'2-0', 'ts', '7', 'score', '0.9', \
+'kind', 'spike', 'direction', 'down', 'prediction', '5', 'lower', '4', 'upper', '6', \
+'model_version', 'v3']]
+    """
+    out: list[list[Value]] = []
+    for e in np.flatnonzero(v[:, FLAG] > 0).tolist():
+        i, row = pos[e], v[e]
+        entry: list[Value] = ["series", series[i], "value", fmt([float(values[i])])[0],
+                              "source_id", ids[i]]
+        if stamps[i] >= 0:
+            entry += ["ts", str(int(stamps[i]))]
+        entry += ["score", f"{row[SCORE]:.4g}", "kind", KINDS[int(row[KIND])],
+                  "direction", "up" if row[DIRECTION] > 0 else "down",
+                  "prediction", fmt([row[POINT]])[0]]
+        if not np.isnan(row[LOWER]):
+            entry += ["lower", fmt([row[LOWER]])[0], "upper", fmt([row[UPPER]])[0]]
+        out.append([*entry, "model_version", version])
+    return out
+
+
+def tally(v: np.ndarray) -> dict[tuple[str, str], int]:
+    """The flagged rows of `v` counted by (kind, direction), for the metric.
+
+    >>> tally(np.array([[0.9, 1, 1, 1, 0, 0, 0], [0.8, 1, 1, 2, 0, 0, 0], [0.1, 0, 1, 0, 0, 0, 0]]))
+    {('spike', 'up'): 1, ('level_shift', 'up'): 1}
+    """
+    counts: dict[tuple[str, str], int] = {}
+    flagged = v[v[:, FLAG] > 0]
+    for kind, direction in zip(flagged[:, KIND].astype(np.int64).tolist(),
+                               flagged[:, DIRECTION].tolist(), strict=True):
+        key = (KINDS[kind], "up" if direction > 0 else "down")
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def latest(o: Outputs, series: list[bytes]) -> list[Value]:

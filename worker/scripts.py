@@ -4,6 +4,11 @@ Every script that changes a consumer group or writes output first checks that th
 caller still holds the shard lease (a fencing token), inside the same atomic script.
 A worker that lost its lease (paused, partitioned) therefore cannot read, claim or
 commit anything again: no zombie writes.
+
+The batch commit (COMMIT) writes everything a batch produces in one script: the output
+entries, the alerts of flagged values (`forecast:anomalies`), the dead letters, the
+checkpoints (with the verdict state) and `forecast:latest`, and acknowledges the inputs. An
+input acknowledged is never delivered again, so each of these is written exactly once.
 """
 
 from __future__ import annotations
@@ -178,35 +183,41 @@ return 1
 COMMIT_ARGS = ("token", "group", "pred_maxlen", "dead_maxlen", "version", "retention_ms",
                "count_minid", "encoding")
 COMMIT_ARRAYS = ("preds", "extra", "counts", "deads", "state", "acks", "seen", "latest",
-                 "follow")
-COMMIT_KEYS = ("values", "predictions", "deadletter", "state", "lease", "seen", "latest")
+                 "follow", "alerts")
+# Additive: a new key goes last, before the followed series' streams (which follow KEYS[8]).
+COMMIT_KEYS = ("values", "predictions", "deadletter", "state", "lease", "seen", "latest",
+               "anomalies")
 FOLLOW_MAXLEN = 10_000  # entries kept per followed series' stream (approximately)
 
 _COMMIT_HEAD = (
     _FENCE.format(lease=5)
     + """
--- KEYS: values, predictions, deadletter, state, lease, seen, latest, then the followed
--- series' streams. ARGV: token, group, pred_maxlen, dead_maxlen, model_version,
+-- KEYS: values, predictions, deadletter, state, lease, seen, latest, anomalies, then the
+-- followed series' streams. ARGV: token, group, pred_maxlen, dead_maxlen, model_version,
 -- retention_ms, count_minid, encoding, then the arrays (worker.scripts.COMMIT_ARRAYS):
 --   preds: the layout's values, `width` per entry (worker.wire); extra, counts: the other
 --   fields as name/value pairs, counts[e] of them for entry e; dead letters, each an array of
 --   field/value pairs; series/blob pairs; ids to ack; series whose last-seen time is now;
 --   series/latest-forecast pairs (forecast:latest); follow: (entry, n) pairs, entry e also
---   goes to KEYS[7 + n], its series' own stream.
+--   goes to KEYS[8 + n], its series' own stream; alerts: the flagged values (each an array
+--   of field/value pairs) for KEYS[8], capped like the predictions (pred_maxlen). Written
+--   here, with the acks and the checkpoints, an alert is exactly once like a prediction.
 -- Lua cannot roll back: refuse before the first write if an output key has a wrong type.
-for k, want in pairs({[2] = 'stream', [3] = 'stream', [4] = 'hash', [7] = 'hash'}) do
+for k, want in pairs({[2] = 'stream', [3] = 'stream', [4] = 'hash', [7] = 'hash',
+                      [8] = 'stream'}) do
   local t = redis.call('TYPE', KEYS[k]).ok
   if t ~= 'none' and t ~= want then
     return redis.error_reply('WRONGTYPE ' .. KEYS[k] .. ' is a ' .. t .. ', expected a ' .. want)
   end
 end
 local group, pmax, dmax, version = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local preds, extra, counts, deads, state, acks, seen, latest, follow
+local preds, extra, counts, deads, state, acks, seen, latest, follow, alerts
 if ARGV[8] == 'msgpack' then
   local mp = cmsgpack.unpack
   preds, extra, counts, deads = mp(ARGV[9]), mp(ARGV[10]), mp(ARGV[11]), mp(ARGV[12])
   state, acks, seen, latest, follow = mp(ARGV[13]), mp(ARGV[14]), mp(ARGV[15]), mp(ARGV[16]),
     mp(ARGV[17])
+  alerts = mp(ARGV[18])
 else
   local i = 9
   local function take()
@@ -215,12 +226,16 @@ else
     i = i + n + 1
     return t
   end
+  local function take_many()  -- a count of counted arrays
+    local n, t = tonumber(ARGV[i]), {}
+    i = i + 1
+    for d = 1, n do t[d] = take() end
+    return t
+  end
   preds, extra, counts = take(), take(), take()
-  local n = tonumber(ARGV[i])
-  i = i + 1
-  deads = {}
-  for d = 1, n do deads[d] = take() end
+  deads = take_many()
   state, acks, seen, latest, follow = take(), take(), take(), take(), take()
+  alerts = take_many()
   for j = 1, #counts do counts[j] = tonumber(counts[j]) end
   for j = 1, #follow do follow[j] = tonumber(follow[j]) end
 end
@@ -239,7 +254,7 @@ if #counts == 0 and #follow == 0 then
   end
 else
   local streams = {{}}
-  for f = 1, #follow, 2 do streams[follow[f]] = KEYS[7 + follow[f + 1]] end
+  for f = 1, #follow, 2 do streams[follow[f]] = KEYS[8 + follow[f + 1]] end
   local j = 1
   for e = 1, n do
     local i = (e - 1) * w + 1
@@ -258,6 +273,9 @@ _COMMIT_TAIL = """
 if n > 0 then call('XTRIM', out, 'MAXLEN', '~', pmax) end
 for _, dead in ipairs(deads) do
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', dmax, '*', unpack(dead))
+end
+for _, alert in ipairs(alerts) do
+  redis.call('XADD', KEYS[8], 'MAXLEN', '~', pmax, '*', unpack(alert))
 end
 -- in chunks: unpack() is limited to a few thousand values
 for i = 1, #state, 4000 do
@@ -407,12 +425,12 @@ def commit_args(
     head = [token, group, pred_maxlen, dead_maxlen, commit.version, retention_ms, count_minid]
     arrays: tuple[list[Any], ...] = (
         packed.flat, packed.extra, packed.counts, commit.deadletters, commit.state,
-        commit.ack_ids, seen or [], commit.latest, commit.follow)
+        commit.ack_ids, seen or [], commit.latest, commit.follow, commit.alerts)
     if msgpack_ok:
         return packed.layout, [*head, "msgpack", *map(packb, arrays)]
     args: list[Any] = [*head, "flat"]
     for name, array in zip(COMMIT_ARRAYS, arrays, strict=True):
-        if name == "deads":  # a count of counted arrays
+        if name in ("deads", "alerts"):  # a count of counted arrays
             args.append(len(array))
             for dead in array:
                 args += [len(dead), *dead]

@@ -4,13 +4,15 @@ One `SeriesStore` per owned shard. Row `slot` holds a series' last `width` value
 right-aligned (newest last); `count` says how many of them are real. Beside the window, a
 row keeps, per served model version (column 0 the current one, then the shadows), the
 last forecast and interval that the series' next value is scored against, and the current
-version's adaptive-interval factor (`aci`). Rows are encoded as checkpoint blobs
+version's adaptive-interval factor (`aci`), and the series' anomaly-verdict state
+(`worker.anomaly.Calibration`, the `cal_*` arrays, 21 bytes). Rows are encoded as checkpoint blobs
 (`worker.checkpoint`) written by the per-batch commit and read back on demand.
 Every write to the arrays goes through a method here: `place` (rows for a batch's series),
 `accept_new` and `accept_in_order` (the seq and ts rules), `advance` (append a batch's
 values), `set_window` (tests, tools), and the live-scoring state that `worker.scoring`
 computes: `restart_intervals`, `keep_forecasts`, `set_scales`, `set_drift`. The step ring is
-moved on by `worker.timing.observe`, given the array.
+moved on by `worker.timing.observe`, given the array; the verdict state by
+`worker.anomaly.judge`, given `calibration()`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from worker import metrics
+from worker.anomaly import Q0, Calibration
 from worker.checkpoint import (
     HEAD,
     CheckpointError,
@@ -81,6 +84,15 @@ _FIELDS: dict[str, tuple[type, tuple[int, ...], float]] = {
     "ph_mean": (np.float32, (), 0.0),
     "ph_cum": (np.float32, (), 0.0),
     "ph_min": (np.float32, (), 0.0),
+    # the verdict state (worker.anomaly.Calibration, checkpointed), as `Calibration.empty`
+    "cal_scale": (np.float32, (), np.nan),
+    "cal_q": (np.float32, (), Q0),
+    "cal_level": (np.float32, (), np.nan),
+    "cal_spread": (np.float32, (), 0.0),
+    "cal_n": (np.uint16, (), 0),
+    "cal_mode": (np.int8, (), 0),
+    "cal_since": (np.uint8, (), 0),
+    "cal_calm": (np.uint8, (), 0),
 }
 
 
@@ -103,6 +115,14 @@ class RowArrays:
     ph_mean: np.ndarray
     ph_cum: np.ndarray
     ph_min: np.ndarray
+    cal_scale: np.ndarray
+    cal_q: np.ndarray
+    cal_level: np.ndarray
+    cal_spread: np.ndarray
+    cal_n: np.ndarray
+    cal_mode: np.ndarray
+    cal_since: np.ndarray
+    cal_calm: np.ndarray
 
     def __init__(self, width: int, max_series: int = 1_000_000, initial: int = 1024) -> None:
         self.width = width
@@ -181,6 +201,11 @@ class RowArrays:
         np.minimum(self.count, width, out=self.count)
         self.width = width
 
+    def calibration(self) -> Calibration:
+        """The rows' verdict state, as views of the store's arrays (judging moves them on)."""
+        return Calibration(self.cal_scale, self.cal_q, self.cal_level, self.cal_spread,
+                           self.cal_n, self.cal_mode, self.cal_since, self.cal_calm)
+
     @property
     def columns(self) -> int:
         """Version columns held (the served versions, current first)."""
@@ -235,6 +260,7 @@ class SeriesStore(RowArrays):
             self.lo[at, 0], self.hi[at, 0] = rows["lo"], rows["hi"]
             self.seq[at], self.steps[at] = rows["seq"], rows["steps"]
             self.period[at] = rows["period"]
+            self.calibration().restore(at, rows["cal"])
             done = set(good)
         for i, blob in enumerate(blobs):  # other widths (a model change), older versions, errors
             if blob is not None and i not in done:
@@ -254,6 +280,8 @@ class SeriesStore(RowArrays):
         self.aci_version[slot], self.aci[slot] = c.aci_version, c.aci
         self.pred[slot, 0], self.lo[slot, 0], self.hi[slot, 0] = c.pred, c.lo, c.hi
         self.period[slot] = c.period
+        if c.cal is not None:
+            self.calibration().restore(np.array([slot]), c.cal)
 
     def add(self, series: bytes, blob: bytes | None = None) -> int:
         """Give `series` a row (empty, or restored from a checkpoint blob) and return it."""
@@ -375,7 +403,8 @@ class SeriesStore(RowArrays):
         idx = np.asarray(slots, dtype=np.int64)
         return encode_rows(self.count[idx], self.last_ts[idx], self.aci_version[idx],
                            self.aci[idx], self.pred[idx, 0], self.lo[idx, 0], self.hi[idx, 0],
-                           self.seq[idx], self.steps[idx], self.period[idx], self.vals[idx])
+                           self.seq[idx], self.steps[idx], self.period[idx],
+                           self.calibration().snapshot(idx), self.vals[idx])
 
 
 def _unreadable(series: bytes, exc: CheckpointError) -> None:

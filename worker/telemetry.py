@@ -40,6 +40,8 @@ class Telemetry:
         metrics.BATCH_SIZE.observe(n_entries)
         for reason, n in commit.reasons.items():
             metrics.DEADLETTERED.labels(reason=reason).inc(n)
+        for (kind, direction), n in commit.anomalies.items():
+            metrics.ANOMALIES.labels(kind=kind, direction=direction).inc(n)
         if commit.model_seconds:
             metrics.MODEL_LATENCY.observe(commit.model_seconds)
         for lag in commit.lags_ms:
