@@ -168,11 +168,11 @@ def _num(x: float | None, spec: str = ".1f") -> str:
 def format_profiles(scores: dict[str, Any], label: str) -> str:
     """The three profile scores next to NAB's scoreboard, best first."""
     mine = tuple(scores["profiles"].get(p, {}).get("score") for p in PROFILES)
-    rows = [*((n, *s) for n, *s in SCOREBOARD), (f"> {label}", *mine)]
+    rows: list[tuple[Any, ...]] = [*SCOREBOARD, (f"> {label}", *mine)]
     rows.sort(key=lambda r: -math.inf if r[1] is None else r[1], reverse=True)
     head = f"{'detector':<40}" + "".join(f"{SHORT[p]:>10}" for p in PROFILES)
-    return "\n".join([head, "-" * len(head)] + [
-        f"{r[0]:<40}" + "".join(f"{_num(x):>10}" for x in r[1:]) for r in rows])
+    body = [f"{r[0]:<40}" + "".join(f"{_num(x):>10}" for x in r[1:]) for r in rows]
+    return "\n".join([head, "-" * len(head), *body])
 
 
 def format_categories(scores: dict[str, Any]) -> str:
@@ -180,9 +180,9 @@ def format_categories(scores: dict[str, Any]) -> str:
     cats = scores["categories"]
     names = sorted({c for per in cats.values() for c in per})
     head = f"{'category':<24}" + "".join(f"{SHORT[p]:>10}" for p in PROFILES)
-    return "\n".join([head, "-" * len(head)] + [
-        f"{c:<24}" + "".join(f"{_num(cats.get(p, {}).get(c)):>10}" for p in PROFILES)
-        for c in names])
+    body = [f"{c:<24}" + "".join(f"{_num(cats.get(p, {}).get(c)):>10}" for p in PROFILES)
+            for c in names]
+    return "\n".join([head, "-" * len(head), *body])
 
 
 def format_files(scores: dict[str, Any]) -> str:

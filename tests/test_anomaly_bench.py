@@ -65,12 +65,12 @@ def test_scores_land_on_the_value_they_judge_and_missing_ones_score_0() -> None:
 
 def test_a_detection_in_a_window_scores_and_a_file_without_output_misses() -> None:
     """One window caught at its left edge, one file that never answered: per-file rows."""
-    hit, silent = make_file(1000, [(400, 499)], "a/hit.csv"), make_file(1000, [(500, 599)],
-                                                                         "a/silent.csv")
+    hit = make_file(1000, [(400, 499)], "a/hit.csv")
+    silent = make_file(1000, [(500, 599)], "a/silent.csv")
     corpus = [hit, silent]
-    v = {hit.name: align(1000, ids(1000), [entry(i, 0.1) for i in range(300, 1000) if i != 400]
-                         + [entry(400, 0.95, flag=True)]),
-         silent.name: Verdicts.empty(1000)}
+    entries = [*(entry(i, 0.1) for i in range(300, 1000) if i != 400),
+               entry(400, 0.95, flag=True)]
+    v = {hit.name: align(1000, ids(1000), entries), silent.name: Verdicts.empty(1000)}
     s = nab_scores(corpus, v)
     assert set(s["profiles"]) == set(PROFILES)
     assert s["profiles"]["standard"]["threshold"] == pytest.approx(0.95)
