@@ -17,6 +17,7 @@ from bench.nab_data import NabFile
 from bench.nab_score import PROFILES, probation_length
 from cli import commands
 from cli.parser import build_parser
+from forecast.errors import UsageError
 
 T0 = np.datetime64("2020-01-01T00:00:00", "s")
 
@@ -125,7 +126,7 @@ def test_pick_takes_full_or_short_names_and_refuses_unknown_ones() -> None:
     assert [f.name for f in anomaly.pick(corpus, ["two.csv", "a/one.csv"], False)] == [
         "b/two.csv", "a/one.csv"]
     assert anomaly.pick(corpus, None, False) is corpus
-    with pytest.raises(Exception, match="no NAB file three.csv"):
+    with pytest.raises(UsageError, match=r"no NAB file three\.csv"):
         anomaly.pick(corpus, ["three.csv"], False)
 
 
