@@ -170,8 +170,9 @@ def format_profiles(scores: dict[str, Any], label: str) -> str:
     mine = tuple(scores["profiles"].get(p, {}).get("score") for p in PROFILES)
     rows: list[tuple[Any, ...]] = [*SCOREBOARD, (f"> {label}", *mine)]
     rows.sort(key=lambda r: -math.inf if r[1] is None else r[1], reverse=True)
-    head = f"{'detector':<40}" + "".join(f"{SHORT[p]:>10}" for p in PROFILES)
-    body = [f"{r[0]:<40}" + "".join(f"{_num(x):>10}" for x in r[1:]) for r in rows]
+    w = max(len(r[0]) for r in rows) + 2
+    head = f"{'detector':<{w}}" + "".join(f"{SHORT[p]:>10}" for p in PROFILES)
+    body = [f"{r[0]:<{w}}" + "".join(f"{_num(x):>10}" for x in r[1:]) for r in rows]
     return "\n".join([head, "-" * len(head), *body])
 
 
