@@ -28,7 +28,7 @@ from bench.anomaly_report import NO_ANOMALY, Verdicts
 from bench.anomaly_stream import run_file
 from bench.nab_data import NabFile, load_corpus
 from forecast.errors import UsageError
-from forecast.local_redis import redis_server_binary
+from forecast.local_redis import private_redis, redis_server_binary
 from forecast.settings import Settings
 from testkit.results import machine_info
 
@@ -87,6 +87,18 @@ def _stream_all(files: list[NabFile], rates: tuple[float, ...], workdir: Path, t
     return verdicts, cal, infos, errors
 
 
+def _machine() -> dict[str, Any]:
+    """The machine, with the version of the redis-server every deployment runs."""
+    import redis
+
+    with private_redis() as server:
+        client = redis.Redis(port=server.port)
+        try:
+            return machine_info(client)
+        finally:
+            client.close()
+
+
 def run_anomaly(names: list[str] | None = None, quick: bool = False,
                 out_dir: Path = RESULTS) -> dict[str, Any]:
     """Stream the chosen files, print the tables, write the results; return them."""
@@ -114,7 +126,7 @@ def run_anomaly(names: list[str] | None = None, quick: bool = False,
         print(report.format_calibration(calib))
     for name, err in errors.items():
         print(f"\n{name}: ERROR {err}")
-    data = {"date": started.isoformat(timespec="seconds"), "machine": machine_info(),
+    data = {"date": started.isoformat(timespec="seconds"), "machine": _machine(),
             "quick": quick, "full": full, "anomaly_rate": DEFAULT_RATE,
             "files": [f.name for f in files], "scoreboard": report.SCOREBOARD,
             "scores": scores, "calibration": calib, "runs": infos, "errors": errors,
