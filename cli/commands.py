@@ -90,7 +90,11 @@ def demo(args: Args, settings: Settings) -> int:
 
 
 def bench(args: Args, settings: Settings) -> int:
-    """`forecast bench [--quality | --gaps]`."""
+    """`forecast bench [--quality | --gaps | --anomaly]`."""
+    if getattr(args, "anomaly", False):  # the worker and trainer run as subprocesses
+        from bench import anomaly
+
+        return anomaly.run(args, settings)
     _tensorflow()
     if getattr(args, "quality", False):
         from bench import quality

@@ -184,5 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gaps", action="store_true",
                    help="the gap policies on real series with values removed (needs the "
                         "bench extra); --only names series")
+    p.add_argument("--anomaly", action="store_true",
+                   help="the anomaly verdicts on the NAB corpus through the real worker, "
+                        "scored by NAB's rules; --only names NAB files")
     p.set_defaults(run=commands.bench)
     return parser

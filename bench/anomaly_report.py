@@ -1,0 +1,209 @@
+"""The pure side of `make bench-anomaly` (bench.anomaly): each file's verdicts read back from
+its output entries and aligned to its values, NAB's scores per profile, category and file,
+the calibration table, and the printed tables. No Redis, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bench.nab_data import NabFile
+from bench.nab_score import (
+    PROFILES,
+    ProfileResult,
+    Sweep,
+    category_scores,
+    normalise,
+    score_profile,
+    sweep,
+)
+
+NO_ANOMALY = "artificialNoAnomaly"  # the category whose files have no windows
+# NAB's scoreboard (its README, v1.1): standard, reward_low_FP_rate, reward_low_FN_rate.
+SCOREBOARD: tuple[tuple[str, float, float, float], ...] = (
+    ("ARTime", 74.9, 65.1, 80.4),
+    ("Numenta HTM", 70.5, 62.6, 75.2),
+    ("CAD OSE", 69.9, 67.0, 73.2),
+    ("KNN CAD", 58.0, 43.4, 64.8),
+    ("Random Cut Forest", 51.7, 38.4, 59.7),
+    ("Twitter ADVec", 47.1, 33.6, 53.5),
+    ("windowed Gaussian", 39.6, 20.9, 47.4),
+    ("random", 11.0, 1.2, 19.5),
+    ("null", 0.0, 0.0, 0.0),
+)
+SHORT = {"standard": "standard", "reward_low_FP_rate": "low FP", "reward_low_FN_rate": "low FN"}
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """One file's verdicts as read back, one slot per value in file order."""
+
+    score: np.ndarray  # anomaly_score; 0 where the value got no entry or no verdict
+    judged: np.ndarray  # bool: the value's output entry carried an anomaly_score
+    flagged: np.ndarray  # bool: its entry said anomaly=1
+    outputs: int  # output entries read back for the file's values
+    alerts: int = 0  # entries of forecast:anomalies
+
+    @classmethod
+    def empty(cls, n: int) -> Verdicts:
+        """No output at all (the file could not be trained or served): every value scores 0."""
+        return cls(np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), 0)
+
+    @property
+    def flags(self) -> int:
+        """How many values were flagged."""
+        return int(self.flagged.sum())
+
+    @property
+    def flag_rate(self) -> float | None:
+        """Flags per judged value (None when nothing was judged)."""
+        judged = int(self.judged.sum())
+        return self.flags / judged if judged else None
+
+
+def align(n: int, where: Mapping[bytes, int], entries: Iterable[Mapping[bytes, bytes]],
+          alerts: int = 0) -> Verdicts:
+    """Each output entry's verdict at the index of the value it judged (its `source_id`);
+    a value without an entry, or whose entry has no `anomaly_score`, scores 0.
+
+    >>> v = align(3, {b"1-0": 0, b"2-0": 1, b"3-0": 2},
+    ...           [{b"source_id": b"2-0", b"anomaly_score": b"0.75", b"anomaly": b"1"},
+    ...            {b"source_id": b"3-0", b"prediction": b"4"}])
+    >>> v.score.tolist(), v.judged.tolist(), v.flagged.tolist(), v.outputs
+    ([0.0, 0.75, 0.0], [False, True, False], [False, True, False], 2)
+    """
+    score = np.zeros(n)
+    judged = np.zeros(n, dtype=bool)
+    flagged = np.zeros(n, dtype=bool)
+    outputs = 0
+    for fields in entries:
+        i = where.get(fields.get(b"source_id", b""))
+        if i is None:  # not one of this file's values
+            continue
+        outputs += 1
+        text = fields.get(b"anomaly_score")
+        if text:
+            score[i] = min(max(float(text), 0.0), 1.0)
+            judged[i] = True
+            flagged[i] = fields.get(b"anomaly") == b"1"
+    return Verdicts(score, judged, flagged, outputs, alerts)
+
+
+def windows_found(s: Sweep, scores: np.ndarray, threshold: float) -> tuple[int, int]:
+    """(windows with a detection, windows scored) of one file at a threshold.
+
+    >>> s = Sweep("f", np.ones(6, bool), np.array([-1, 0, 0, -1, 1, 1]), np.zeros(6), 2)
+    >>> windows_found(s, np.array([0.9, 0.0, 0.6, 0.0, 0.2, 0.1]), 0.5)
+    (1, 2)
+    """
+    found = scored = 0
+    for k in range(s.n_windows):
+        mask = s.scored & (s.window == k)
+        if mask.any():
+            scored += 1
+            found += bool((scores[mask] >= threshold).any())
+    return found, scored
+
+
+def _file_row(f: NabFile, s: Sweep, v: Verdicts, std: ProfileResult) -> dict[str, Any]:
+    found, scored = windows_found(s, v.score, std.threshold)
+    raw = std.per_file[f.name]
+    perfect = PROFILES[std.profile].tp * scored
+    return {"category": f.category, "values": len(f.values), "outputs": v.outputs,
+            "judged": int(v.judged.sum()), "flags": v.flags, "alerts": v.alerts,
+            "windows": scored, "found": found, "raw": raw,
+            "score": normalise(raw, std.null_per_file[f.name], perfect) if perfect else None}
+
+
+def nab_scores(corpus: list[NabFile], verdicts: Mapping[str, Verdicts]) -> dict[str, Any]:
+    """NAB's three profile scores, per category and per file, of the verdicts' scores."""
+    if not any(f.windows for f in corpus):  # nothing to normalise by
+        return {"profiles": {}, "categories": {}, "files": {}}
+    scores = {f.name: verdicts[f.name].score for f in corpus}
+    results = {p: score_profile(corpus, scores, p) for p in PROFILES}
+    std = results["standard"]
+    return {
+        "profiles": {p: {"score": r.score, "threshold": r.threshold, "raw": r.raw,
+                         "tp": r.tp, "fp": r.fp} for p, r in results.items()},
+        "categories": {p: category_scores(corpus, r) for p, r in results.items()},
+        "files": {f.name: _file_row(f, sweep(f), verdicts[f.name], std) for f in corpus},
+    }
+
+
+def calibration(runs: Mapping[float, Mapping[str, Verdicts]]) -> list[dict[str, Any]]:
+    """Per target rate: the measured flag rate on each anomaly-free file and on all of them.
+
+    >>> v = Verdicts(np.zeros(4), np.array([1, 1, 1, 0], bool), np.array([1, 0, 0, 0], bool), 4)
+    >>> row = calibration({0.25: {"a": v}})[0]
+    >>> row["measured"], row["ratio"], row["files"]["a"]["ratio"], row["within_2x"]
+    (0.3333333333333333, 1.3333333333333333, 1.3333333333333333, True)
+    """
+    rows = []
+    for rate in sorted(runs):
+        files: dict[str, dict[str, Any]] = {}
+        for name, v in sorted(runs[rate].items()):
+            m = v.flag_rate
+            files[name] = {"judged": int(v.judged.sum()), "flags": v.flags, "measured": m,
+                           "ratio": None if m is None else m / rate}
+        judged = sum(f["judged"] for f in files.values())
+        flags = sum(f["flags"] for f in files.values())
+        measured = flags / judged if judged else None
+        rows.append({"rate": rate, "judged": judged, "flags": flags, "measured": measured,
+                     "ratio": None if measured is None else measured / rate,
+                     "within_2x": all(f["ratio"] is not None and 0.5 <= f["ratio"] <= 2.0
+                                      for f in files.values()),
+                     "files": files})
+    return rows
+
+
+def _num(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def format_profiles(scores: dict[str, Any], label: str) -> str:
+    """The three profile scores next to NAB's scoreboard, best first."""
+    mine = tuple(scores["profiles"].get(p, {}).get("score") for p in PROFILES)
+    rows: list[tuple[Any, ...]] = [*SCOREBOARD, (f"> {label}", *mine)]
+    rows.sort(key=lambda r: -math.inf if r[1] is None else r[1], reverse=True)
+    w = max(len(r[0]) for r in rows) + 2
+    head = f"{'detector':<{w}}" + "".join(f"{SHORT[p]:>10}" for p in PROFILES)
+    body = [f"{r[0]:<{w}}" + "".join(f"{_num(x):>10}" for x in r[1:]) for r in rows]
+    return "\n".join([head, "-" * len(head), *body])
+
+
+def format_categories(scores: dict[str, Any]) -> str:
+    """Normalised score per category and profile (at the corpus-wide thresholds)."""
+    cats = scores["categories"]
+    names = sorted({c for per in cats.values() for c in per})
+    head = f"{'category':<24}" + "".join(f"{SHORT[p]:>10}" for p in PROFILES)
+    body = [f"{c:<24}" + "".join(f"{_num(cats.get(p, {}).get(c)):>10}" for p in PROFILES)
+            for c in names]
+    return "\n".join([head, "-" * len(head), *body])
+
+
+def format_files(scores: dict[str, Any]) -> str:
+    """One line per file: values, verdicts, flags, windows found, standard raw and score."""
+    head = (f"{'file':<58}{'values':>7}{'judged':>7}{'flags':>6}{'windows':>9}"
+            f"{'raw':>8}{'score':>7}")
+    lines = [head, "-" * len(head)]
+    for name, r in scores["files"].items():
+        lines.append(f"{name:<58}{r['values']:>7}{r['judged']:>7}{r['flags']:>6}"
+                     f"{r['found']:>4}/{r['windows']:<4}{r['raw']:>8.2f}{_num(r['score']):>7}")
+    return "\n".join(lines)
+
+
+def format_calibration(rows: list[dict[str, Any]]) -> str:
+    """Target rate against the measured flag rate on the anomaly-free files."""
+    head = f"{'target':>8}{'measured':>10}{'ratio':>7}{'flags':>7}{'judged':>8}  per file (ratio)"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        per = ", ".join(f"{n.rsplit('/', 1)[-1]} {_num(f['ratio'], '.2f')}"
+                        for n, f in r["files"].items())
+        lines.append(f"{r['rate']:>8g}{_num(r['measured'], '.5f'):>10}"
+                     f"{_num(r['ratio'], '.2f'):>7}{r['flags']:>7}{r['judged']:>8}  {per}")
+    return "\n".join(lines)
