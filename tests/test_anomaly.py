@@ -41,14 +41,42 @@ def test_heavy_tailed_noise_is_calibrated_too() -> None:
     assert ((per_series >= 0.0025) & (per_series <= 0.01)).all(), per_series
 
 
-def test_a_level_shift_gives_one_level_shift_verdict_then_quiet_then_resumes() -> None:
+def test_a_level_shift_gives_one_level_shift_verdict_then_a_hold_then_resumes() -> None:
     rng = np.random.default_rng(1)
     e = rng.standard_normal(400) * 0.1
     e[200:206] += 5.0  # a shift the forecasts take six values to catch up with
-    e[300] += 5.0  # a later spike: flagging has resumed
+    e[301] -= 5.0  # held: the 100th value after the level shift's verdict
+    e[330] += 5.0  # a later spike: flagging has resumed
     v = judge(Calibration.empty(1), np.zeros(400, dtype=np.int64), np.zeros(400), e, 0.001)
     flagged = [(int(i), KINDS[v.kind[i]]) for i in np.flatnonzero(v.flag)]
-    assert flagged == [(200, "spike"), (201, "level_shift"), (300, "spike")]
+    assert anomaly.hold_for(0.001) == 100
+    assert flagged == [(200, "spike"), (201, "level_shift"), (330, "spike")]
+    assert v.score[[202, 301]].tolist() == [0.5, 0.5]  # beyond, held: reported already
+    assert (v.score[v.flag] > 0.5).all() and (v.score[1:][~v.flag[1:]] <= 0.5).all()
+
+
+def test_a_value_far_from_where_the_series_lives_is_flagged_though_forecast_well() -> None:
+    rng = np.random.default_rng(6)
+    y = rng.standard_normal(3_000)
+    y[2_500:] += np.linspace(0.0, 40.0, 500)  # a slow climb the forecasts follow closely
+    e = rng.standard_normal(3_000) * 0.5  # the forecasts are never far off
+    v = judge(Calibration.empty(1), np.zeros(3_000, dtype=np.int64), y, e, 0.001)
+    first = np.flatnonzero(v.flag)
+    assert first.size and 2_500 < first[0] < 2_700, first
+    assert v.direction[first[0]] == 1 and KINDS[v.kind[first[0]]] == "spike"
+
+
+def test_the_flag_rate_holds_with_real_values_too() -> None:
+    # both tests (error and distance from the level) on a stationary series: the flags stay
+    # within 0.5x-2x of the rate (the holds take some, the second test adds some)
+    rng = np.random.default_rng(8)
+    n_series, n = 6, 30_000
+    y = rng.standard_normal((n_series, n)) * np.logspace(-2, 2, n_series)[:, None]
+    e = np.diff(y, axis=1, prepend=0.0)  # a naive forecast's errors
+    rows = np.tile(np.arange(n_series), n)
+    v = judge(Calibration.empty(n_series), rows, y.T.ravel(), e.T.ravel(), 0.002)
+    per_series = v.flag.reshape(n, n_series).mean(axis=0)
+    assert ((per_series >= 0.5 * 0.002) & (per_series <= 2.0 * 0.002)).all(), per_series / 0.002
 
 
 def test_one_outlier_barely_moves_the_scale_and_threshold() -> None:

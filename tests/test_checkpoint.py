@@ -160,3 +160,20 @@ def test_an_impossible_verdict_state_is_refused() -> None:
     fresh = SeriesStore(width=3)
     fresh.add(b"s", blob)  # the bulk path refuses it too: the series starts afresh
     assert fresh.count[0] == 0 and fresh.cal_q[0] == 5.0
+
+
+def test_a_version_5_verdict_state_carries_its_scale_thresholds_and_level_over() -> None:
+    store, slot = _judged_store()
+    saved = store.calibration().snapshot(np.array([slot]))
+    row = np.zeros(1, dtype=blob_dtype(3, version=5))
+    row["head"], row["count"], row["seq"], row["v"] = head_of(5), 3, -1, [1, 2, 3]
+    for name in ("scale", "q", "level", "spread", "n"):
+        row["cal"][name] = saved[name]
+    row["cal"]["mode"], row["cal"]["since"], row["cal"]["calm"] = 2, 7, 3  # held, then
+    back = SeriesStore(width=3)
+    back.add(b"s", row.tobytes())
+    got = back.calibration().snapshot(np.array([back.index[b"s"]]))
+    for name in ("scale", "q", "level", "spread", "n"):
+        assert got[name][0] == saved[name][0], name
+    assert got["ql"][0] == 5.0 and got["mode"][0] == 0 and got["since"][0] == 0
+    assert back.vals[0].tolist() == [1, 2, 3]

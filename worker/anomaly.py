@@ -1,31 +1,38 @@
 """A verdict on every value that had a forecast: how strange it is, and whether to flag it.
 
-Per series the verdict keeps a few small numbers (`Calibration`, 21 bytes a series):
+Per series the verdict keeps a few small numbers (`Calibration`, 24 bytes a series):
 
 - `scale`, a robust EWMA of the absolute forecast error: an error enters it clipped at
   `CLIP` scales, so one outlier moves it by a few percent at most;
-- `q`, the series' threshold on the error in scales, calibrated online so that on normal
-  data a fraction `rate` of the values exceed it (a quantile found by stochastic
-  approximation, conformal style: every value that exceeds it raises it, every other value
-  lowers it a little; at equilibrium the exceedance rate is `rate`, whatever the noise);
-- `level` and `spread`, the running mean of the values and of their absolute deviation
+- `level` and `spread`, a slow running mean of the values and of their absolute deviation
   from it (an EWMA once `1 / LEVEL_EWMA` values are seen): the error scale never falls
   below `FLOOR` spreads, so a series whose forecasts were exact for a while (a flat line,
   a quantised sensor) does not call its next small step infinitely strange;
+- `q` and `ql`, the series' two thresholds, calibrated online so that on normal data a
+  fraction `rate` of the values exceed each (a quantile found by stochastic approximation,
+  conformal style: every value that exceeds it raises it, every other value lowers it a
+  little; at equilibrium the exceedance rate is `rate`, whatever the noise): `q` on the
+  forecast error in scales (the value is not what its forecast said), `ql` on the value's
+  distance from `level` in spreads (the value is far from where the series has lived for
+  the last few thousand values, even if the forecasts followed it there);
 - `n`, the values scored so far (no flag during the first `WARMUP`);
-- `mode`, `since`, `calm`: the alert state machine below.
+- `mode`, `since`: the alert state machine below.
 
-The score is the error measured against the series' own threshold, `r / (r + q)` for an
-error of `r` scales: 0 for a value right on its forecast, 0.5 on the threshold (a value
-that strange comes once in 1/`rate` values), towards 1 beyond it, never saturating (a
-stranger value always scores higher). The thresholds are calibrated to the same rate, so
-scores compare across series and noise levels.
+The score is the stranger of the two tests, each measured against its own threshold:
+`r / (r + q)` for an error of `r` scales (and the same for the distance): 0 for a value right
+on its forecast, 0.5 on the threshold (a value that strange comes once in 1/`rate` values),
+towards 1 beyond it, never saturating (a stranger value always scores higher). The
+thresholds are calibrated to the same rate, so scores compare across series and noise
+levels. A flagged value scores above 0.5 and every other value at most 0.5: a value beyond
+a threshold that is not flagged (the first `WARMUP` values, or a value during a hold) scores
+0.5, since the event it belongs to has been reported.
 
-Alert rule (no storms): a value beyond the threshold is a `spike`; the next one beyond it
-in the same direction makes it a `level_shift` (one verdict), and the series stays quiet
-until `SETTLE` values in a row are back inside the threshold (the forecasts caught up) or
-`HOLD_MAX` values have passed (the new level is the norm). While quiet the threshold does
-not move, so a shift does not teach the series to tolerate shifts.
+Alert rule (no storms): a value beyond a threshold is a `spike`; if the very next value is
+beyond one in the same direction it is a `level_shift` (one verdict); after a verdict the
+series holds its alerts for `hold_for(rate)` values (100 at the default rate 0.001: a tenth
+of the values between two alerts on normal data), then flagging resumes. Thresholds keep
+learning through a hold, so a series that settles at a new level or noise stops being
+strange after a while instead of paging again when the hold ends.
 """
 
 from __future__ import annotations
@@ -36,20 +43,28 @@ import numpy as np
 
 CLIP = 4.0  # an error enters the scale clipped at this many scales
 SCALE_EWMA = 0.02  # weight of a new error in the scale
-LEVEL_EWMA = 0.001  # weight of a new value in the level and spread (after 1,000 values)
+LEVEL_EWMA = 0.0005  # weight of a new value in the level and spread (after 2,000 values)
 FLOOR = 1.0  # the error scale is at least this many spreads (chosen on NAB, offline)
-STEP = 0.05  # relative change of the threshold per exceedance
-Q0 = 5.0  # the threshold a series starts from, in scales
+STEP = 0.05  # relative change of a threshold per exceedance
+Q0 = 5.0  # the thresholds a series starts from, in scales and spreads
 WARMUP = 50  # values scored before a series can be flagged (its scale settles)
-SETTLE = 5  # values in a row inside the threshold that end a quiet period
-HOLD_MAX = 200  # a quiet period ends after this many values at the latest
+HOLD_SHARE = 0.1  # a hold lasts this share of the values between two alerts on normal data
 N_MAX = int(np.iinfo(np.uint16).max)  # `n` stops counting here
 LOOP_RATIO = 16  # `judge` loops in Python when a series has more than 1/16 of the values
 KINDS = ("", "spike", "level_shift")  # kind codes 0, 1, 2
 NORMAL, SPIKED, QUIET = 0, 1, 2  # modes (times the direction: +1 up, -1 down)
 STATE = np.dtype([("scale", "<f4"), ("q", "<f4"), ("level", "<f4"), ("spread", "<f4"),
-                  ("n", "<u2"), ("mode", "i1"),
-                  ("since", "u1"), ("calm", "u1")])  # one series' state, as checkpointed
+                  ("ql", "<f4"), ("n", "<u2"), ("mode", "i1"),
+                  ("since", "u1")])  # one series' state, as checkpointed
+
+
+def hold_for(rate: float) -> int:
+    """How many values a series holds its alerts after a verdict, at flag rate `rate`.
+
+    >>> hold_for(0.001), hold_for(0.01), hold_for(0.5), hold_for(1e-6)
+    (100, 10, 1, 255)
+    """
+    return int(min(max(round(HOLD_SHARE / rate), 1), 255))
 
 
 @dataclass
@@ -57,21 +72,21 @@ class Calibration:
     """Per-series verdict state, one row per series (small plain arrays)."""
 
     scale: np.ndarray  # float32, NaN: no error seen yet
-    q: np.ndarray  # float32, threshold in scales
+    q: np.ndarray  # float32, threshold on the error, in scales
     level: np.ndarray  # float32, running mean of the values (NaN: none yet)
     spread: np.ndarray  # float32, running mean absolute deviation from `level`
+    ql: np.ndarray  # float32, threshold on the distance from `level`, in spreads
     n: np.ndarray  # uint16, values scored (capped)
     mode: np.ndarray  # int8, NORMAL, +-SPIKED, +-QUIET
-    since: np.ndarray  # uint8, values since the quiet period began (capped)
-    calm: np.ndarray  # uint8, values in a row inside the threshold while quiet
+    since: np.ndarray  # uint8, values since the last verdict while held (capped)
 
     @classmethod
     def empty(cls, rows: int) -> Calibration:
         """State of `rows` series never scored."""
         return cls(np.full(rows, np.nan, np.float32), np.full(rows, Q0, np.float32),
                    np.full(rows, np.nan, np.float32), np.zeros(rows, np.float32),
-                   np.zeros(rows, np.uint16), np.zeros(rows, np.int8),
-                   np.zeros(rows, np.uint8), np.zeros(rows, np.uint8))
+                   np.full(rows, Q0, np.float32), np.zeros(rows, np.uint16),
+                   np.zeros(rows, np.int8), np.zeros(rows, np.uint8))
 
     def snapshot(self, rows: np.ndarray) -> np.ndarray:
         """The rows' state as a `STATE` record array (what a checkpoint keeps).
@@ -79,7 +94,7 @@ class Calibration:
         >>> cal = Calibration.empty(2); cal.q[1] = 7.5
         >>> back = Calibration.empty(2); back.restore(np.arange(2), cal.snapshot(np.arange(2)))
         >>> back.q.tolist(), STATE.itemsize
-        ([5.0, 7.5], 21)
+        ([5.0, 7.5], 24)
         """
         out = np.empty(len(rows), STATE)
         for name in STATE.names or ():
@@ -122,10 +137,12 @@ def judge(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.nda
     same verdicts and state, bit for bit (`_looped`).
 
     >>> cal = Calibration.empty(1)
-    >>> e = np.r_[np.tile([1.0, -1.0], 30), 30.0, 0.5, -25.0, -25.0, -25.0, 0.2]
+    >>> e = np.r_[np.tile([1.0, -1.0], 30), 30.0, 0.5, -25.0, -25.0, 0.2]
     >>> v = judge(cal, np.zeros(len(e), dtype=np.int64), np.zeros(len(e)), e, 0.001)
     >>> [(i, KINDS[v.kind[i]], int(v.direction[i])) for i in np.flatnonzero(v.flag).tolist()]
-    [(60, 'spike', 1), (62, 'spike', -1), (63, 'level_shift', -1)]
+    [(60, 'spike', 1)]
+    >>> float(v.score[62])  # beyond the threshold, but held: the event was reported
+    0.5
     """
     m = len(rows)
     out = _no_verdicts(m)
@@ -151,18 +168,21 @@ def _looped(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, ra
     Python floats rounded to float32 wherever `_step` stores one: the same results."""
     score, flag_out, dir_out, kind_out = out.score, out.flag, out.direction, out.kind
     rows_l, y_l, e_l, at_l = rows.tolist(), y.tolist(), e.tolist(), at.tolist()
-    f32, n_max = np.float32, N_MAX
+    f32, n_max, hold = np.float32, N_MAX, hold_for(rate)
+    up, down = STEP * (1.0 - rate), -STEP * rate
     i, m = 0, len(rows_l)
     while i < m:
         r = rows_l[i]
         scale, q, level = float(cal.scale[r]), float(cal.q[r]), float(cal.level[r])
-        spread, n, mode = float(cal.spread[r]), int(cal.n[r]), int(cal.mode[r])
-        since, calm = int(cal.since[r]), int(cal.calm[r])
+        spread, ql, n = float(cal.spread[r]), float(cal.ql[r]), int(cal.n[r])
+        mode, since = int(cal.mode[r]), int(cal.since[r])
         while i < m and rows_l[i] == r:
             yi, ei, j = y_l[i], e_l[i], at_l[i]
             i += 1
-            floor = FLOOR * spread
+            spread0, floor = spread, FLOOR * spread
             inv = 1.0 / (n + 2.0)
+            dist = yi - level  # NaN when either is
+            known_l = spread0 > 0 and dist == dist
             if yi == yi:  # _move_level
                 if level != level:
                     level = yi
@@ -178,31 +198,30 @@ def _looped(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, ra
                 scale = float(f32(max(size, 1e-12)))
                 continue
             ratio = size / s
-            beyond = ratio > q
-            direction = 1 if ei >= 0 else -1
-            quiet = abs(mode) == QUIET
-            flag = beyond and not quiet and n >= WARMUP
-            shift = flag and mode == SPIKED * direction
-            score[j], dir_out[j] = ratio / (ratio + q), direction
+            far = abs(dist) / spread0 if known_l else 0.0
+            beyond_e, beyond_l = ratio > q, known_l and far > ql
+            beyond = beyond_e or beyond_l
+            direction = (1 if ei >= 0 else -1) if beyond_e or not beyond_l else (
+                1 if dist >= 0 else -1)
+            flag = beyond and n >= WARMUP and (mode == NORMAL or mode == SPIKED * direction)
+            shift = flag and mode != NORMAL
+            s_now = max(ratio / (ratio + q), far / (far + ql))
+            score[j], dir_out[j] = s_now if flag else min(s_now, 0.5), direction
             if flag:
                 flag_out[j], kind_out[j] = True, 2 if shift else 1
-            since = min(since + 1, 255) if quiet else 0
-            calm = calm + 1 if quiet and not beyond else 0
-            if quiet and (calm >= SETTLE or since >= HOLD_MAX):
-                mode = NORMAL
-            if not quiet:
-                mode = SPIKED * direction if flag and not shift else NORMAL
-            if shift:
-                mode = QUIET * direction
-            if abs(mode) != QUIET:
-                since = calm = 0
-            if not quiet and not shift:
-                q = float(f32(q * (1.0 + (STEP * (1.0 - rate) if beyond else -STEP * rate))))
+                mode, since = (QUIET if shift else SPIKED) * direction, 0
+            elif mode != NORMAL:
+                since = min(since + 1, 255)
+                mode = NORMAL if since >= hold else QUIET * (1 if mode > 0 else -1)
+                since = since if mode != NORMAL else 0
+            q = float(f32(q * (1.0 + (up if beyond_e else down))))
+            if known_l:
+                ql = float(f32(ql * (1.0 + (up if beyond_l else down))))
             w = max(SCALE_EWMA, inv)
             scale = float(f32((1.0 - w) * s + w * min(size, CLIP * s)))
             n = min(n + 1, n_max)
         cal.scale[r], cal.q[r], cal.level[r], cal.spread[r] = scale, q, level, spread
-        cal.n[r], cal.mode[r], cal.since[r], cal.calm[r] = n, mode, since, calm
+        cal.ql[r], cal.n[r], cal.mode[r], cal.since[r] = ql, n, mode, since
 
 
 def judge_once(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.ndarray,
@@ -240,58 +259,71 @@ def _no_verdicts(m: int) -> Verdicts:
 def _step(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate: float,
           out: Verdicts, at: np.ndarray) -> None:
     """One value of each of the (distinct) series `rows`: its verdict, then the state."""
-    # The `.all()` / `.any()` checks skip work that would change nothing (a batch where
-    # every value has a forecast and no series is flagged or quiet is the common case).
-    floor = FLOOR * cal.spread[rows].astype(np.float64)  # from the values before this one
+    # The `.any()` / `.all()` checks skip work that would change nothing (a batch where
+    # every value has a forecast and no series is flagged or held is the common case).
+    spread = cal.spread[rows].astype(np.float64)  # from the values before this one
+    dist = y - cal.level[rows]
     n = cal.n[rows]
     inv = 1.0 / (n + 2.0)
     _move_level(cal, rows, y, inv)
     missing = np.isnan(e)
     if missing.any():
         ok = ~missing
-        rows, e, at, floor, n, inv = rows[ok], e[ok], at[ok], floor[ok], n[ok], inv[ok]
-    scale = np.maximum(cal.scale[rows].astype(np.float64), floor)
+        rows, e, at, spread, dist, n, inv = (rows[ok], e[ok], at[ok], spread[ok], dist[ok],
+                                             n[ok], inv[ok])
+    scale = np.maximum(cal.scale[rows].astype(np.float64), FLOOR * spread)
     known = scale > 0  # else NaN or 0: the first error only sets the scale
     if not known.all():
         first = ~known
         cal.scale[rows[first]] = np.maximum(np.abs(e[first]), 1e-12)
         k = known
-        rows, e, at, scale, n, inv = rows[k], e[k], at[k], scale[k], n[k], inv[k]
+        rows, e, at, scale, spread, dist, n, inv = (rows[k], e[k], at[k], scale[k], spread[k],
+                                                   dist[k], n[k], inv[k])
     if not len(rows):
         return
-    q, mode = cal.q[rows].astype(np.float64), cal.mode[rows].astype(np.int64)
+    q, ql = cal.q[rows].astype(np.float64), cal.ql[rows].astype(np.float64)
     size = np.abs(e)
     r = size / scale
-    beyond = r > q
-    direction = (e >= 0) * 2 - 1  # +1 up, -1 down
-    out.score[at] = tail_score(r, q)
+    known_l = (spread > 0) & ~np.isnan(dist)
+    far = np.where(known_l, np.abs(dist) / np.where(known_l, spread, 1.0), 0.0)
+    beyond_e, beyond_l = r > q, known_l & (far > ql)
+    direction = np.where(beyond_l & ~beyond_e, (dist >= 0) * 2 - 1, (e >= 0) * 2 - 1)
+    score = np.maximum(tail_score(r, q), tail_score(far, ql))
     out.direction[at] = direction
+    beyond = beyond_e | beyond_l
+    mode = cal.mode[rows]
     if beyond.any() or mode.any():
-        _flag_and_learn(cal, rows, q, mode, beyond, direction, n, rate, out, at)
-    else:  # nothing beyond, no series spiked or quiet: modes stay, every threshold goes down
-        cal.q[rows] = q * (1.0 + (-STEP * rate))
+        score = _flag_and_hold(cal, rows, score, mode.astype(np.int64), beyond, direction, n,
+                               rate, out, at)
+    out.score[at] = score
+    up, down = STEP * (1.0 - rate), -STEP * rate
+    cal.q[rows] = q * (1.0 + np.where(beyond_e, up, down))
+    if known_l.any():
+        cal.ql[rows] = np.where(known_l, ql * (1.0 + np.where(beyond_l, up, down)), ql)
     clipped = np.minimum(size, CLIP * scale)
     weight = np.maximum(SCALE_EWMA, inv)  # a running mean at first
     cal.scale[rows] = (1.0 - weight) * scale + weight * clipped
     cal.n[rows] = np.minimum(n.astype(np.int64) + 1, N_MAX)
 
 
-def _flag_and_learn(cal: Calibration, rows: np.ndarray, q: np.ndarray, mode: np.ndarray,
-                    beyond: np.ndarray, direction: np.ndarray, n: np.ndarray, rate: float,
-                    out: Verdicts, at: np.ndarray) -> None:
-    """The flags and kinds of one step, the alert state machine, and the thresholds."""
-    quiet = np.abs(mode) == QUIET
-    flag = beyond & ~quiet & (n >= WARMUP)
-    shift = flag & (mode == SPIKED * direction)
-    flagged = flag.any()
-    if flagged:
+def _flag_and_hold(cal: Calibration, rows: np.ndarray, score: np.ndarray, mode: np.ndarray,
+                   beyond: np.ndarray, direction: np.ndarray, n: np.ndarray, rate: float,
+                   out: Verdicts, at: np.ndarray) -> np.ndarray:
+    """The flags and kinds of one step and the alert state machine (module docstring):
+    normal -> spiked -> (level shift) -> held -> normal. Returns the scores, those of
+    values not flagged capped at 0.5."""
+    flag = beyond & (n >= WARMUP) & ((mode == NORMAL) | (mode == SPIKED * direction))
+    shift = flag & (mode != NORMAL)
+    if flag.any():
         out.flag[at] = flag
         out.kind[at] = np.where(shift, 2, np.where(flag, 1, 0))
-    if flagged or mode.any():  # else every mode stays NORMAL, `since` and `calm` 0
-        _advance_modes(cal, rows, beyond, flag, shift, direction, quiet)
-    learn = ~quiet & ~shift  # a level shift's values teach the threshold nothing
-    step = np.where(beyond, STEP * (1.0 - rate), -STEP * rate)
-    cal.q[rows] = np.where(learn, q * (1.0 + step), q)
+    since = np.where(flag, 0, np.minimum(cal.since[rows].astype(np.int64) + 1, 255))
+    held = np.where(since >= hold_for(rate), NORMAL, QUIET * np.sign(mode))
+    mode = np.where(flag, np.where(shift, QUIET, SPIKED) * direction,
+                    np.where(mode == NORMAL, NORMAL, held))
+    cal.mode[rows] = mode
+    cal.since[rows] = np.where(mode == NORMAL, 0, since)
+    return np.where(flag, score, np.minimum(score, 0.5))
 
 
 def _move_level(cal: Calibration, rows: np.ndarray, y: np.ndarray, inv: np.ndarray) -> None:
@@ -308,18 +340,3 @@ def _move_level(cal: Calibration, rows: np.ndarray, y: np.ndarray, inv: np.ndarr
     level = (1.0 - weight) * level + weight * y
     cal.level[rows] = level
     cal.spread[rows] = (1.0 - weight) * cal.spread[rows] + weight * np.abs(y - level)
-
-
-def _advance_modes(cal: Calibration, rows: np.ndarray, beyond: np.ndarray, flag: np.ndarray,
-                   shift: np.ndarray, direction: np.ndarray, quiet: np.ndarray) -> None:
-    """The alert state machine (module docstring): spiked -> level shift -> quiet -> normal."""
-    since = np.where(quiet, np.minimum(cal.since[rows].astype(np.int64) + 1, 255), 0)
-    calm = np.where(quiet & ~beyond, cal.calm[rows].astype(np.int64) + 1, 0)
-    mode = cal.mode[rows].astype(np.int64)
-    ended = quiet & ((calm >= SETTLE) | (since >= HOLD_MAX))
-    mode = np.where(ended, NORMAL, mode)
-    mode = np.where(~quiet, np.where(flag & ~shift, SPIKED * direction, NORMAL), mode)
-    mode = np.where(shift, QUIET * direction, mode)
-    cal.mode[rows] = mode
-    cal.since[rows] = np.where(np.abs(mode) == QUIET, since, 0)
-    cal.calm[rows] = np.where(np.abs(mode) == QUIET, calm, 0)

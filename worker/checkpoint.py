@@ -2,8 +2,11 @@
 
 A blob is one packed little-endian row. Its layout version is known from its first 32 bits:
 
-* version 5 (written now): the version 4 header, then the series' anomaly-verdict state
-  (`cal`, a `worker.anomaly.STATE` record of 21 bytes) and three spare bytes, then the values;
+* version 6 (written now): the version 4 header, then the series' anomaly-verdict state
+  (`cal`, a `worker.anomaly.STATE` record of 24 bytes), then the values;
+* version 5: the same with the verdict state of the first release of verdicts (`STATE5`,
+  21 bytes) and three spare bytes; its scale, thresholds and level carry over, the distance
+  threshold starts at `worker.anomaly.Q0` and no hold is in force;
 * version 4: `head` carries the flags `FLAG | FLAG3 | FLAG4` and the layout number in bits
   20-27; then `count`, `last_ts`, the served version's interval state (`aci_version`, `aci`,
   `pred`, `lo`, `hi`), the producer sequence number last accepted (`seq`, -1: none), the
@@ -28,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.anomaly import QUIET, STATE
+from worker.anomaly import Q0, QUIET, STATE
 
 FLAG = 1 << 30  # set in the head of a version 2+ blob (a window never holds 2**28 values)
 FLAG3 = 1 << 29  # also set from version 3 on
@@ -41,9 +44,12 @@ _V3 = [*_V1, ("aci_version", "<i4"), ("aci", "<f8"), ("pred", "<f4"), ("lo", "<f
 _V4 = [("head", "<u4"), ("count", "<i4"), ("last_ts", "<i8"), ("aci_version", "<i4"),
        ("aci", "<f8"), ("pred", "<f4"), ("lo", "<f4"), ("hi", "<f4"), ("seq", "<i8"),
        ("steps", "<f4", (3,)), ("period", "<i2"), ("spare", "<i2")]
-_V5 = [*_V4, ("cal", STATE), ("spare5", "u1", (3,))]
-_HEADERS: dict[int, list[Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
-CURRENT = 5
+STATE5 = np.dtype([("scale", "<f4"), ("q", "<f4"), ("level", "<f4"), ("spread", "<f4"),
+                   ("n", "<u2"), ("mode", "i1"), ("since", "u1"), ("calm", "u1")])
+_V5 = [*_V4, ("cal", STATE5), ("spare5", "u1", (3,))]
+_V6 = [*_V4, ("cal", STATE)]
+_HEADERS: dict[int, list[Any]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
+CURRENT = 6
 HEAD = FLAG | FLAG3 | FLAG4 | (CURRENT << _NUMBER_SHIFT)
 
 
@@ -88,7 +94,7 @@ def blob_version(blob: bytes) -> int:
     """The layout number of a blob, from the flags of its first 32 bits.
 
     >>> blob_version((3).to_bytes(4, "little")), blob_version(HEAD.to_bytes(4, "little"))
-    (1, 5)
+    (1, 6)
     """
     if len(blob) < 4:
         raise CheckpointError(f"a blob of {len(blob)} bytes has no header")
@@ -122,7 +128,7 @@ def decode_blob(blob: bytes) -> Checkpoint:
     """Any readable blob, of any version; `CheckpointError` for anything else.
 
     >>> nan, cal = np.full(1, np.nan), np.zeros(1, STATE)
-    >>> cal["q"] = 5.0  # a threshold is positive
+    >>> cal["q"] = cal["ql"] = 5.0  # thresholds are positive
     >>> raw = encode_rows(np.array([2]), np.array([5]), np.ones(1), np.zeros(1), nan, nan, nan,
     ...                   np.full(1, -1), np.full((1, 3), np.nan), np.zeros(1), cal,
     ...                   np.array([[0, 7, 8]]))[0]
@@ -156,7 +162,18 @@ def decode_blob(blob: bytes) -> Checkpoint:
     return Checkpoint(count, last_ts, values, int(row["aci_version"]), aci, float(row["pred"]),
                       float(row["lo"]), float(row["hi"]), int(row["seq"]),
                       (steps[0], steps[1], steps[2]), int(row["period"]),
-                      np.array(row["cal"]).reshape(1) if version >= 5 else None)
+                      _verdict_state(row["cal"], version) if version >= 5 else None)
+
+
+def _verdict_state(cal: np.void, version: int) -> np.ndarray:
+    """A blob's verdict state as one current `STATE` row (a version 5 one converted)."""
+    if version >= 6:
+        return np.array(cal).reshape(1)
+    out = np.zeros(1, STATE)
+    for name in ("scale", "q", "level", "spread", "n"):
+        out[name] = cal[name]
+    out["ql"] = Q0
+    return out
 
 
 def encode_rows(count: np.ndarray, last_ts: np.ndarray, aci_version: np.ndarray,
@@ -176,7 +193,6 @@ def encode_rows(count: np.ndarray, last_ts: np.ndarray, aci_version: np.ndarray,
     rows["period"] = period
     rows["spare"] = 0
     rows["cal"] = cal
-    rows["spare5"] = 0
     rows["v"] = vals
     raw = rows.tobytes()
     size = rows.dtype.itemsize
@@ -195,7 +211,10 @@ def decode_same(blobs: list[bytes], width: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _verdict_state_ok(cal: np.ndarray | np.void) -> np.ndarray:
-    """Which verdict states (`worker.anomaly.STATE`) can be real: a finite positive threshold,
-    a finite spread, a known mode."""
+    """Which verdict states (`worker.anomaly.STATE`, or a version 5 one) can be real: finite
+    positive thresholds, a finite spread, a known mode."""
     q, spread, mode = cal["q"], cal["spread"], cal["mode"]
-    return np.isfinite(q) & (q > 0) & np.isfinite(spread) & (mode >= -QUIET) & (mode <= QUIET)
+    ok = np.isfinite(q) & (q > 0) & np.isfinite(spread) & (mode >= -QUIET) & (mode <= QUIET)
+    if "ql" in (cal.dtype.names or ()):
+        ok &= np.isfinite(cal["ql"]) & (cal["ql"] > 0)
+    return ok
