@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import anomaly_report as report
 from bench.anomaly_report import NO_ANOMALY, Verdicts
-from bench.anomaly_stream import run_file
+from bench.anomaly_stream import WINDOWS, run_file
 from bench.nab_data import NabFile, load_corpus
 from forecast.errors import UsageError
 from forecast.local_redis import private_redis, redis_server_binary
@@ -43,6 +43,7 @@ QUICK = ("artificialNoAnomaly/art_daily_small_noise.csv",
 RATES = (0.003, 0.01, 0.03)  # calibration: streamed again at these rates (anomaly-free files)
 QUICK_RATES = (0.01,)
 DEFAULT_RATE = float(Settings.model_fields["anomaly_rate"].default)
+DEFAULT_WINDOW = str(Settings.model_fields["anomaly_window"].default)
 
 
 def pick(corpus: list[NabFile], names: list[str] | None, quick: bool) -> list[NabFile]:
@@ -58,29 +59,33 @@ def pick(corpus: list[NabFile], names: list[str] | None, quick: bool) -> list[Na
 
 
 def _stream_all(files: list[NabFile], rates: tuple[float, ...], workdir: Path, t0: float
-                ) -> tuple[dict[str, Verdicts], dict[float, dict[str, Verdicts]],
+                ) -> tuple[dict[str, dict[str, Verdicts]], dict[float, dict[str, Verdicts]],
                            dict[str, Any], dict[str, str]]:
-    """Every file through its own deployment; verdicts, calibration runs, infos, errors."""
-    verdicts: dict[str, Verdicts] = {}
+    """Every file through its own deployment; verdicts (per FORECAST_ANOMALY_WINDOW, then
+    per file), calibration runs, infos, errors."""
+    verdicts: dict[str, dict[str, Verdicts]] = {w: {} for w in WINDOWS}
     cal: dict[float, dict[str, Verdicts]] = {DEFAULT_RATE: {}, **{r: {} for r in rates}}
     infos: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for k, f in enumerate(files, 1):
         free = f.category == NO_ANOMALY
         try:
-            info, v, extra = run_file(f, workdir / f"f{k}", rates if free else ())
+            info, per_window, extra = run_file(f, workdir / f"f{k}", rates if free else ())
         except Exception as exc:  # one file that fails must not hide the others: it scores 0
             log.exception("%s failed", f.name)
             errors[f.name] = f"{type(exc).__name__}: {str(exc)[-500:]}"
-            info, v, extra = {}, Verdicts.empty(len(f.values)), {}
-        verdicts[f.name], infos[f.name] = v, info
+            info, per_window, extra = {}, {}, {}
+        for w in WINDOWS:
+            verdicts[w][f.name] = per_window.get(w, Verdicts.empty(len(f.values)))
+        v, infos[f.name] = verdicts[DEFAULT_WINDOW][f.name], info
         if free:
             cal[DEFAULT_RATE][f.name] = v
             for r in rates:
                 cal[r][f.name] = extra.get(r, Verdicts.empty(len(f.values)))
         what = (f"ERROR {errors[f.name][:120]}" if f.name in errors else
                 f"trained in {info['train_s']:.0f}s ({info['version']}, exit {info['rc']}), "
-                f"streamed in {info['stream_s']:.0f}s: {int(v.judged.sum())} verdicts, "
+                f"streamed in {info[f'stream_{DEFAULT_WINDOW}_s']:.0f}s: "
+                f"{int(v.judged.sum())} verdicts, "
                 f"{v.flags} flags, {v.alerts} alerts")
         print(f"[anomaly] {k}/{len(files)} {f.name} ({len(f.values)} values): {what}; "
               f"{time.perf_counter() - t0:.0f}s elapsed", flush=True)
@@ -110,14 +115,22 @@ def run_anomaly(names: list[str] | None = None, quick: bool = False,
     with tempfile.TemporaryDirectory(prefix="forecast-anomaly-") as tmp:
         verdicts, cal, infos, errors = _stream_all(files, QUICK_RATES if quick else RATES,
                                                    Path(tmp), t0)
-    scores = report.nab_scores(files, verdicts)
+    by_window = {w: report.nab_scores(files, verdicts[w]) for w in WINDOWS}
+    scores = by_window[DEFAULT_WINDOW]
     calib = report.calibration({r: v for r, v in cal.items() if v})
-    label = f"this worker (FORECAST_ANOMALY_RATE={DEFAULT_RATE:g})"
+    labels = {w: f"this worker (RATE={DEFAULT_RATE:g}, WINDOW={w}"
+                 f"{', the default' if w == DEFAULT_WINDOW else ''})" for w in WINDOWS}
     print(f"\nNAB v1.1, {len(files)} of {len(corpus)} files"
           f"{'' if full else ' (NAB scoreboard: all 58)'}\n")
-    print(report.format_profiles(scores, label) if scores["profiles"] else "no windows")
+    print(report.format_profiles({labels[w]: by_window[w] for w in WINDOWS})
+          if scores["profiles"] else "no windows")
     if scores["categories"]:
-        print("\nper category (normalised, at the corpus-wide thresholds)")
+        for w in WINDOWS:
+            if w != DEFAULT_WINDOW:
+                print(f"\nper category with FORECAST_ANOMALY_WINDOW={w}")
+                print(report.format_categories(by_window[w]))
+        print(f"\nper category (normalised, at the corpus-wide thresholds; "
+              f"FORECAST_ANOMALY_WINDOW={DEFAULT_WINDOW})")
         print(report.format_categories(scores))
         print("\nper file (standard profile; windows: found/scored)")
         print(report.format_files(scores))
@@ -129,7 +142,9 @@ def run_anomaly(names: list[str] | None = None, quick: bool = False,
     data = {"date": started.isoformat(timespec="seconds"), "machine": _machine(),
             "quick": quick, "full": full, "anomaly_rate": DEFAULT_RATE,
             "files": [f.name for f in files], "scoreboard": report.SCOREBOARD,
-            "scores": scores, "calibration": calib, "runs": infos, "errors": errors,
+            "anomaly_window": DEFAULT_WINDOW, "scores": scores,
+            "windows": {w: by_window[w]["profiles"] for w in WINDOWS}, "calibration": calib,
+            "runs": infos, "errors": errors,
             "seconds": round(time.perf_counter() - t0, 1)}
     paths = [out_dir / "anomaly.json", *([DOCS_RESULTS / "anomaly.json"] if full else [])]
     for path in paths:

@@ -165,10 +165,13 @@ def _num(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def format_profiles(scores: dict[str, Any], label: str) -> str:
-    """The three profile scores next to NAB's scoreboard, best first."""
-    mine = tuple(scores["profiles"].get(p, {}).get("score") for p in PROFILES)
-    rows: list[tuple[Any, ...]] = [*SCOREBOARD, (f"> {label}", *mine)]
+def format_profiles(runs: Mapping[str, dict[str, Any]]) -> str:
+    """The three profile scores of each run (label: `nab_scores`) next to NAB's scoreboard,
+    best first."""
+    rows: list[tuple[Any, ...]] = [*SCOREBOARD]
+    for label, scores in runs.items():
+        rows.append((f"> {label}", *(scores["profiles"].get(p, {}).get("score")
+                                     for p in PROFILES)))
     rows.sort(key=lambda r: -math.inf if r[1] is None else r[1], reverse=True)
     w = max(len(r[0]) for r in rows) + 2
     head = f"{'detector':<{w}}" + "".join(f"{SHORT[p]:>10}" for p in PROFILES)

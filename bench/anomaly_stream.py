@@ -141,15 +141,21 @@ class Deployment:
                      int(client.xlen(SHARD.anomalies)))
 
 
+WINDOWS = ("keep", "replace")  # FORECAST_ANOMALY_WINDOW: each file is streamed with each
+
+
 def run_file(f: NabFile, workdir: Path, rates: tuple[float, ...] = ()
-             ) -> tuple[dict[str, Any], Verdicts, dict[float, Verdicts]]:
-    """Train on one file, stream it with the default rate, then once per extra rate."""
+             ) -> tuple[dict[str, Any], dict[str, Verdicts], dict[float, Verdicts]]:
+    """Train on one file, stream it with the default rate once per FORECAST_ANOMALY_WINDOW
+    (`WINDOWS`), then once per extra rate (the default window)."""
     with Deployment(workdir) as d:
         t0 = time.perf_counter()
         info = d.train(f)
         info["train_s"] = round(time.perf_counter() - t0, 1)
-        t1 = time.perf_counter()
-        verdicts = d.stream(f, "default")
-        info["stream_s"] = round(time.perf_counter() - t1, 1)
+        verdicts = {}
+        for window in WINDOWS:
+            t1 = time.perf_counter()
+            verdicts[window] = d.stream(f, window, anomaly_window=window)
+            info[f"stream_{window}_s"] = round(time.perf_counter() - t1, 1)
         extra = {r: d.stream(f, f"rate-{k}", anomaly_rate=r) for k, r in enumerate(rates)}
         return info, verdicts, extra

@@ -154,6 +154,12 @@ class Settings(BaseSettings):
         "threshold calibrates itself to it online); 0 turns verdicts off (no anomaly fields, "
         "nothing written to forecast:anomalies)", cli=WORKER, ge=0.0, le=0.5,
     )
+    anomaly_window: Literal["keep", "replace"] = setting(
+        "keep", "What a value flagged as a spike leaves in its series' window: keep (the "
+        "value itself) or replace (the forecast it was judged against, so one outlier does "
+        "not pull the next forecasts; the value still reaches the output and the evidence)",
+        cli=WORKER,
+    )
     follow: str = setting(
         "", "Glob patterns, comma-separated, of series whose outputs also go to their own "
         "stream forecast:predictions:<series> (capped), for dashboards (empty: none)",

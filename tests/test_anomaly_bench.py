@@ -107,9 +107,11 @@ def test_calibration_compares_each_rate_with_the_flags_it_gave() -> None:
 def test_the_tables_put_the_worker_among_the_scoreboard_rows() -> None:
     scores = {"profiles": {p: {"score": 45.0} for p in PROFILES},
               "categories": {p: {"realTweets": 12.5} for p in PROFILES}, "files": {}}
-    lines = anomaly_report.format_profiles(scores, "us").splitlines()
+    other = {"profiles": {p: {"score": 60.0} for p in PROFILES}}
+    lines = anomaly_report.format_profiles({"us": scores, "them": other}).splitlines()
     names = [line.split("  ")[0] for line in lines[2:]]
     assert names.index("> us") == names.index("Twitter ADVec") + 1
+    assert names.index("> them") == names.index("KNN CAD") - 1
     assert "ARTime" in lines[2] and lines[-1].startswith("null")
     assert "realTweets" in anomaly_report.format_categories(scores)
 

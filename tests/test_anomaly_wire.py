@@ -256,3 +256,35 @@ def test_the_verdict_state_grows_with_the_store_and_a_forgotten_series_starts_em
     again = store.place([b"a"], lambda s: [None] * len(s))
     assert store.cal_n[again].tolist() == [0] and np.isnan(store.cal_scale[again]).all()
     assert store.cal_n[store.index[b"b"]] == 1
+
+
+def _predictions(commit: Commit) -> dict[bytes, float]:
+    return {bytes(e["source_id"]): float(e["prediction"]) for e in commit.outputs.entries()}
+
+
+def test_replace_puts_a_spikes_forecast_in_the_window_whatever_the_batches() -> None:
+    values = [*_calm(300, seed=5), 25.0, *_calm(20, seed=6)]
+    no_load = lambda names: [None] * len(names)  # noqa: E731
+    runs = {}
+    for replace in (False, True):
+        for per_batch in (len(values), 1):  # catch-up in one batch, or live one by one
+            served = Served(NaiveModel("v1", half=0.5), anomaly_rate=0.01,
+                            replace_spikes=replace)
+            store, commits = SeriesStore(3), []
+            entries = _entries(b"s", values)
+            for i in range(0, len(values), per_batch):
+                commits.append(build_commit(entries[i:i + per_batch], store, served, Limits(),
+                                            no_load))
+            preds = {k: v for c in commits for k, v in _predictions(c).items()}
+            scores = {bytes(e["source_id"]): str(e.get("anomaly_score", ""))
+                      for c in commits for e in c.outputs.entries()}
+            runs[replace, per_batch] = preds, scores
+    for replace in (False, True):  # the same outputs however the values are batched
+        assert runs[replace, len(values)] == runs[replace, 1]
+    keep, replaced = runs[False, 1][0], runs[True, 1][0]
+    spike = b"301-0"
+    assert keep[spike] == 25.0  # naive: the spike is the next forecast
+    assert abs(replaced[spike] - 10.0) < 1.0  # its own forecast took its place in the window
+    assert runs[False, 1][1][spike] == runs[True, 1][1][spike]  # judged the same way
+    assert float(runs[True, 1][1][spike]) > 0.5  # and flagged
+    assert all(abs(replaced[f"{i}-0".encode()] - 10.0) < 1.0 for i in range(302, 322))

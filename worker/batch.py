@@ -17,7 +17,7 @@ import numpy as np
 from forecast.grammar import Limits, parse_fields
 from forecast.registry import version_number
 from worker import gaps, metrics, outputs, routing
-from worker.anomaly import judge, judge_once
+from worker.anomaly import Calibration, judge, judge_once
 from worker.scoring import Forecasts, Joined, Scores, adapt, evaluate
 from worker.state import COLUMNS, SeriesStore
 from worker.timing import Timing, observe
@@ -58,6 +58,7 @@ class Served:
     gap_policy: str = "fill"  # FORECAST_GAP_POLICY (worker.gaps)
     gap_max_steps: int = 24
     anomaly_rate: float = 0.0  # FORECAST_ANOMALY_RATE (worker.anomaly); 0: no verdicts
+    replace_spikes: bool = False  # FORECAST_ANOMALY_WINDOW=replace
 
     @property
     def models(self) -> list[Predictor]:
@@ -264,8 +265,9 @@ def _passes(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
         parts = _gapped(commit, store, served, batch, timing)
         rows = np.unique(np.concatenate([p.rows for p in parts]))
     else:  # the common case: one pass, nothing to fill or restart
-        parts = [_predict(commit, store, served, batch, None, None)]
-        rows = parts[0].rows  # sorted and unique (`SeriesStore.advance`)
+        parts = _run(commit, store, served, batch, None, None)
+        rows = parts[0].rows if len(parts) == 1 else np.unique(
+            np.concatenate([p.rows for p in parts]))  # sorted and unique
     pairs = zip(store.keys_of(rows), store.encode(rows), strict=True)
     commit.state = [b for pair in pairs for b in pair]
     commit.pending = [(store, p.joined) for p in parts]
@@ -295,8 +297,41 @@ def _gapped(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
             part = _with_fills(store, served, part, wanted)
         at = part.positions()
         restart = np.where(at >= 0, plan.restart[np.maximum(at, 0)], False)
-        parts.append(_predict(commit, store, served, part, restart, timing.gap))
+        parts += _run(commit, store, served, part, restart, timing.gap)
     return parts
+
+
+def _run(commit: Commit, store: SeriesStore, served: Served, part: Batch,
+         restart: np.ndarray | None, gap: np.ndarray | None) -> list[Part]:
+    """`_predict` the part: in one pass, or, where spikes are replaced and a series has
+    several values in it, one value of each series per pass (a spike's replacement must be
+    in the window before the next value of its series is forecast)."""
+    if not (served.replace_spikes and served.anomaly_rate > 0) or len(
+            np.unique(part.slots[part.positions() >= 0])) == int((part.positions() >= 0).sum()):
+        return [_predict(commit, store, served, part, restart, gap)]
+    return [_predict(commit, store, served, part.take(idx),
+                     None if restart is None else restart[idx], gap) for idx in _ranks(part)]
+
+
+def _ranks(part: Batch) -> list[np.ndarray]:
+    """The part's values split by their rank in their series (stream order kept in each);
+    fills go with their series' first value, which they come before.
+
+    >>> b = Batch([b"1", b"2", b"3", b"4"], [[]] * 4, [b"a", b"b", b"a", b"a"],
+    ...           np.zeros(4, np.float32), np.zeros(4, np.int64), np.zeros(4, np.int64),
+    ...           np.array([0, 1, 0, 0]))
+    >>> [r.tolist() for r in _ranks(b)]
+    [[0, 1], [2], [3]]
+    """
+    actual = part.positions() >= 0
+    order = np.argsort(part.slots, kind="stable")
+    s = part.slots[order]
+    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+    seen = np.cumsum(actual[order])
+    before = np.repeat(np.concatenate(([0], seen[starts[1:] - 1])), np.diff(np.append(starts,
+                                                                                    len(s))))
+    rank = np.maximum(seen - before - 1, 0)
+    return [np.sort(order[rank == k]) for k in range(int(rank.max()) + 1)]
 
 
 def _with_fills(store: SeriesStore, served: Served, part: Batch,
@@ -360,7 +395,10 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
              restart: np.ndarray | None, gap: np.ndarray | None) -> Part:
     """Advance every window, one model call per served version, adapt the intervals, judge
     the values (`gap`: missing steps before each value of the whole batch; None: none)."""
-    adv = store.advance(batch.slots, batch.values, restart)
+    kept = batch.values
+    if served.replace_spikes and served.anomaly_rate > 0:
+        kept = _spikes_replaced(store, served, batch, gap)
+    adv = store.advance(batch.slots, kept, restart)
     m = len(batch)
     pos = batch.positions()[adv.order]  # sorted order; -1: a fill
     fc = Forecasts(*(np.full((m, len(served.models)), np.nan) for _ in range(3)))
@@ -402,6 +440,41 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
     return Part(out[real], pos[ready][real], joined, adv.rows,
                 None if warm is None else warm[real],
                 None if verdicts is None else verdicts[ready][real])
+
+
+def _spikes_replaced(store: SeriesStore, served: Served, batch: Batch,
+                     gap: np.ndarray | None) -> np.ndarray:
+    """The values the windows take (FORECAST_ANOMALY_WINDOW=replace): a value its verdict will
+    call a spike is replaced by the forecast it is judged against.
+
+    The verdict is worked out ahead, on a copy of the state, for each value that is its
+    series' only one in the pass and has a held forecast of the current version (as
+    `_judge` will, from the same state: the same flags; a value right after a fill or a gap
+    is left as it is).
+    """
+    actual = batch.positions() >= 0
+    slots = batch.slots
+    uniq, counts = np.unique(slots, return_counts=True)
+    alone = actual & np.isin(slots, uniq[counts == 1])
+    if gap is not None:
+        alone &= np.where(actual, gap[np.maximum(batch.positions(), 0)], 0) == 0
+    version = version_number(served.current.version)
+    at = np.flatnonzero(alone)
+    rows = slots[at]
+    at, rows = at[store.aci_version[rows] == version], rows[store.aci_version[rows] == version]
+    if not len(at):
+        return batch.values
+    y = batch.values[at].astype(np.float64)
+    point = store.pred[rows, 0].astype(np.float64)
+    ahead = Calibration.empty(len(rows))
+    ahead.restore(np.arange(len(rows)), store.calibration().snapshot(rows))
+    v = judge_once(ahead, np.arange(len(rows)), y, y - point, served.anomaly_rate)
+    spike = v.flag & (v.kind == 1)
+    if not spike.any():
+        return batch.values
+    kept = batch.values.copy()
+    kept[at[spike]] = point[spike]
+    return kept
 
 
 def _after_gap(joined: Joined, pos: np.ndarray, gap: np.ndarray | None) -> np.ndarray | None:

@@ -161,7 +161,7 @@ class Worker:
         """One batch of a shard; a lost lease drops it, any other failure resets it."""
         s = self.settings
         served = Served(self.model, self.shadows, s.interval_gamma, self.follow, s.gap_policy,
-                        s.gap_max_steps, s.anomaly_rate)
+                        s.gap_max_steps, s.anomaly_rate, s.anomaly_window == "replace")
         try:
             return self.path.process(shard, served)
         except Fenced:
