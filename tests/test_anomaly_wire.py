@@ -288,3 +288,24 @@ def test_replace_puts_a_spikes_forecast_in_the_window_whatever_the_batches() -> 
     assert runs[False, 1][1][spike] == runs[True, 1][1][spike]  # judged the same way
     assert float(runs[True, 1][1][spike]) > 0.5  # and flagged
     assert all(abs(replaced[f"{i}-0".encode()] - 10.0) < 1.0 for i in range(302, 322))
+
+
+def test_replace_with_interleaved_series_and_several_spikes_does_not_depend_on_batching(
+        ) -> None:
+    a = [*_calm(200, seed=1), 30.0, *_calm(30, seed=2), -10.0, *_calm(40, seed=3)]
+    b = [*_calm(215, seed=4), 40.0, 41.0, *_calm(55, seed=5)]
+    entries = []
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        entries += [(f"{i + 1}-0".encode(), [b"series", b"a", b"value", repr(x).encode()]),
+                    (f"{i + 1}-1".encode(), [b"series", b"b", b"value", repr(y).encode()])]
+    no_load = lambda names: [None] * len(names)  # noqa: E731
+    seen = []
+    for size in (len(entries), 37, 1):
+        served = Served(NaiveModel("v1", half=0.5), anomaly_rate=0.01, replace_spikes=True)
+        store = SeriesStore(3)
+        commits = [build_commit(entries[i:i + size], store, served, Limits(), no_load)
+                   for i in range(0, len(entries), size)]
+        seen.append([e for c in commits for e in c.outputs.entries()])
+    assert seen[0] == seen[1] == seen[2]
+    kinds = [(e["series"], e.get("kind")) for e in seen[0] if e.get("kind")]
+    assert (b"a", "spike") in kinds and (b"b", "level_shift") in kinds

@@ -33,6 +33,8 @@ def _old(version: int, width: int, count: int, values: list[float]) -> bytes:
     row["last_ts"], row["v"] = 42, values
     if version >= 2:
         row["aci"] = 0.7
+    if version >= 5:
+        row["cal"]["q"] = 5.0  # a threshold is positive
     return row.tobytes()
 
 
@@ -45,12 +47,12 @@ def test_version_1_checkpoints_still_load() -> None:
     assert decode_blob(store.encode([slot])[0]).count == 2
 
 
-@pytest.mark.parametrize("version, width", [(2, 19), (3, 17), (4, 10)])
+@pytest.mark.parametrize("version, width", [(2, 20), (3, 18), (4, 11), (5, 5)])
 def test_older_layouts_as_long_as_a_current_blob_are_read_by_their_layout(
         version: int, width: int) -> None:
-    """A width-19 version-2 blob, a width-17 version-3 blob and a width-10 version-4 blob are
-    exactly as long as a width-4 current one: each must be read by its own layout, never as
-    the current one."""
+    """A width-20 version-2 blob, a width-18 version-3 blob, a width-11 version-4 blob and a
+    width-5 version-5 blob are exactly as long as a width-4 current one: each must be read
+    by its own layout, never as the current one."""
     blob = _old(version, width, 5, [0.0] * (width - 5) + [3, 4, 5, 6, 7])
     assert len(blob) == blob_dtype(4).itemsize
     store = SeriesStore(width=4)

@@ -1,6 +1,6 @@
 """A verdict on every value that had a forecast: how strange it is, and whether to flag it.
 
-Per series the verdict keeps a few small numbers (`Calibration`, 24 bytes a series):
+Per series the verdict keeps a few small numbers (`Calibration`, 28 bytes a series):
 
 - `scale`, a robust EWMA of the absolute forecast error: an error enters it clipped at
   `CLIP` scales, so one outlier moves it by a few percent at most;
@@ -11,12 +11,13 @@ Per series the verdict keeps a few small numbers (`Calibration`, 24 bytes a seri
 - `q` and `ql`, the series' two thresholds, calibrated online so that on normal data a
   fraction `rate` of the values exceed each (a quantile found by stochastic approximation,
   conformal style: every value that exceeds it raises it, every other value lowers it a
-  little; at equilibrium the exceedance rate is `rate`, whatever the noise): `q` on the
+  little; at equilibrium the exceedance rate is `rate`, whatever the noise; both start
+  from `start_threshold(rate)` at the series' first error): `q` on the
   forecast error in scales (the value is not what its forecast said), `ql` on the value's
   distance from `level` in spreads (the value is far from where the series has lived for
   the last few thousand values, even if the forecasts followed it there);
 - `n`, the values scored so far (no flag during the first `WARMUP`);
-- `mode`, `since`: the alert state machine below.
+- `mode`, `since`, `peak`: the alert state machine below.
 
 The score is the stranger of the two tests, each measured against its own threshold:
 `r / (r + q)` for an error of `r` scales (and the same for the distance): 0 for a value right
@@ -30,14 +31,18 @@ a threshold that is not flagged (the first `WARMUP` values, or a value during a 
 Alert rule (no storms): a value beyond a threshold is a `spike`; if the very next value is
 beyond one in the same direction it is a `level_shift` (one verdict); after a verdict the
 series holds its alerts for `hold_for(rate)` values (100 at the default rate 0.001: a tenth
-of the values between two alerts on normal data), then flagging resumes. Thresholds keep
+of the values between two alerts on normal data), then flagging resumes. A value scoring
+above `ESCAPE` (four times as far as the threshold) and above the verdict that started the
+hold (`peak`: stranger than what was reported) is a new `spike` even while held. Thresholds keep
 learning through a hold, so a series that settles at a new level or noise stops being
 strange after a while instead of paging again when the hold ends.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -46,16 +51,29 @@ SCALE_EWMA = 0.02  # weight of a new error in the scale
 LEVEL_EWMA = 0.0005  # weight of a new value in the level and spread (after 2,000 values)
 FLOOR = 1.0  # the error scale is at least this many spreads (chosen on NAB, offline)
 STEP = 0.05  # relative change of a threshold per exceedance
-Q0 = 5.0  # the thresholds a series starts from, in scales and spreads
+Q0 = 5.0  # the thresholds of a series not scored yet (`start_threshold` once it is)
 WARMUP = 50  # values scored before a series can be flagged (its scale settles)
 HOLD_SHARE = 0.1  # a hold lasts this share of the values between two alerts on normal data
+ESCAPE = 0.8  # a value scoring above this (4 thresholds away) is flagged even while held
 N_MAX = int(np.iinfo(np.uint16).max)  # `n` stops counting here
 LOOP_RATIO = 16  # `judge` loops in Python when a series has more than 1/16 of the values
 KINDS = ("", "spike", "level_shift")  # kind codes 0, 1, 2
 NORMAL, SPIKED, QUIET = 0, 1, 2  # modes (times the direction: +1 up, -1 down)
 STATE = np.dtype([("scale", "<f4"), ("q", "<f4"), ("level", "<f4"), ("spread", "<f4"),
-                  ("ql", "<f4"), ("n", "<u2"), ("mode", "i1"),
+                  ("ql", "<f4"), ("peak", "<f4"), ("n", "<u2"), ("mode", "i1"),
                   ("since", "u1")])  # one series' state, as checkpointed
+
+
+def start_threshold(rate: float) -> float:
+    """The thresholds a series starts calibrating from, at flag rate `rate`: between what
+    Gaussian and Laplace errors would need (their geometric mean), so the first thousands
+    of values are flagged at about the rate before the calibration has had its say.
+
+    >>> [round(start_threshold(r), 2) for r in (0.001, 0.01, 0.03)]
+    [5.34, 3.86, 3.09]
+    """
+    gaussian = NormalDist().inv_cdf(1.0 - rate / 2.0) / math.sqrt(2.0 / math.pi)
+    return math.sqrt(gaussian * math.log(1.0 / rate))
 
 
 def hold_for(rate: float) -> int:
@@ -76,6 +94,7 @@ class Calibration:
     level: np.ndarray  # float32, running mean of the values (NaN: none yet)
     spread: np.ndarray  # float32, running mean absolute deviation from `level`
     ql: np.ndarray  # float32, threshold on the distance from `level`, in spreads
+    peak: np.ndarray  # float32, while held: the score of the last verdict (else 0)
     n: np.ndarray  # uint16, values scored (capped)
     mode: np.ndarray  # int8, NORMAL, +-SPIKED, +-QUIET
     since: np.ndarray  # uint8, values since the last verdict while held (capped)
@@ -85,7 +104,8 @@ class Calibration:
         """State of `rows` series never scored."""
         return cls(np.full(rows, np.nan, np.float32), np.full(rows, Q0, np.float32),
                    np.full(rows, np.nan, np.float32), np.zeros(rows, np.float32),
-                   np.full(rows, Q0, np.float32), np.zeros(rows, np.uint16),
+                   np.full(rows, Q0, np.float32), np.zeros(rows, np.float32),
+                   np.zeros(rows, np.uint16),
                    np.zeros(rows, np.int8), np.zeros(rows, np.uint8))
 
     def snapshot(self, rows: np.ndarray) -> np.ndarray:
@@ -94,7 +114,7 @@ class Calibration:
         >>> cal = Calibration.empty(2); cal.q[1] = 7.5
         >>> back = Calibration.empty(2); back.restore(np.arange(2), cal.snapshot(np.arange(2)))
         >>> back.q.tolist(), STATE.itemsize
-        ([5.0, 7.5], 24)
+        ([5.0, 7.5], 28)
         """
         out = np.empty(len(rows), STATE)
         for name in STATE.names or ():
@@ -137,11 +157,11 @@ def judge(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.nda
     same verdicts and state, bit for bit (`_looped`).
 
     >>> cal = Calibration.empty(1)
-    >>> e = np.r_[np.tile([1.0, -1.0], 30), 30.0, 0.5, -25.0, -25.0, 0.2]
+    >>> e = np.r_[np.tile([1.0, -1.0], 30), 30.0, -12.0, -60.0, -60.0, 0.2]
     >>> v = judge(cal, np.zeros(len(e), dtype=np.int64), np.zeros(len(e)), e, 0.001)
     >>> [(i, KINDS[v.kind[i]], int(v.direction[i])) for i in np.flatnonzero(v.flag).tolist()]
-    [(60, 'spike', 1)]
-    >>> float(v.score[62])  # beyond the threshold, but held: the event was reported
+    [(60, 'spike', 1), (62, 'spike', -1), (63, 'level_shift', -1)]
+    >>> float(v.score[61])  # beyond the threshold, held (not stranger than 60): reported
     0.5
     """
     m = len(rows)
@@ -168,14 +188,14 @@ def _looped(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, ra
     Python floats rounded to float32 wherever `_step` stores one: the same results."""
     score, flag_out, dir_out, kind_out = out.score, out.flag, out.direction, out.kind
     rows_l, y_l, e_l, at_l = rows.tolist(), y.tolist(), e.tolist(), at.tolist()
-    f32, n_max, hold = np.float32, N_MAX, hold_for(rate)
+    f32, n_max, hold, start = np.float32, N_MAX, hold_for(rate), start_threshold(rate)
     up, down = STEP * (1.0 - rate), -STEP * rate
     i, m = 0, len(rows_l)
     while i < m:
         r = rows_l[i]
         scale, q, level = float(cal.scale[r]), float(cal.q[r]), float(cal.level[r])
         spread, ql, n = float(cal.spread[r]), float(cal.ql[r]), int(cal.n[r])
-        mode, since = int(cal.mode[r]), int(cal.since[r])
+        mode, since, peak = int(cal.mode[r]), int(cal.since[r]), float(cal.peak[r])
         while i < m and rows_l[i] == r:
             yi, ei, j = y_l[i], e_l[i], at_l[i]
             i += 1
@@ -194,8 +214,9 @@ def _looped(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, ra
                 continue
             size = abs(ei)
             s = scale if scale != scale or scale > floor else floor  # np.maximum keeps NaN
-            if not s > 0:  # the first error only sets the scale
+            if not s > 0:  # the first error only sets the scale and the thresholds
                 scale = float(f32(max(size, 1e-12)))
+                q = ql = float(f32(start))
                 continue
             ratio = size / s
             far = abs(dist) / spread0 if known_l else 0.0
@@ -203,17 +224,19 @@ def _looped(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, ra
             beyond = beyond_e or beyond_l
             direction = (1 if ei >= 0 else -1) if beyond_e or not beyond_l else (
                 1 if dist >= 0 else -1)
-            flag = beyond and n >= WARMUP and (mode == NORMAL or mode == SPIKED * direction)
-            shift = flag and mode != NORMAL
             s_now = max(ratio / (ratio + q), far / (far + ql))
+            flag = beyond and n >= WARMUP and (mode == NORMAL or mode == SPIKED * direction
+                                               or s_now > max(ESCAPE, peak))
+            shift = flag and mode == SPIKED * direction
             score[j], dir_out[j] = s_now if flag else min(s_now, 0.5), direction
             if flag:
                 flag_out[j], kind_out[j] = True, 2 if shift else 1
                 mode, since = (QUIET if shift else SPIKED) * direction, 0
+                peak = float(f32(s_now))
             elif mode != NORMAL:
                 since = min(since + 1, 255)
                 mode = NORMAL if since >= hold else QUIET * (1 if mode > 0 else -1)
-                since = since if mode != NORMAL else 0
+                since, peak = (since, peak) if mode != NORMAL else (0, 0.0)
             q = float(f32(q * (1.0 + (up if beyond_e else down))))
             if known_l:
                 ql = float(f32(ql * (1.0 + (up if beyond_l else down))))
@@ -222,6 +245,7 @@ def _looped(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, ra
             n = min(n + 1, n_max)
         cal.scale[r], cal.q[r], cal.level[r], cal.spread[r] = scale, q, level, spread
         cal.ql[r], cal.n[r], cal.mode[r], cal.since[r] = ql, n, mode, since
+        cal.peak[r] = peak
 
 
 def judge_once(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.ndarray,
@@ -241,7 +265,7 @@ def judge_once(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: n
     >>> a.snapshot(np.arange(5)).tobytes() == b.snapshot(np.arange(5)).tobytes()
     True
     >>> [(k, i) for k, (_, v) in enumerate(seen) for i in np.flatnonzero(v.flag).tolist()]
-    [(100, 3)]
+    [(60, 3), (90, 1), (91, 4), (95, 3), (100, 3)]
     """
     m = len(rows)
     out = _no_verdicts(m)
@@ -272,10 +296,11 @@ def _step(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate
         rows, e, at, spread, dist, n, inv = (rows[ok], e[ok], at[ok], spread[ok], dist[ok],
                                              n[ok], inv[ok])
     scale = np.maximum(cal.scale[rows].astype(np.float64), FLOOR * spread)
-    known = scale > 0  # else NaN or 0: the first error only sets the scale
+    known = scale > 0  # else NaN or 0: the first error only sets the scale and thresholds
     if not known.all():
         first = ~known
         cal.scale[rows[first]] = np.maximum(np.abs(e[first]), 1e-12)
+        cal.q[rows[first]] = cal.ql[rows[first]] = start_threshold(rate)
         k = known
         rows, e, at, scale, spread, dist, n, inv = (rows[k], e[k], at[k], scale[k], spread[k],
                                                    dist[k], n[k], inv[k])
@@ -312,8 +337,10 @@ def _flag_and_hold(cal: Calibration, rows: np.ndarray, score: np.ndarray, mode: 
     """The flags and kinds of one step and the alert state machine (module docstring):
     normal -> spiked -> (level shift) -> held -> normal. Returns the scores, those of
     values not flagged capped at 0.5."""
-    flag = beyond & (n >= WARMUP) & ((mode == NORMAL) | (mode == SPIKED * direction))
-    shift = flag & (mode != NORMAL)
+    peak = cal.peak[rows].astype(np.float64)
+    flag = beyond & (n >= WARMUP) & ((mode == NORMAL) | (mode == SPIKED * direction)
+                                     | (score > np.maximum(ESCAPE, peak)))
+    shift = flag & (mode == SPIKED * direction)
     if flag.any():
         out.flag[at] = flag
         out.kind[at] = np.where(shift, 2, np.where(flag, 1, 0))
@@ -323,6 +350,7 @@ def _flag_and_hold(cal: Calibration, rows: np.ndarray, score: np.ndarray, mode: 
                     np.where(mode == NORMAL, NORMAL, held))
     cal.mode[rows] = mode
     cal.since[rows] = np.where(mode == NORMAL, 0, since)
+    cal.peak[rows] = np.where(flag, score, np.where(mode == NORMAL, 0.0, peak))
     return np.where(flag, score, np.minimum(score, 0.5))
 
 

@@ -303,35 +303,43 @@ def _gapped(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
 
 def _run(commit: Commit, store: SeriesStore, served: Served, part: Batch,
          restart: np.ndarray | None, gap: np.ndarray | None) -> list[Part]:
-    """`_predict` the part: in one pass, or, where spikes are replaced and a series has
-    several values in it, one value of each series per pass (a spike's replacement must be
-    in the window before the next value of its series is forecast)."""
-    if not (served.replace_spikes and served.anomaly_rate > 0) or len(
-            np.unique(part.slots[part.positions() >= 0])) == int((part.positions() >= 0).sum()):
+    """`_predict` the part. Where spikes are replaced (FORECAST_ANOMALY_WINDOW=replace), a
+    spike's replacement must be in its window before the next value of its series is
+    forecast: `_predict` replaces the first value of each series in a pass ahead of its
+    verdict, so a pass in which a later value turns out to be a spike is undone and run
+    again as two, split just before that value (rare: spikes are)."""
+    if not (served.replace_spikes and served.anomaly_rate > 0):
         return [_predict(commit, store, served, part, restart, gap)]
-    return [_predict(commit, store, served, part.take(idx),
-                     None if restart is None else restart[idx], gap) for idx in _ranks(part)]
+    if store.columns < len(served.models):  # as `adapt` would: columns before the snapshot
+        store.remap([*range(store.columns), *[None] * (len(served.models) - store.columns)])
+    rows = np.unique(part.slots)
+    saved, letters, reasons = store.save_rows(rows), len(commit.deadletters), dict(commit.reasons)
+    done = _predict(commit, store, served, part, restart, gap)
+    cut = _late_spike(part, done)
+    if cut is None:
+        return [done]
+    store.load_rows(rows, saved)
+    del commit.deadletters[letters:]
+    commit.reasons = reasons
+    head, tail = np.arange(cut), np.arange(cut, len(part))
+    return [*_run(commit, store, served, part.take(head),
+                  None if restart is None else restart[head], gap),
+            *_run(commit, store, served, part.take(tail),
+                  None if restart is None else restart[tail], gap)]
 
 
-def _ranks(part: Batch) -> list[np.ndarray]:
-    """The part's values split by their rank in their series (stream order kept in each);
-    fills go with their series' first value, which they come before.
-
-    >>> b = Batch([b"1", b"2", b"3", b"4"], [[]] * 4, [b"a", b"b", b"a", b"a"],
-    ...           np.zeros(4, np.float32), np.zeros(4, np.int64), np.zeros(4, np.int64),
-    ...           np.array([0, 1, 0, 0]))
-    >>> [r.tolist() for r in _ranks(b)]
-    [[0, 1], [2], [3]]
-    """
-    actual = part.positions() >= 0
-    order = np.argsort(part.slots, kind="stable")
-    s = part.slots[order]
-    starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
-    seen = np.cumsum(actual[order])
-    before = np.repeat(np.concatenate(([0], seen[starts[1:] - 1])), np.diff(np.append(starts,
-                                                                                    len(s))))
-    rank = np.maximum(seen - before - 1, 0)
-    return [np.sort(order[rank == k]) for k in range(int(rank.max()) + 1)]
+def _late_spike(part: Batch, done: Part) -> int | None:
+    """The index in `part` of the first value flagged as a spike that is not its series'
+    first value in the part (None: there is none)."""
+    if done.verdicts is None:
+        return None
+    spike = (done.verdicts[:, outputs.FLAG] > 0) & (done.verdicts[:, outputs.KIND] == 1)
+    if not spike.any():
+        return None
+    at = np.flatnonzero(np.isin(part.positions(), done.pos[spike]))
+    first = np.unique(part.slots, return_index=True)[1]
+    late = np.setdiff1d(at, first)
+    return int(late.min()) if len(late) else None
 
 
 def _with_fills(store: SeriesStore, served: Served, part: Batch,
@@ -444,23 +452,23 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
 
 def _spikes_replaced(store: SeriesStore, served: Served, batch: Batch,
                      gap: np.ndarray | None) -> np.ndarray:
-    """The values the windows take (FORECAST_ANOMALY_WINDOW=replace): a value its verdict will
-    call a spike is replaced by the forecast it is judged against.
+    """The values the windows take (FORECAST_ANOMALY_WINDOW=replace): the first value of a
+    series in the pass that its verdict will call a spike is replaced by the forecast it is
+    judged against (later ones: `_run`).
 
     The verdict is worked out ahead, on a copy of the state, for each value that is its
-    series' only one in the pass and has a held forecast of the current version (as
-    `_judge` will, from the same state: the same flags; a value right after a fill or a gap
-    is left as it is).
+    series' first in the pass and has a held forecast of the current version, as `_judge`
+    will from the same state: the same flags. A fill, and a value after missing steps,
+    stays as it is.
     """
-    actual = batch.positions() >= 0
-    slots = batch.slots
-    uniq, counts = np.unique(slots, return_counts=True)
-    alone = actual & np.isin(slots, uniq[counts == 1])
+    pos = batch.positions()
+    first = np.unique(batch.slots, return_index=True)[1]
+    first = first[pos[first] >= 0]
     if gap is not None:
-        alone &= np.where(actual, gap[np.maximum(batch.positions(), 0)], 0) == 0
+        first = first[gap[pos[first]] == 0]
     version = version_number(served.current.version)
-    at = np.flatnonzero(alone)
-    rows = slots[at]
+    at = first
+    rows = batch.slots[at]
     at, rows = at[store.aci_version[rows] == version], rows[store.aci_version[rows] == version]
     if not len(at):
         return batch.values

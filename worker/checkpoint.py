@@ -3,7 +3,7 @@
 A blob is one packed little-endian row. Its layout version is known from its first 32 bits:
 
 * version 6 (written now): the version 4 header, then the series' anomaly-verdict state
-  (`cal`, a `worker.anomaly.STATE` record of 24 bytes), then the values;
+  (`cal`, a `worker.anomaly.STATE` record of 28 bytes), then the values;
 * version 5: the same with the verdict state of the first release of verdicts (`STATE5`,
   21 bytes) and three spare bytes; its scale, thresholds and level carry over, the distance
   threshold starts at `worker.anomaly.Q0` and no hold is in force;

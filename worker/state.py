@@ -5,7 +5,7 @@ right-aligned (newest last); `count` says how many of them are real. Beside the 
 row keeps, per served model version (column 0 the current one, then the shadows), the
 last forecast and interval that the series' next value is scored against, and the current
 version's adaptive-interval factor (`aci`), and the series' anomaly-verdict state
-(`worker.anomaly.Calibration`, the `cal_*` arrays, 24 bytes). Rows are encoded as checkpoint blobs
+(`worker.anomaly.Calibration`, the `cal_*` arrays, 28 bytes). Rows are encoded as checkpoint blobs
 (`worker.checkpoint`) written by the per-batch commit and read back on demand.
 Every write to the arrays goes through a method here: `place` (rows for a batch's series),
 `accept_new` and `accept_in_order` (the seq and ts rules), `advance` (append a batch's
@@ -90,6 +90,7 @@ _FIELDS: dict[str, tuple[type, tuple[int, ...], float]] = {
     "cal_level": (np.float32, (), np.nan),
     "cal_spread": (np.float32, (), 0.0),
     "cal_ql": (np.float32, (), Q0),
+    "cal_peak": (np.float32, (), 0.0),
     "cal_n": (np.uint16, (), 0),
     "cal_mode": (np.int8, (), 0),
     "cal_since": (np.uint8, (), 0),
@@ -120,6 +121,7 @@ class RowArrays:
     cal_level: np.ndarray
     cal_spread: np.ndarray
     cal_ql: np.ndarray
+    cal_peak: np.ndarray
     cal_n: np.ndarray
     cal_mode: np.ndarray
     cal_since: np.ndarray
@@ -204,12 +206,24 @@ class RowArrays:
     def calibration(self) -> Calibration:
         """The rows' verdict state, as views of the store's arrays (judging moves them on)."""
         return Calibration(self.cal_scale, self.cal_q, self.cal_level, self.cal_spread,
-                           self.cal_ql, self.cal_n, self.cal_mode, self.cal_since)
+                           self.cal_ql, self.cal_peak, self.cal_n, self.cal_mode,
+                           self.cal_since)
 
     @property
     def columns(self) -> int:
         """Version columns held (the served versions, current first)."""
         return int(self.pred.shape[1])
+
+    def save_rows(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """A copy of the rows' windows and every row array, for `load_rows`."""
+        saved = {name: getattr(self, name)[rows].copy() for name in _FIELDS}
+        saved["vals"] = self.vals[rows].copy()
+        return saved
+
+    def load_rows(self, rows: np.ndarray, saved: dict[str, np.ndarray]) -> None:
+        """Put the rows back as `save_rows` found them (same columns)."""
+        for name, arr in saved.items():
+            getattr(self, name)[rows] = arr
 
     def remap(self, columns: list[int | None]) -> None:
         """New version columns: column c takes old column `columns[c]` (None: starts empty)."""
