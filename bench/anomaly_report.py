@@ -210,3 +210,38 @@ def format_calibration(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{r['rate']:>8g}{_num(r['measured'], '.5f'):>10}"
                      f"{_num(r['ratio'], '.2f'):>7}{r['flags']:>7}{r['judged']:>8}  {per}")
     return "\n".join(lines)
+
+
+def _md(rows: list[list[str]]) -> str:
+    """Rows (the first: the header) as a Markdown table."""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The tables of a results file (`bench.anomaly`) for the docs: the profiles next to the
+    scoreboard (each FORECAST_ANOMALY_WINDOW), the categories, the calibration."""
+    default = data.get("anomaly_window", "keep")
+    runs = data.get("windows") or {default: data["scores"]["profiles"]}
+    board: list[tuple[str, Any, Any, Any]] = [(n, a, b, c) for n, a, b, c in SCOREBOARD]
+    for w, prof in runs.items():
+        label = f"**this worker, `FORECAST_ANOMALY_WINDOW={w}`**" + (
+            " (the default)" if w == default else "")
+        board.append((label, *(prof.get(p, {}).get("score") for p in PROFILES)))
+    board.sort(key=lambda r: -math.inf if r[1] is None else r[1], reverse=True)
+    parts = [_md([["detector", *SHORT.values()],
+                  *[[r[0], *(_num(x) for x in r[1:])] for r in board]])]
+    cats = data["scores"]["categories"]
+    names = sorted({c for per in cats.values() for c in per})
+    parts.append(_md([["category (default window)", *SHORT.values()],
+                      *[[c, *(_num(cats.get(p, {}).get(c)) for p in PROFILES)]
+                        for c in names]]))
+    found = sum(r["found"] for r in data["scores"]["files"].values())
+    windows = sum(r["windows"] for r in data["scores"]["files"].values())
+    parts.append(f"Windows found at the standard threshold: {found} of {windows}.")
+    if data.get("calibration"):
+        parts.append(_md([["target rate", "measured", "ratio", "per file (ratio)"], *[
+            [f"{r['rate']:g}", _num(r["measured"], ".5f"), _num(r["ratio"], ".2f"),
+             ", ".join(f"{n.rsplit('/', 1)[-1]} {_num(f['ratio'], '.2f')}"
+                       for n, f in r["files"].items())] for r in data["calibration"]]]))
+    return "\n\n".join(parts) + "\n"

@@ -158,12 +158,21 @@ def gaps_block() -> str:
     return f"{table}\n\n{len(data['series'])} series. {provenance(data)}\n"
 
 
+def anomaly_block() -> str:
+    """The tables of `forecast bench --anomaly` (a full run): NAB scores, calibration."""
+    from bench.anomaly_report import markdown
+
+    data = load("anomaly")
+    return f"{markdown(data)}\n{provenance(data)}\n"
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "bench": bench_block,
     "quality": quality_block,
     "chaos": lambda: facts_block("chaos"),
     "sentinel": lambda: facts_block("sentinel"),
     "gaps": gaps_block,
+    "anomaly": anomaly_block,
     "settings": settings_page,
     "commands": commands_page,
     "metrics": metrics_page,
