@@ -310,20 +310,30 @@ def _step(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, rate
     size = np.abs(e)
     r = size / scale
     known_l = (spread > 0) & ~np.isnan(dist)
-    far = np.where(known_l, np.abs(dist) / np.where(known_l, spread, 1.0), 0.0)
-    beyond_e, beyond_l = r > q, known_l & (far > ql)
-    direction = np.where(beyond_l & ~beyond_e, (dist >= 0) * 2 - 1, (e >= 0) * 2 - 1)
+    every_l = bool(known_l.all())  # the common case: no masks needed below
+    with np.errstate(divide="ignore", invalid="ignore"):
+        far = np.abs(dist) / spread
+    if not every_l:
+        far[~known_l] = 0.0
+    beyond_e, beyond_l = r > q, far > ql  # NaN and 0 are never beyond
+    direction = (e >= 0) * 2 - 1
+    any_l = bool(beyond_l.any())
+    if any_l:
+        direction = np.where(beyond_l & ~beyond_e, (dist >= 0) * 2 - 1, direction)
     score = np.maximum(tail_score(r, q), tail_score(far, ql))
     out.direction[at] = direction
-    beyond = beyond_e | beyond_l
+    beyond = beyond_e | beyond_l if any_l else beyond_e
     mode = cal.mode[rows]
     if beyond.any() or mode.any():
         score = _flag_and_hold(cal, rows, score, mode.astype(np.int64), beyond, direction, n,
                                rate, out, at)
     out.score[at] = score
     up, down = STEP * (1.0 - rate), -STEP * rate
-    cal.q[rows] = q * (1.0 + np.where(beyond_e, up, down))
-    if known_l.any():
+    cal.q[rows] = q * (1.0 + np.where(beyond_e, up, down)) if beyond_e.any() else q * (
+        1.0 + down)
+    if every_l and not any_l:
+        cal.ql[rows] = ql * (1.0 + down)
+    elif known_l.any():
         cal.ql[rows] = np.where(known_l, ql * (1.0 + np.where(beyond_l, up, down)), ql)
     clipped = np.minimum(size, CLIP * scale)
     weight = np.maximum(SCALE_EWMA, inv)  # a running mean at first
