@@ -197,7 +197,13 @@ def figure(key: str) -> str:
     if what in data:
         value = data[what]
         return f"{value:,}" if isinstance(value, int) else str(value)
-    raise KeyError(f"no figure {key!r} in docs/results/{name}.json")
+    node: Any = data
+    for part in what.split("."):  # a nested value: `anomaly.scores.profiles.standard.score`
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"no figure {key!r} in docs/results/{name}.json")
+        node = node[part]
+    return f"{node:.1f}" if isinstance(node, float) else f"{node:,}" if isinstance(
+        node, int) else str(node)
 
 
 def render(text: str) -> str:
