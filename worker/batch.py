@@ -66,6 +66,11 @@ class Served:
         return [self.current, *self.shadows][:COLUMNS]
 
     @property
+    def replaces(self) -> bool:
+        """Spikes are judged and replaced in the windows (FORECAST_ANOMALY_WINDOW=replace)."""
+        return self.replace_spikes and self.anomaly_rate > 0
+
+    @property
     def alpha(self) -> float:
         """The current model's nominal miscoverage."""
         manifest = getattr(self.current, "manifest", {}) or {}
@@ -308,10 +313,9 @@ def _run(commit: Commit, store: SeriesStore, served: Served, part: Batch,
     forecast: `_predict` replaces the first value of each series in a pass ahead of its
     verdict, so a pass in which a later value turns out to be a spike is undone and run
     again as two, split just before that value (rare: spikes are)."""
-    if not (served.replace_spikes and served.anomaly_rate > 0):
+    if not served.replaces:
         return [_predict(commit, store, served, part, restart, gap)]
-    if store.columns < len(served.models):  # as `adapt` would: columns before the snapshot
-        store.remap([*range(store.columns), *[None] * (len(served.models) - store.columns)])
+    store.ensure_columns(len(served.models))  # as `adapt` will: before the snapshot
     rows = np.unique(part.slots)
     saved, letters, reasons = store.save_rows(rows), len(commit.deadletters), dict(commit.reasons)
     done = _predict(commit, store, served, part, restart, gap)
@@ -404,7 +408,7 @@ def _predict(commit: Commit, store: SeriesStore, served: Served, batch: Batch,
     """Advance every window, one model call per served version, adapt the intervals, judge
     the values (`gap`: missing steps before each value of the whole batch; None: none)."""
     kept = batch.values
-    if served.replace_spikes and served.anomaly_rate > 0:
+    if served.replaces:
         kept = _spikes_replaced(store, served, batch, gap)
     adv = store.advance(batch.slots, kept, restart)
     m = len(batch)
@@ -466,10 +470,9 @@ def _spikes_replaced(store: SeriesStore, served: Served, batch: Batch,
     first = first[pos[first] >= 0]
     if gap is not None:
         first = first[gap[pos[first]] == 0]
-    version = version_number(served.current.version)
-    at = first
+    current = store.aci_version[batch.slots[first]] == version_number(served.current.version)
+    at = first[current]
     rows = batch.slots[at]
-    at, rows = at[store.aci_version[rows] == version], rows[store.aci_version[rows] == version]
     if not len(at):
         return batch.values
     y = batch.values[at].astype(np.float64)

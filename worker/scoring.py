@@ -151,8 +151,7 @@ def adapt(store: SeriesStore, adv: Advance, values: np.ndarray, fc: Forecasts,
     """
     rows = adv.rows
     cols = fc.point.shape[1]
-    if store.columns < cols:  # a store made before the shadows were known: add their columns
-        store.remap([*range(store.columns), *[None] * (cols - store.columns)])
+    store.ensure_columns(cols)
     stale = store.aci_version[rows] != version
     if stale.any():
         store.restart_intervals(rows[stale], version)

@@ -225,6 +225,11 @@ class RowArrays:
         for name, arr in saved.items():
             getattr(self, name)[rows] = arr
 
+    def ensure_columns(self, cols: int) -> None:
+        """At least `cols` version columns (a store made before the shadows were known)."""
+        if self.columns < cols:
+            self.remap([*range(self.columns), *[None] * (cols - self.columns)])
+
     def remap(self, columns: list[int | None]) -> None:
         """New version columns: column c takes old column `columns[c]` (None: starts empty)."""
         n = min(max(1, len(columns)), COLUMNS)
