@@ -224,7 +224,9 @@ def test_chaos_nothing_lost_nothing_duplicated(fresh_server: RedisServer) -> Non
         ref = reference.get((series, sid))
         if ref is not None:
             got = float(f[b"prediction"])
-            err = abs(got - ref) / max(abs(ref), 1e-3)
+            # float32 rounding relative to the window's magnitude (values are below 100):
+            # the numpy and TensorFlow engines may differ there, a wrong window by units
+            err = abs(got - ref) / (abs(ref) + 100.0)
             worst = max(worst, err)
             mismatched += err > 1e-5
         if _id(sid) <= _id(last[series] or b"0-0"):
