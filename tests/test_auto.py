@@ -28,20 +28,20 @@ def test_defaults_on_real_looking_data_pick_the_hybrid_and_the_season() -> None:
     data = Dataset("t", {f"s{i}": seasonal(200, 12, i) for i in range(3)})
     s, chosen = auto.resolve(settings(), data, explicit=set())
     assert s.forecaster == "hybrid" and s.arch == "gru" and s.per_series
-    assert s.n_steps == 72 and sizing.filter_len(72, 1) == 36  # three seasons + backtests
-    assert s.epochs == 100 and s.patience == 10 and chosen["n_steps"] == 72
-    assert chosen["families"] == "period 12: window 72, 3 series"
+    assert s.n_steps == 84 and sizing.filter_len(84, 1) == 42  # three seasons + backtests
+    assert s.epochs == 100 and s.patience == 10 and chosen["n_steps"] == 84
+    assert chosen["families"] == "period 12: window 84, 3 series"
     # one version for every frequency: each period found per series gets its own window
     rng = np.random.default_rng(5)
     mixed = Dataset("t", {"m": seasonal(200, 12, 0), "q": seasonal(120, 4, 1),
                           "h": seasonal(600, 24, 2), "y": 50 + rng.normal(0, 1, 90).cumsum()})
     s, chosen = auto.resolve(settings(), mixed, explicit=set())
     fams, table = families.plan(mixed, s)
-    assert [(f.period, f.n_steps) for f in fams] == [(1, 48), (4, 48), (12, 72), (24, 144)]
+    assert [(f.period, f.n_steps) for f in fams] == [(1, 48), (4, 72), (12, 84), (24, 144)]
     assert table == {"m": 12, "q": 4, "h": 24, "y": 1} and s.n_steps == 144
     # a window or a season given by the user: one window, one period, as before
     s, chosen = auto.resolve(settings(season_period=12), data, explicit={"season_period"})
-    assert not s.per_series and s.season_period == 12 and s.n_steps == 72
+    assert not s.per_series and s.season_period == 12 and s.n_steps == 84
 
 
 def test_what_the_user_said_wins() -> None:
@@ -62,7 +62,7 @@ def test_explicit_fields_default_to_what_the_settings_were_given(
 
 
 def test_window_shrinks_for_short_series() -> None:
-    assert sizing.choose_window(12, 1, 500) == (72, 12)
+    assert sizing.choose_window(12, 1, 500) == (84, 12)
     assert sizing.choose_window(12, 1, 70) == (48, 12)  # two seasons
     assert sizing.choose_window(12, 1, 40) == (24, 1)  # no room for a season
     n, _ = sizing.choose_window(1, 1, 12)

@@ -53,9 +53,10 @@ def test_hybrid_artifact_loads_in_safe_mode_and_scales() -> None:
     trained = tiny()
     m = trained.manifest
     assert m["forecaster"] == "hybrid" and m["outputs"] == "interval" and m["ensemble"] == 2
-    # the filter length is the one of filter_choices(40, 1) == [20, 27] best on validation
+    # the filter length is the one of filter_choices(40, 1) == [14, 20, 27] best on validation
     losses = m["filter_val_loss"]
-    assert set(losses) == {"20", "27"} and m["filter_len"] == int(min(losses, key=losses.get))
+    assert set(losses) == {"14", "20", "27"}
+    assert m["filter_len"] == int(min(losses, key=losses.get))
     # 27 values hold two seasons of 12, so the seasonal experts join (10 + 11, each twice)
     assert m["experts"] == (42 if m["filter_len"] == 27 else 20) and m["season_period"] == 12
     loaded = load_bytes(trained.blob, m)
@@ -102,7 +103,7 @@ def test_train_csv_defaults_choose_the_hybrid(tmp_path: Path, monkeypatch: pytes
     out = capsys.readouterr().out
     assert "chosen for this data" in out and "forecaster=hybrid" in out
     manifest = json.loads((tmp_path / "m/local/manifest.json").read_text())
-    assert manifest["forecaster"] == "hybrid" and manifest["n_steps"] == 72
+    assert manifest["forecaster"] == "hybrid" and manifest["n_steps"] == 84
     assert manifest["season_period"] == 12 and manifest["auto"]["per_series"] is True
     assert "period 12" in manifest["auto"]["families"] and "epochs" not in manifest["auto"]
     assert manifest["gate"]["scores"]["metric"] == "mase"

@@ -143,7 +143,8 @@ def build(ws: WindowSet, s: Settings, period: int
     best: tuple[Hybrid, dict[str, Any]] | None = None
     for length in choices:
         h = Hybrid(s.n_steps, s.horizon, period, s, filter_len_=length)
-        start = _best_start(h, (_inputs(ws.x_val), _targets(ws.x_val, ws.y_val, h.members)))
+        start = _best_start(h, (_inputs(ws.x_val), _targets(ws.x_val, ws.y_val, h.members),
+                                series_weights(ws.val_series)))
         losses[length] = start["val_loss"]
         if best is None or start["val_loss"] < best[1]["val_loss"]:
             best = (h, start)
@@ -154,6 +155,20 @@ def build(ws: WindowSet, s: Settings, period: int
 
 def _inputs(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float32).reshape(len(x), -1, 1)
+
+
+def series_weights(which: np.ndarray) -> np.ndarray:
+    """Per-window weights (mean 1) under which every series counts the same, however many
+    windows it has: one long series would otherwise decide for a family of short ones.
+
+    >>> series_weights(np.array([0, 0, 0, 1])).tolist()
+    [0.6666666666666666, 0.6666666666666666, 0.6666666666666666, 2.0]
+    """
+    if not len(which):
+        return np.ones(0)
+    counts = np.bincount(which)
+    w = 1.0 / counts[which]
+    return w * (len(w) / w.sum())
 
 
 def _targets(x: np.ndarray, y: np.ndarray, members: int) -> np.ndarray:
@@ -200,11 +215,13 @@ def fit(h: Hybrid, ws: WindowSet, s: Settings, verbose: int = 0,
     `start`: the untrained selection `build` already picked (else it is picked here).
     """
     xs, ys = _inputs(ws.x_train), _targets(ws.x_train, ws.y_train, h.members)
+    weights = series_weights(ws.train_series).astype(np.float32)
     callbacks: list[keras.callbacks.Callback] = []
     val = None
     stopper = None
     if ws.has_val:
-        val = (_inputs(ws.x_val), _targets(ws.x_val, ws.y_val, h.members))
+        val = (_inputs(ws.x_val), _targets(ws.x_val, ws.y_val, h.members),
+               series_weights(ws.val_series).astype(np.float32))
         stopper = BestOnValidation(s.patience, s.train_budget_s)
         callbacks.append(stopper)
     started = time.monotonic()
@@ -213,7 +230,8 @@ def fit(h: Hybrid, ws: WindowSet, s: Settings, verbose: int = 0,
     elif not start:
         start = _best_start(h, val)
     with native_stderr_filtered():
-        hist = h.train_model.fit(xs, ys, validation_data=val, epochs=s.epochs,
+        hist = h.train_model.fit(xs, ys, sample_weight=weights, validation_data=val,
+                                 epochs=s.epochs,
                                  batch_size=s.train_batch_size, shuffle=True,
                                  callbacks=callbacks, verbose=verbose)
     losses = hist.history.get("loss", [])
@@ -240,7 +258,7 @@ def fit(h: Hybrid, ws: WindowSet, s: Settings, verbose: int = 0,
     return summary
 
 
-def _best_start(h: Hybrid, val: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+def _best_start(h: Hybrid, val: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, Any]:
     """Pick the starting sharpness by validation loss (the training loss, MAE of every
     member); the start's weights and loss. The experts and nets run once (numpy twins),
     only the members' combines per sharpness."""
@@ -249,7 +267,8 @@ def _best_start(h: Hybrid, val: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]
     for value in SHARPNESS_GRID:
         h.set_sharpness(value)
         points = [npgraph.twin(c)([f, e, z])[0] for c, z in zip(h.combiners, hidden, strict=True)]
-        loss = float(np.mean(np.abs(np.concatenate(points, axis=1) - val[1])))
+        err = np.mean(np.abs(np.concatenate(points, axis=1) - val[1]), axis=1)
+        loss = float(np.average(err, weights=val[2]))
         if not best or loss < best["val_loss"]:
             best = {"sharpness": value, "val_loss": loss}
     h.set_sharpness(best["sharpness"])

@@ -145,7 +145,7 @@ def _calibrate(point: np.ndarray, spread: np.ndarray, yz: np.ndarray, coverage: 
 
 
 def fit_level(length: int, period: int, x: np.ndarray, y: np.ndarray, horizon: int,
-              coverage: float | None) -> Level:
+              coverage: float | None, weight: np.ndarray | None = None) -> Level:
     """The best forecaster of `length` values on the windows (x, y), with its interval.
 
     Chosen and calibrated on the windows whose scale is informative: a constant window
@@ -154,11 +154,13 @@ def fit_level(length: int, period: int, x: np.ndarray, y: np.ndarray, horizon: i
     """
     keep = calibration_mask(x, SCALING)
     x, y = x[keep], y[keep]
+    w = np.ones(len(x)) if weight is None else np.asarray(weight, dtype=np.float64)[keep]
+    w = w / max(w.sum(), 1e-300)
     loc, scale = window_stats(x, SCALING)
     yz = (y - loc) / scale
     best: Level | None = None
     for flen, p, comb, sharp, point, spread in _candidates(length, period, x, horizon):
-        loss = float(np.mean(np.abs(yz - point)))
+        loss = float(w @ np.mean(np.abs(yz - point), axis=1))
         if best is None or loss < best.val_loss:
             q, offset = _calibrate(point, spread, yz, coverage) if coverage else (None, 0.0)
             best = Level(length, flen, p, sharp, q, offset, loss, comb)
@@ -176,9 +178,11 @@ def ladder(n_steps: int) -> list[int]:
 
 
 def _windows(series: list[np.ndarray], splits: list[int], length: int, horizon: int,
-             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Windows of `length` values whose targets lie in the validation part (else anywhere)."""
-    xs, ys = [], []
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows of `length` values whose targets lie in the validation part (else anywhere),
+    and each window's weight: every series weighs the same in a level's choice, however
+    many windows it has (one long series would otherwise choose for all of them)."""
+    xs, ys, ws = [], [], []
     for values, split in zip(series, splits, strict=True):
         start = split if split < len(values) else 0
         pos = np.arange(max(length, start), len(values) - horizon + 1)
@@ -187,13 +191,14 @@ def _windows(series: list[np.ndarray], splits: list[int], length: int, horizon: 
             w = values[idx]
             xs.append(w[:, :length])
             ys.append(w[:, length:])
+            ws.append(np.full(len(pos), 1.0 / len(pos)))
     if not xs:
-        return np.zeros((0, length)), np.zeros((0, horizon))
-    x, y = np.concatenate(xs), np.concatenate(ys)
+        return np.zeros((0, length)), np.zeros((0, horizon)), np.zeros(0)
+    x, y, weight = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
     if len(x) > MAX_WINDOWS:
         keep = np.sort(rng.choice(len(x), MAX_WINDOWS, replace=False))
-        x, y = x[keep], y[keep]
-    return x, y
+        x, y, weight = x[keep], y[keep], weight[keep]
+    return x, y, weight
 
 
 def fit_ladder(n_steps: int, period: int, series: list[np.ndarray], splits: list[int],
@@ -202,10 +207,10 @@ def fit_ladder(n_steps: int, period: int, series: list[np.ndarray], splits: list
     rng = np.random.default_rng(seed)
     levels = []
     for length in ladder(n_steps):
-        x, y = _windows(series, splits, length, horizon, rng)
+        x, y, weight = _windows(series, splits, length, horizon, rng)
         if not len(x):
             break
-        levels.append(fit_level(length, period, x, y, horizon, coverage))
+        levels.append(fit_level(length, period, x, y, horizon, coverage, weight))
     return levels
 
 
