@@ -50,6 +50,16 @@ def filter_choices(n_steps: int, horizon: int) -> list[int]:
     return sorted({filter_len(n_steps, horizon, share) for share in (1.5, 2, 3)})
 
 
+def _window(filt: int, horizon: int, min_backtests: int = 0) -> int:
+    """A filter of `filt` values plus as many backtests (at least 2H + 4 and `min_backtests`)."""
+    return min(filt + max(2 * horizon + 4, filt, min_backtests), MAX_N_STEPS)
+
+
+def _season_filter(period: int) -> int:
+    """Three seasons, or 24 values when that is more or there is no season."""
+    return max(24, 3 * period) if period >= 2 else 24
+
+
 def window_for(period: int, horizon: int) -> int:
     """n_steps for a seasonal period: filter of max(24, 3 periods) plus as many backtests,
     and at least MIN_BACKTESTS of them.
@@ -57,9 +67,7 @@ def window_for(period: int, horizon: int) -> int:
     >>> window_for(1, 1), window_for(4, 1), window_for(12, 1), window_for(24, 1), window_for(12, 6)
     (72, 72, 84, 144, 84)
     """
-    filt = max(24, 3 * period) if period >= 2 else 24
-    n = filt + max(2 * horizon + 4, filt, MIN_BACKTESTS)
-    return min(n, MAX_N_STEPS)
+    return _window(_season_filter(period), horizon, MIN_BACKTESTS)
 
 
 def series_period(values: np.ndarray, max_lag: int = 400) -> int:
@@ -124,13 +132,11 @@ def choose_window(period: int, horizon: int, longest_train: int) -> tuple[int, i
     ((24, 1), (48, 1))
     """
     room = longest_train - horizon - MIN_TRAIN_WINDOWS
-    filt = max(24, 3 * period) if period >= 2 else 24
-    for n in (window_for(period, horizon), filt + max(2 * horizon + 4, filt)):
+    for n in (window_for(period, horizon), _window(_season_filter(period), horizon)):
         if n <= room:
             return n, period
     if period >= 2:
-        filt = 2 * period
-        n = filt + max(2 * horizon + 4, filt)
+        n = _window(2 * period, horizon)
         if n <= room:
             return n, period
         period = 1

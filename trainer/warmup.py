@@ -37,7 +37,7 @@ from forecast.layers import (
     window_stats,
 )
 from trainer import conformal
-from trainer.hybrid import SCALING, SHARPNESS_GRID, SPREAD_SHRINK
+from trainer.hybrid import SCALING, SHARPNESS_GRID, SPREAD_SHRINK, series_weights
 from trainer.sizing import filter_len
 
 log = logging.getLogger(__name__)
@@ -154,13 +154,12 @@ def fit_level(length: int, period: int, x: np.ndarray, y: np.ndarray, horizon: i
     """
     keep = calibration_mask(x, SCALING)
     x, y = x[keep], y[keep]
-    w = np.ones(len(x)) if weight is None else np.asarray(weight, dtype=np.float64)[keep]
-    w = w / max(w.sum(), 1e-300)
+    w = None if weight is None else np.asarray(weight, dtype=np.float64)[keep]
     loc, scale = window_stats(x, SCALING)
     yz = (y - loc) / scale
     best: Level | None = None
     for flen, p, comb, sharp, point, spread in _candidates(length, period, x, horizon):
-        loss = float(w @ np.mean(np.abs(yz - point), axis=1))
+        loss = float(np.average(np.mean(np.abs(yz - point), axis=1), weights=w))
         if best is None or loss < best.val_loss:
             q, offset = _calibrate(point, spread, yz, coverage) if coverage else (None, 0.0)
             best = Level(length, flen, p, sharp, q, offset, loss, comb)
@@ -182,8 +181,8 @@ def _windows(series: list[np.ndarray], splits: list[int], length: int, horizon: 
     """Windows of `length` values whose targets lie in the validation part (else anywhere),
     and each window's weight: every series weighs the same in a level's choice, however
     many windows it has (one long series would otherwise choose for all of them)."""
-    xs, ys, ws = [], [], []
-    for values, split in zip(series, splits, strict=True):
+    xs, ys, which = [], [], []
+    for i, (values, split) in enumerate(zip(series, splits, strict=True)):
         start = split if split < len(values) else 0
         pos = np.arange(max(length, start), len(values) - horizon + 1)
         if len(pos):
@@ -191,10 +190,10 @@ def _windows(series: list[np.ndarray], splits: list[int], length: int, horizon: 
             w = values[idx]
             xs.append(w[:, :length])
             ys.append(w[:, length:])
-            ws.append(np.full(len(pos), 1.0 / len(pos)))
+            which.append(np.full(len(pos), i))
     if not xs:
         return np.zeros((0, length)), np.zeros((0, horizon)), np.zeros(0)
-    x, y, weight = np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
+    x, y, weight = np.concatenate(xs), np.concatenate(ys), series_weights(np.concatenate(which))
     if len(x) > MAX_WINDOWS:
         keep = np.sort(rng.choice(len(x), MAX_WINDOWS, replace=False))
         x, y, weight = x[keep], y[keep], weight[keep]
