@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,16 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _installed(*packages: str) -> str | None:
+    """The installed version of the first of `packages` there (without importing it)."""
+    for package in packages:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def machine_info(client: Any = None) -> dict[str, Any]:
     """Cores, CPU, memory, Python / TensorFlow / Redis versions, load."""
     info: dict[str, Any] = {
@@ -40,8 +50,8 @@ def machine_info(client: Any = None) -> dict[str, Any]:
         "numpy": np.__version__,
         "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
-    tf = sys.modules.get("tensorflow")
-    info["tensorflow"] = getattr(tf, "__version__", None)
+    # the version the workers and trainers import (tensorflow-cpu on x86_64, see pyproject)
+    info["tensorflow"] = _installed("tensorflow-cpu", "tensorflow")
     try:
         mem = Path("/proc/meminfo").read_text().split("\n", 1)[0]
         info["memory_kb"] = int(mem.split()[1])
