@@ -8,10 +8,15 @@ index (plain JSON):
   window of its full model), `full` (the part for full windows, input (None, n_steps, 1)),
   `warm` (the part for young series: the same window with its unknown past as NaN, see
   `forecast.layers.SelectByCount`; absent when the family has none), `warm_lengths`, and
-  `forecaster` (what the full part is: `hybrid`, or one expert such as `snaive`);
+  `forecaster` (what the full part is: `hybrid`, or one expert such as `snaive`), and
+  optionally `single` (a part of one expert alone, named by `single_forecaster`, e.g.
+  `naive`, for the family's series listed in `single_series`);
 * `series`: series id -> seasonal period, detected by the trainer on each series' history;
   a series not in it is routed by the period detected online from its own window
   (`forecast.season.detect`);
+* `single_series` (optional): series served, once their window is full, by their family's
+  `single` part instead of its full part: the trainer found that expert better than the
+  hybrid on the series' own validation windows (young windows still go to `warm`);
 * `width` (the longest window: what a worker keeps per series), `horizon`, `outputs`,
   `min_values` (values a series needs before its first forecast).
 

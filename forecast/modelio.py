@@ -246,11 +246,13 @@ class BundleModel:
     """
 
     def __init__(self, version: str, manifest: dict[str, Any], index: dict[str, Any],
-                 families: list[tuple[dict[str, Any], LoadedModel, LoadedModel | None]]) -> None:
+                 families: list[tuple[dict[str, Any], LoadedModel, LoadedModel | None]],
+                 single: list[LoadedModel | None] | None = None) -> None:
         self.version = version
         self.manifest = manifest
         self.index = index
         self.families = families
+        self.single = single or [None] * len(families)
         self.n_steps = int(index["width"])
         self.horizon = int(manifest["horizon"])
         self.has_interval = manifest.get("outputs") == "interval"
@@ -258,6 +260,12 @@ class BundleModel:
         self.min_values = int(index.get("min_values", self.n_steps))
         self.periods = [int(spec["period"]) for spec, _, _ in families]
         self.table = {str(k).encode(): int(v) for k, v in index.get("series", {}).items()}
+        self.singles = {str(k).encode() for k in index.get("single_series", [])}
+
+    def single_of(self, names: list[bytes]) -> np.ndarray:
+        """Which series the version serves by their family's single expert when full."""
+        singles = self.singles
+        return np.fromiter((n in singles for n in names), dtype=bool, count=len(names))
 
     def periods_of(self, names: list[bytes]) -> np.ndarray:
         """Each series' period from the training data (0: the trainer never saw it)."""
@@ -272,9 +280,10 @@ class BundleModel:
         filled = np.full(len(x), self.n_steps)
         return self.predict_rows(x, filled, season.detect(x))[0]
 
-    def predict_rows(self, windows: np.ndarray, filled: np.ndarray, periods: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        """(forecasts (m, width), full (m,): the row's family window was full)."""
+    def predict_rows(self, windows: np.ndarray, filled: np.ndarray, periods: np.ndarray,
+                     single: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(forecasts (m, width), full (m,): the row's family window was full); rows marked
+        in `single` (see `single_of`) go to their family's single expert once full."""
         m, n = windows.shape
         fam = bundle.route(periods, self.periods)
         out = np.empty((m, self.width), dtype=np.float32)
@@ -285,6 +294,13 @@ class BundleModel:
                 continue
             k = int(spec["n_steps"])
             ready = rows & (filled >= k)
+            alone = self.single[i]
+            if alone is not None and single is not None and (ready & single).any():
+                by_one = ready & single
+                out[by_one] = alone.predict(windows[by_one][:, n - k:])
+                full[by_one] = True
+                ready = ready & ~single
+                rows = rows & ~by_one
             if ready.all():
                 out[:] = whole.predict(windows[:, n - k:])
                 full[:] = True
@@ -320,6 +336,7 @@ def _load_bundle(blob: bytes, manifest: dict[str, Any], numpy: bool = True) -> B
         raise ModelRejected(f"bundle width {width} does not match n_steps "
                             f"{manifest['n_steps']}, or it has no families")
     families = []
+    single: list[LoadedModel | None] = []
     for spec in index["families"]:
         k = int(spec["n_steps"])
         if not 1 <= k <= width:
@@ -335,7 +352,11 @@ def _load_bundle(blob: bytes, manifest: dict[str, Any], numpy: bool = True) -> B
             warm = _load_part(parts[spec["warm"]], {**part, "partial": True},
                               f"part {spec['warm']}", numpy)
         families.append((spec, whole, warm))
-    loaded = BundleModel(version, manifest, index, families)
+        name = spec.get("single")
+        if name is not None and name not in parts:
+            raise ModelRejected(f"bundle part {name!r} is missing")
+        single.append(_load_part(parts[name], part, f"part {name}", numpy) if name else None)
+    loaded = BundleModel(version, manifest, index, families, single)
     probe = np.stack([np.linspace(1.0, 2.0, width), np.linspace(-50.0, 100.0, width)])
     _probe(loaded, probe.astype(np.float32), "bundle")
     return loaded

@@ -188,3 +188,36 @@ def test_a_network_that_loses_to_naive_still_serves_the_best_forecaster(
     manifest = json.loads(r.get("forecast:model:v2:manifest"))
     assert manifest["fallback"]["families"] and manifest["outputs"] == "interval"
     assert manifest["gate"]["decision"] == "promote"
+
+
+def test_a_series_naive_forecasts_better_is_served_by_naive_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long random walk among seasonal series: on its own validation windows the last
+    value does about as well as the hybrid (a margin of -50% here: a two-epoch net is close
+    to naive on a walk), on the seasonal ones far worse; the version serves the walk by naive
+    alone (with an interval) once its window is full, the others by the hybrid."""
+    from forecast import bundle
+    from trainer import families
+
+    monkeypatch.setattr(families, "SINGLE_MARGIN", -0.5)
+
+    rng = np.random.default_rng(5)
+    walk = 50.0 + np.cumsum(rng.normal(0.0, 1.0, 600))
+    data = Dataset("t", {"walk": walk, **{f"s{i}": seasonal(200, i) for i in range(3)}})
+    s = plain_settings(forecaster="hybrid", per_series=True, units=4, ensemble=1, epochs=2,
+                       patience=0, horizon=1)
+    trained = artifact.train_model(data, s)
+    index, parts = bundle.unpack(trained.blob)
+    assert index["single_series"] == ["walk"], index.get("single_series")
+    spec = next(f for f in index["families"] if "single" in f)
+    assert spec["single_forecaster"] == families.SINGLE and spec["single"] in parts
+    loaded = load_bytes(trained.blob, trained.manifest)
+    n = loaded.n_steps
+    x = np.stack([walk[-n:], seasonal(200, 0)[-n:]]).astype(np.float32)
+    names = [b"walk", b"s0"]
+    out, full = loaded.predict_rows(x, np.full(2, n), loaded.periods_of(names),
+                                    loaded.single_of(names))
+    assert full.all()
+    assert out[0, 0] == pytest.approx(walk[-1], rel=1e-5)  # the last value
+    assert out[0, 1] < out[0, 0] < out[0, 2]  # with its interval
+    assert out[1, 0] != pytest.approx(x[1, -1], rel=1e-3)  # the hybrid, not the last value

@@ -48,6 +48,25 @@ class FakeBundle:
         return out, filled >= n
 
 
+class FakeSingleBundle(FakeBundle):
+    """FakeBundle that serves the series in `singles` by a single expert once full: the
+    forecast is then -1."""
+
+    def __init__(self, singles: set[bytes]) -> None:
+        super().__init__()
+        self.singles = singles
+
+    def single_of(self, names: list[bytes]) -> np.ndarray:
+        return np.asarray([n in self.singles for n in names], dtype=bool)
+
+    def predict_rows(self, windows: np.ndarray, filled: np.ndarray, periods: np.ndarray,
+                     single: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        out, full = super().predict_rows(windows, filled, periods)
+        assert single is not None and len(single) == len(out)
+        out[single & full, 0] = -1.0
+        return out, full
+
+
 def entries(series: str, values: list[float], start: int = 1) -> list[Any]:
     return [(f"{start + i}-0".encode(), [b"series", series.encode(), b"value", repr(v).encode()])
             for i, v in enumerate(values)]
@@ -144,3 +163,17 @@ def test_the_worker_writes_warmup_only_on_young_windows(r: redis.Redis, redis_ur
         threads.stop_all()
     assert [p.get(b"warmup") for p in preds] == [b"1", b"1", None, None]
     assert all(b"lower" in p and b"upper" in p for p in preds)
+
+
+def test_series_the_version_serves_by_one_expert_get_it_once_their_window_is_full() -> None:
+    model = FakeSingleBundle({b"walk"})
+    store = SeriesStore(model.n_steps)
+    batch = [e for pair in zip(entries("walk", [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+                               entries("other", [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], start=50),
+                               strict=True) for e in pair]
+    out = rows(build_commit(batch, store, Served(model), LIMITS, lambda s: [None] * len(s)))
+    walk = [r for r in out if r["series"] == b"walk"]
+    other = [r for r in out if r["series"] == b"other"]
+    assert [r["prediction"] for r in walk] == [1.0, 1.0, -1.0, -1.0, -1.0]  # full at 4
+    assert [r["warmup"] for r in walk] == ["1", "1", "", "", ""]
+    assert {r["prediction"] for r in other} == {1.0}

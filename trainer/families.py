@@ -6,6 +6,8 @@ its longest series). `train_bundle` trains one hybrid per family (the time budge
 their training windows), fits each family's warm-up ladder (`trainer.warmup`), finds each
 family's best single expert on validation (the fallback when the hybrid fails the gate),
 and packs everything into one bundle (`forecast.bundle`) with the table series -> period.
+A series whose own validation windows the last value forecasts better than its family's
+hybrid (`choose_single`: a random walk, say) is served by naive alone once its window is full.
 The version is scored on the validation windows of every series, young ones included
 (`windows.build_partial`), exactly as the worker will serve it.
 """
@@ -36,6 +38,11 @@ log = logging.getLogger(__name__)
 MAX_FAMILIES = 6
 MIN_BUDGET_S = 20.0
 MIN_VALUES = 2  # a series' first forecast follows its second value
+# A series is served by SINGLE alone when, on at least SINGLE_WINDOWS of its own full
+# validation windows, SINGLE's mean absolute error is below (1 - SINGLE_MARGIN) x the hybrid's.
+SINGLE = "naive"
+SINGLE_WINDOWS = 20
+SINGLE_MARGIN = 0.02
 
 
 @dataclass
@@ -57,6 +64,7 @@ class Part:
     fallback: bytes
     fallback_name: str
     info: dict[str, Any] = field(default_factory=dict)
+    single: bytes | None = None  # naive alone, for the series it serves better (`choose_single`)
 
 
 def train_part(values: np.ndarray, val_fraction: float, horizon: int) -> np.ndarray:
@@ -131,6 +139,9 @@ def _train_family(fam: Family, ws: WindowSet, dataset: Dataset, s: Settings, bud
     k = int(np.argmin(errors))
     fallback = model.to_bytes(warmup.single_expert(fam.n_steps, h.filter_len, period, k,
                                                    s.horizon, xv, yv, coverage))
+    j = names.index(SINGLE)
+    single = fallback if j == k else model.to_bytes(warmup.single_expert(
+        fam.n_steps, h.filter_len, period, j, s.horizon, xv, yv, coverage))
     info = {"period": fam.period, "n_steps": fam.n_steps, "series": len(fam.names),
             "filter_len": h.filter_len, "experts": h.bank.n_experts, "params": h.params,
             "spread_offset": round(offset, 6), "conformal_q": q or [],
@@ -141,13 +152,13 @@ def _train_family(fam: Family, ws: WindowSet, dataset: Dataset, s: Settings, bud
     log.info("family period %d (window %d, %d series): %d epochs in %.1fs; best single "
              "expert %s", fam.period, fam.n_steps, len(fam.names), fit["epochs_run"],
              fit["seconds"], names[k])
-    return Part(fam, full, warm, fallback, names[k], info)
+    return Part(fam, full, warm, fallback, names[k], info, single)
 
 
-def pack(parts: list[Part], table: dict[str, int], s: Settings, use_fallback: bool = False
-         ) -> tuple[bytes, dict[str, Any]]:
+def pack(parts: list[Part], table: dict[str, int], s: Settings, use_fallback: bool = False,
+         singles: frozenset[str] = frozenset()) -> tuple[bytes, dict[str, Any]]:
     """The bundle blob of trained parts (with each family's best expert when `use_fallback`)
-    and its index."""
+    and its index; the series in `singles` are served by their family's `SINGLE` part."""
     blobs: dict[str, bytes] = {}
     specs = []
     for i, part in enumerate(parts):
@@ -156,6 +167,10 @@ def pack(parts: list[Part], table: dict[str, int], s: Settings, use_fallback: bo
         blobs[full] = part.fallback if use_fallback else part.full
         spec: dict[str, Any] = {"period": fam.period, "n_steps": fam.n_steps, "full": full,
                                 "forecaster": part.fallback_name if use_fallback else "hybrid"}
+        if part.single is not None and singles.intersection(fam.names):
+            spec["single"] = f"family{i}-p{fam.period}-{SINGLE}.keras"
+            spec["single_forecaster"] = SINGLE
+            blobs[spec["single"]] = part.single
         if part.warm is not None:
             spec["warm"] = f"family{i}-p{fam.period}-warmup.keras"
             spec["warm_lengths"] = part.info["warm_lengths"]
@@ -165,6 +180,8 @@ def pack(parts: list[Part], table: dict[str, int], s: Settings, use_fallback: bo
     index = {"families": specs, "series": table, "width": width, "horizon": s.horizon,
              "outputs": "interval" if parts[0].info["conformal_q"] else "point",
              "min_values": MIN_VALUES}
+    if singles:
+        index["single_series"] = sorted(singles)
     return bundle.pack(index, blobs), index
 
 
@@ -186,11 +203,51 @@ def holdout_forecasts(loaded: Any, ws: WindowSet, sidx: np.ndarray, pos: np.ndar
     for i, (s, t) in enumerate(zip(sidx[usable], pos[usable], strict=True)):
         k = min(t, n)
         x[i, n - k:] = ws.series[s][t - k:t]
-    periods = loaded.periods_of([ws.names[s].encode() for s in sidx[usable]])
+    names = [ws.names[s].encode() for s in sidx[usable]]
+    periods = loaded.periods_of(names)
     unknown = periods == 0
     if unknown.any():  # series the version never saw: the period of their window
         periods[unknown] = -season.detect(x[unknown])
-    return usable, loaded.predict_rows(x, filled, periods)[0]
+    single = loaded.single_of(names) if loaded.singles else None
+    return usable, loaded.predict_rows(x, filled, periods, single)[0]
+
+
+def better_alone(sidx: np.ndarray, hybrid_err: np.ndarray, alone_err: np.ndarray,
+                 n_series: int, min_windows: int = SINGLE_WINDOWS,
+                 margin: float = SINGLE_MARGIN) -> np.ndarray:
+    """Per series: whether, on at least `min_windows` of its windows, the single expert's
+    mean error is below (1 - margin) x the hybrid's.
+
+    >>> err = np.ones(5)
+    >>> better_alone(np.array([0, 0, 1, 1, 2]), err, np.r_[0.5, 0.5, 0.99, 0.99, 0.1], 3,
+    ...              min_windows=2).tolist()
+    [True, False, False]
+    """
+    count = np.bincount(sidx, minlength=n_series)
+    hybrid = np.bincount(sidx, hybrid_err, n_series)
+    alone = np.bincount(sidx, alone_err, n_series)
+    return (count >= min_windows) & (alone < (1.0 - margin) * hybrid)
+
+
+def choose_single(trained: Trained, parts: list[Part], table: dict[str, int], horizon: int
+                  ) -> frozenset[str]:
+    """The series that `SINGLE` (the last value) forecasts better than the hybrid on their own
+    validation windows that the hybrid served (full windows)."""
+    ws = trained.ws
+    _, y, sidx, pos, _ = ws.holdout()
+    pred = trained.holdout_pred[:, :horizon].astype(np.float64)
+    if len(pred) != len(y) or not len(y):
+        return frozenset()
+    n_steps = {p.family.period: p.family.n_steps for p in parts}
+    need = np.asarray([n_steps.get(table.get(name, 0), 1 << 30) for name in ws.names])
+    full = pos >= need[sidx]
+    last = np.asarray([ws.series[s][t - 1] for s, t in zip(sidx, pos, strict=True)])
+    y = y.reshape(len(y), -1)[:, :horizon]
+    hybrid_err = np.abs(pred - y).mean(axis=1)
+    alone_err = np.abs(last[:, None] - y).mean(axis=1)
+    alone = better_alone(sidx[full], hybrid_err[full], alone_err[full], len(ws.names),
+                         SINGLE_WINDOWS, SINGLE_MARGIN)
+    return frozenset(ws.names[i] for i in np.flatnonzero(alone))
 
 
 def train_bundle(dataset: Dataset, s: Settings, verbose: int = 0) -> Trained:
@@ -225,6 +282,12 @@ def train_bundle(dataset: Dataset, s: Settings, verbose: int = 0) -> Trained:
     for part in parts:
         part.family.names = [n for n, p in table.items() if p == part.family.period]
     trained = _assemble(parts, table, dataset, s, use_fallback=False)
+    singles = choose_single(trained, parts, table, s.horizon)
+    if singles:
+        shown = ", ".join(sorted(singles)[:10]) + (" ..." if len(singles) > 10 else "")
+        print(f"{len(singles)} series served by {SINGLE} alone (better than the hybrid on "
+              f"their validation windows): {shown}", flush=True)
+        trained = _assemble(parts, table, dataset, s, use_fallback=False, singles=singles)
     trained.manifest["train"]["seconds"] = round(time.monotonic() - started, 2)
     trained.manifest["created_at"] = utc_now()
     trained.parts, trained.table = parts, table
@@ -232,13 +295,14 @@ def train_bundle(dataset: Dataset, s: Settings, verbose: int = 0) -> Trained:
 
 
 def _assemble(parts: list[Part], table: dict[str, int], dataset: Dataset, s: Settings,
-              use_fallback: bool) -> Trained:
+              use_fallback: bool, singles: frozenset[str] = frozenset()) -> Trained:
     """Pack, reload through the worker's checks, score on the validation windows."""
     from trainer.trained import Trained, utc_now
 
-    blob, index = pack(parts, table, s, use_fallback)
+    blob, index = pack(parts, table, s, use_fallback, singles)
     width = index["width"]
-    fams = [{**p.info, "forecaster": spec["forecaster"]}
+    fams = [{**p.info, "forecaster": spec["forecaster"],
+             "single_series": len(singles.intersection(p.family.names))}
             for p, spec in zip(parts, index["families"], strict=True)]
     first = parts[0].info
     manifest: dict[str, Any] = {

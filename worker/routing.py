@@ -2,7 +2,9 @@
 
 A plain version forecasts a series once its window is full. A bundle forecasts from a
 series' second value on, with the part of its seasonal-period family, and says which
-forecasts come from a window that is not full yet (`warmup=1` in the output).
+forecasts come from a window that is not full yet (`warmup=1` in the output). A version may
+serve some series it was trained on by one expert alone (`BundleModel.single_of`, looked up
+by series id for each batch).
 
 Each series' period is per-series state (`SeriesStore.period`, checkpointed): positive when
 it comes from the version's table (the trainer detected it on the series' history), negative
@@ -41,6 +43,7 @@ class Route:
 
     def __init__(self, store: SeriesStore, adv: Advance, models: list[Any]) -> None:
         self.adv = adv
+        self.store = store
         self.periods: np.ndarray | None = None
         bundles = [m for m in models if is_bundle(m)]
         if bundles:
@@ -54,8 +57,17 @@ class Route:
         n = model.n_steps
         if x.shape[1] != n:  # the store keeps a wider window for another served version
             x = x[:, x.shape[1] - n:]
-        out, full = model.predict_rows(x, self.adv.filled[ok], self.periods[ok])
+        if getattr(model, "singles", None):
+            single = self.single(model)[ok]
+            out, full = model.predict_rows(x, self.adv.filled[ok], self.periods[ok], single)
+        else:
+            out, full = model.predict_rows(x, self.adv.filled[ok], self.periods[ok])
         return out, ~full
+
+    def single(self, model: Any) -> np.ndarray:
+        """Per value: whether `model` serves its series by a single expert when full."""
+        adv = self.adv
+        return np.asarray(model.single_of(self.store.keys_of(adv.rows)))[adv.group_of]
 
 
 def value_periods(model: Any, store: SeriesStore, adv: Advance) -> np.ndarray:
