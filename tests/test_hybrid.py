@@ -191,7 +191,7 @@ def test_a_network_that_loses_to_naive_still_serves_the_best_forecaster(
 
 
 def test_a_series_naive_forecasts_better_is_served_by_naive_alone(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        r: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A long random walk among seasonal series: on its own validation windows the last
     value does about as well as the hybrid (a margin of -50% here: a two-epoch net is close
     to naive on a walk), on the seasonal ones far worse; the version serves the walk by naive
@@ -221,3 +221,11 @@ def test_a_series_naive_forecasts_better_is_served_by_naive_alone(
     assert out[0, 0] == pytest.approx(walk[-1], rel=1e-5)  # the last value
     assert out[0, 1] < out[0, 0] < out[0, 2]  # with its interval
     assert out[1, 0] != pytest.approx(x[1, -1], rel=1e-3)  # the hybrid, not the last value
+    # the gate scores a current version as it is served: the same version scores the same
+    from forecast import registry
+    from trainer import publish
+
+    registry.publish(r, trained.blob, dict(trained.manifest))
+    scores = publish.score_current(r, trained)
+    assert scores is not None and scores["windows"] > 0
+    assert scores["mase"] == pytest.approx(scores["new_mase"], rel=1e-5)

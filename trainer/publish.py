@@ -66,9 +66,14 @@ def score_current(client: Any, trained: Trained, hmac_key: str = "") -> dict[str
     if not usable.any():
         return {"version": version, "mae": None, "comparable": False,
                 "note": f"no holdout window has the {current.n_steps} values it needs"}
-    x_cur = np.stack([ws.series[s][t - current.n_steps:t]
-                      for s, t in zip(sidx[usable], pos[usable], strict=True)])
-    cur_pred = current.predict(x_cur)[:, :steps]
+    if isinstance(current, modelio.BundleModel):  # as served: by its table and routes
+        from trainer.families import holdout_forecasts
+
+        cur_pred = holdout_forecasts(current, ws, sidx[usable], pos[usable])[1][:, :steps]
+    else:
+        x_cur = np.stack([ws.series[s][t - current.n_steps:t]
+                          for s, t in zip(sidx[usable], pos[usable], strict=True)])
+        cur_pred = current.predict(x_cur)[:, :steps]
     new_pred = trained.holdout_pred[usable, :steps]
     target = y[usable, :steps]
     scale = mase_scales(ws, sidx[usable])
