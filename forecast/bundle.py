@@ -9,8 +9,8 @@ index (plain JSON):
   `warm` (the part for young series: the same window with its unknown past as NaN, see
   `forecast.layers.SelectByCount`; absent when the family has none), `warm_lengths`, and
   `forecaster` (what the full part is: `hybrid`, or one expert such as `snaive`), and
-  optionally `single` (a part of one expert alone, named by `single_forecaster`, e.g.
-  `naive`, for the family's series listed in `single_series`);
+  `single` (a part of one expert alone, named by `single_forecaster`, e.g. `naive`, in
+  every family when `single_series` is not empty: a series' period may route it anywhere);
 * `series`: series id -> seasonal period, detected by the trainer on each series' history;
   a series not in it is routed by the period detected online from its own window
   (`forecast.season.detect`);

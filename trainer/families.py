@@ -167,7 +167,7 @@ def pack(parts: list[Part], table: dict[str, int], s: Settings, use_fallback: bo
         blobs[full] = part.fallback if use_fallback else part.full
         spec: dict[str, Any] = {"period": fam.period, "n_steps": fam.n_steps, "full": full,
                                 "forecaster": part.fallback_name if use_fallback else "hybrid"}
-        if part.single is not None and singles.intersection(fam.names):
+        if part.single is not None and singles:  # every family: a series' period may move
             spec["single"] = f"family{i}-p{fam.period}-{SINGLE}.keras"
             spec["single_forecaster"] = SINGLE
             blobs[spec["single"]] = part.single
@@ -350,9 +350,12 @@ def _assemble(parts: list[Part], table: dict[str, int], dataset: Dataset, s: Set
 
 
 def fallback(trained: Trained, dataset: Dataset, s: Settings) -> Trained:
-    """The same version with each family's best single expert instead of its hybrid."""
+    """The same version with each family's best single expert instead of its hybrid (the
+    series served by `SINGLE` alone keep it)."""
     assert trained.parts is not None and trained.table is not None
-    out = _assemble(trained.parts, trained.table, dataset, s, use_fallback=True)
+    singles = frozenset(n.decode() for n in getattr(trained.loaded, "singles", ()))
+    out = _assemble(trained.parts, trained.table, dataset, s, use_fallback=True,
+                    singles=singles)
     out.manifest["train"] = trained.manifest["train"]
     return out
 

@@ -44,6 +44,7 @@ class Route:
     def __init__(self, store: SeriesStore, adv: Advance, models: list[Any]) -> None:
         self.adv = adv
         self.store = store
+        self.keys: list[bytes] | None = None  # the batch's series ids, when a version needs them
         self.periods: np.ndarray | None = None
         bundles = [m for m in models if is_bundle(m)]
         if bundles:
@@ -66,8 +67,9 @@ class Route:
 
     def single(self, model: Any) -> np.ndarray:
         """Per value: whether `model` serves its series by a single expert when full."""
-        adv = self.adv
-        return np.asarray(model.single_of(self.store.keys_of(adv.rows)))[adv.group_of]
+        if self.keys is None:
+            self.keys = self.store.keys_of(self.adv.rows)
+        return np.asarray(model.single_of(self.keys))[self.adv.group_of]
 
 
 def value_periods(model: Any, store: SeriesStore, adv: Advance) -> np.ndarray:
