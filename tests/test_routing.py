@@ -177,3 +177,17 @@ def test_series_the_version_serves_by_one_expert_get_it_once_their_window_is_ful
     assert [r["prediction"] for r in walk] == [1.0, 1.0, -1.0, -1.0, -1.0]  # full at 4
     assert [r["warmup"] for r in walk] == ["1", "1", "", "", ""]
     assert {r["prediction"] for r in other} == {1.0}
+
+
+def test_a_new_current_version_routes_by_its_own_table() -> None:
+    old, new = FakeBundle({b"s": 12}, "v1"), FakeBundle({b"s": 1}, "v2")
+    store = SeriesStore(old.n_steps)
+    first = rows(build_commit(entries("s", seasonal(8)), store, Served(old), LIMITS,
+                              lambda s: [None] * len(s)))
+    assert {r["upper"] for r in first} == {12}
+    store.remap([None])  # v2 replaces v1 as current (a shadow's column would also be new)
+    later = rows(build_commit(entries("s", seasonal(4), start=20), store, Served(new), LIMITS,
+                              lambda s: [None] * len(s)))
+    assert {r["upper"] for r in later} == {1}
+    store.remap([0])  # the same current version: its periods stay
+    assert store.period[store.index[b"s"]] == 1

@@ -231,8 +231,12 @@ class RowArrays:
             self.remap([*range(self.columns), *[None] * (cols - self.columns)])
 
     def remap(self, columns: list[int | None]) -> None:
-        """New version columns: column c takes old column `columns[c]` (None: starts empty)."""
+        """New version columns: column c takes old column `columns[c]` (None: starts empty).
+        A new current version (column 0) has its own table of periods: the periods taken from
+        the old one's table (positive) are looked up again (`worker.routing`)."""
         n = min(max(1, len(columns)), COLUMNS)
+        if columns[:1] != [0]:
+            self.period[self.period > 0] = 0
         for name in ("pred", "lo", "hi"):
             old = getattr(self, name)
             new = np.full((old.shape[0], n), np.nan, dtype=old.dtype)
