@@ -61,9 +61,11 @@ def test_a_value_far_from_where_the_series_lives_is_flagged_though_forecast_well
     y[2_500:] += np.linspace(0.0, 40.0, 500)  # a slow climb the forecasts follow closely
     e = rng.standard_normal(3_000) * 0.5  # the forecasts are never far off
     v = judge(Calibration.empty(1), np.zeros(3_000, dtype=np.int64), y, e, 0.001)
-    first = np.flatnonzero(v.flag)
-    assert first.size and 2_500 < first[0] < 2_700, first
-    assert v.direction[first[0]] == 1 and KINDS[v.kind[first[0]]] == "spike"
+    flags = np.flatnonzero(v.flag)
+    before = flags[flags < 2_500]  # normal data: flagged at about the rate (0.001)
+    climb = flags[(flags >= 2_500) & (flags < 2_700)]
+    assert len(before) <= 5 and climb.size, flags
+    assert v.direction[climb[0]] == 1 and KINDS[v.kind[climb[0]]] == "spike"
 
 
 def test_the_flag_rate_holds_with_real_values_too() -> None:
