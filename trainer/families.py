@@ -234,14 +234,14 @@ def choose_single(trained: Trained, parts: list[Part], table: dict[str, int], ho
     """The series that `SINGLE` (the last value) forecasts better than the hybrid on their own
     validation windows that the hybrid served (full windows)."""
     ws = trained.ws
-    _, y, sidx, pos, _ = ws.holdout()
+    x, y, sidx, pos, _ = ws.holdout()  # each window ends with the value before its target
     pred = trained.holdout_pred[:, :horizon].astype(np.float64)
     if len(pred) != len(y) or not len(y):
         return frozenset()
     n_steps = {p.family.period: p.family.n_steps for p in parts}
     need = np.asarray([n_steps.get(table.get(name, 0), 1 << 30) for name in ws.names])
     full = pos >= need[sidx]
-    last = np.asarray([ws.series[s][t - 1] for s, t in zip(sidx, pos, strict=True)])
+    last = x[:, -1]
     y = y.reshape(len(y), -1)[:, :horizon]
     hybrid_err = np.abs(pred - y).mean(axis=1)
     alone_err = np.abs(last[:, None] - y).mean(axis=1)
