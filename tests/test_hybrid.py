@@ -197,9 +197,10 @@ def test_a_series_naive_forecasts_better_is_served_by_naive_alone(
     to naive on a walk), on the seasonal ones far worse; the version serves the walk by naive
     alone (with an interval) once its window is full, the others by the hybrid."""
     from forecast import bundle
-    from trainer import families
+    from trainer import families, smoothing
 
     monkeypatch.setattr(families, "SINGLE_MARGIN", -0.5)
+    monkeypatch.setattr(smoothing, "SMOOTH_MARGIN", 1.0)  # never chosen here
 
     rng = np.random.default_rng(5)
     walk = 50.0 + np.cumsum(rng.normal(0.0, 1.0, 600))
@@ -229,3 +230,43 @@ def test_a_series_naive_forecasts_better_is_served_by_naive_alone(
     scores = publish.score_current(r, trained)
     assert scores is not None and scores["windows"] > 0
     assert scores["mase"] == pytest.approx(scores["new_mase"], rel=1e-5)
+
+
+def test_a_series_its_own_smoothing_forecasts_better_is_served_by_it(
+        r: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the margin forced (-900%: every series with a fit is chosen), a trending series
+    gets its own smoothing parameters in the version: served as the filter of its window,
+    with an interval of `smooth_q` x its sigma; the gate scores the version as served."""
+    from forecast import bundle, registry
+    from forecast.smoothing import Smooth, weights
+    from trainer import publish, smoothing
+
+    monkeypatch.setattr(smoothing, "SMOOTH_MARGIN", -9.0)
+    rng = np.random.default_rng(7)
+    trend = 10.0 + 0.5 * np.arange(300) + rng.normal(0.0, 1.0, 300)
+    data = Dataset("t", {"trend": trend, **{f"s{i}": seasonal(200, i) for i in range(2)}})
+    s = plain_settings(forecaster="hybrid", per_series=True, units=4, ensemble=1, epochs=2,
+                       patience=0, horizon=1)
+    trained = artifact.train_model(data, s)
+    index, _ = bundle.unpack(trained.blob)
+    raw = index["smooth_series"]["trend"]
+    p = Smooth.from_json(raw)
+    assert p.trend and p.sigma > 0 and len(index["smooth_q"]) == 1
+    loaded = load_bytes(trained.blob, trained.manifest)
+    n, k = loaded.n_steps, raw["n_steps"]
+    x = np.stack([trend[-n:], seasonal(200, 0)[-n:]]).astype(np.float32)
+    names = [b"trend", b"s0"]
+    smooth = loaded.smooth_of(names)
+    assert smooth[0] >= 0 and (smooth[1] >= 0) == ("s0" in index["smooth_series"])
+    out, full = loaded.predict_rows(x, np.full(2, n), loaded.periods_of(names), None, smooth)
+    expected = float(x[0, n - k:].astype(np.float64) @ weights(k, [p], 1)[0, :, 0])
+    assert full.all() and out[0, 0] == pytest.approx(expected, rel=1e-5)
+    assert out[0, 0] == pytest.approx(trend[-1] + 0.5, abs=3.0)  # the trend goes on
+    half = index["smooth_q"][0] * p.sigma
+    assert out[0, 1] == pytest.approx(expected - half, rel=1e-5)
+    assert out[0, 2] == pytest.approx(expected + half, rel=1e-5)
+    young = loaded.predict_rows(x, np.full(2, k - 1), loaded.periods_of(names), None, smooth)
+    assert not young[1][0]  # a window not yet full goes to the warm-up
+    registry.publish(r, trained.blob, dict(trained.manifest))
+    scores = publish.score_current(r, trained)
+    assert scores is not None and scores["mase"] == pytest.approx(scores["new_mase"], rel=1e-5)

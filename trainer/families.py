@@ -26,7 +26,7 @@ from forecast import bundle, season
 from forecast.errors import DataError
 from forecast.modelio import BundleModel, load_bytes, sign
 from forecast.settings import Settings
-from trainer import conformal, evaluate, sizing, windows
+from trainer import conformal, evaluate, sizing, smoothing, windows
 from trainer.data import Dataset
 from trainer.windows import WindowSet
 
@@ -156,9 +156,11 @@ def _train_family(fam: Family, ws: WindowSet, dataset: Dataset, s: Settings, bud
 
 
 def pack(parts: list[Part], table: dict[str, int], s: Settings, use_fallback: bool = False,
-         singles: frozenset[str] = frozenset()) -> tuple[bytes, dict[str, Any]]:
+         singles: frozenset[str] = frozenset(), smooth: smoothing.Choice | None = None
+         ) -> tuple[bytes, dict[str, Any]]:
     """The bundle blob of trained parts (with each family's best expert when `use_fallback`)
-    and its index; the series in `singles` are served by their family's `SINGLE` part."""
+    and its index; the series in `singles` are served by their family's `SINGLE` part, those
+    in `smooth` by their own exponential smoothing."""
     blobs: dict[str, bytes] = {}
     specs = []
     for i, part in enumerate(parts):
@@ -182,6 +184,10 @@ def pack(parts: list[Part], table: dict[str, int], s: Settings, use_fallback: bo
              "min_values": MIN_VALUES}
     if singles:
         index["single_series"] = sorted(singles)
+    if smooth is not None and smooth.fits:
+        index["smooth_series"] = {name: {**p.as_json(), "n_steps": smooth.n_steps[name]}
+                                  for name, p in sorted(smooth.fits.items())}
+        index["smooth_q"] = smooth.q or []
     return bundle.pack(index, blobs), index
 
 
@@ -209,7 +215,8 @@ def holdout_forecasts(loaded: Any, ws: WindowSet, sidx: np.ndarray, pos: np.ndar
     if unknown.any():  # series the version never saw: the period of their window
         periods[unknown] = -season.detect(x[unknown])
     single = loaded.single_of(names) if loaded.singles else None
-    return usable, loaded.predict_rows(x, filled, periods, single)[0]
+    smooth = loaded.smooth_of(names) if loaded.smooth else None
+    return usable, loaded.predict_rows(x, filled, periods, single, smooth)[0]
 
 
 def better_alone(sidx: np.ndarray, hybrid_err: np.ndarray, alone_err: np.ndarray,
@@ -250,6 +257,22 @@ def choose_single(trained: Trained, parts: list[Part], table: dict[str, int], ho
     return frozenset(ws.names[i] for i in np.flatnonzero(alone))
 
 
+def choose_smooth(trained: Trained, parts: list[Part], table: dict[str, int],
+                  dataset: Dataset, s: Settings, singles: frozenset[str]) -> smoothing.Choice:
+    """The series their own exponential smoothing forecasts better than the version on
+    their validation windows (`trainer.smoothing.choose`)."""
+    ws = trained.ws
+    _, y, sidx, pos, _ = ws.holdout()
+    pred = trained.holdout_pred[:, : s.horizon].astype(np.float64)
+    window = {p.family.period: p.family.n_steps for p in parts}
+    n_steps = {n: window[table[n]] for n in ws.names if table.get(n) in window}
+    holdout = smoothing.Holdout(ws.names, sidx, pos, y.reshape(len(y), -1)[:, : s.horizon],
+                                pred)
+    coverage = s.coverage if trained.manifest["outputs"] == "interval" else None
+    return smoothing.choose(dataset.series, dict(zip(ws.names, ws.splits, strict=True)),
+                            n_steps, table, holdout, singles, coverage)
+
+
 def train_bundle(dataset: Dataset, s: Settings, verbose: int = 0) -> Trained:
     """Train every family and return the `Trained` bundle (with the fallback ready)."""
     from trainer.trained import utc_now
@@ -283,26 +306,40 @@ def train_bundle(dataset: Dataset, s: Settings, verbose: int = 0) -> Trained:
         part.family.names = [n for n, p in table.items() if p == part.family.period]
     trained = _assemble(parts, table, dataset, s, use_fallback=False)
     singles = choose_single(trained, parts, table, s.horizon)
+    smooth = choose_smooth(trained, parts, table, dataset, s, singles)
+    singles = singles - smooth.fits.keys()
     if singles:
-        shown = ", ".join(sorted(singles)[:10]) + (" ..." if len(singles) > 10 else "")
         print(f"{len(singles)} series served by {SINGLE} alone (better than the hybrid on "
-              f"their validation windows): {shown}", flush=True)
-        trained = _assemble(parts, table, dataset, s, use_fallback=False, singles=singles)
+              f"their validation windows): {_shown(singles)}", flush=True)
+    if smooth.fits:
+        print(f"{len(smooth.fits)} series served by their own exponential smoothing (better "
+              f"than the hybrid on their validation windows): {_shown(smooth.fits)}",
+              flush=True)
+    if singles or smooth.fits:
+        trained = _assemble(parts, table, dataset, s, use_fallback=False, singles=singles,
+                            smooth=smooth)
     trained.manifest["train"]["seconds"] = round(time.monotonic() - started, 2)
     trained.manifest["created_at"] = utc_now()
-    trained.parts, trained.table = parts, table
+    trained.parts, trained.table, trained.smooth = parts, table, smooth
     return trained
 
 
+def _shown(names: Any) -> str:
+    return ", ".join(sorted(names)[:10]) + (" ..." if len(names) > 10 else "")
+
+
 def _assemble(parts: list[Part], table: dict[str, int], dataset: Dataset, s: Settings,
-              use_fallback: bool, singles: frozenset[str] = frozenset()) -> Trained:
+              use_fallback: bool, singles: frozenset[str] = frozenset(),
+              smooth: smoothing.Choice | None = None) -> Trained:
     """Pack, reload through the worker's checks, score on the validation windows."""
     from trainer.trained import Trained, utc_now
 
-    blob, index = pack(parts, table, s, use_fallback, singles)
+    blob, index = pack(parts, table, s, use_fallback, singles, smooth)
     width = index["width"]
+    fits = smooth.fits if smooth is not None else {}
     fams = [{**p.info, "forecaster": spec["forecaster"],
-             "single_series": len(singles.intersection(p.family.names))}
+             "single_series": len(singles.intersection(p.family.names)),
+             "smooth_series": len(fits.keys() & set(p.family.names))}
             for p, spec in zip(parts, index["families"], strict=True)]
     first = parts[0].info
     manifest: dict[str, Any] = {
@@ -351,11 +388,11 @@ def _assemble(parts: list[Part], table: dict[str, int], dataset: Dataset, s: Set
 
 def fallback(trained: Trained, dataset: Dataset, s: Settings) -> Trained:
     """The same version with each family's best single expert instead of its hybrid (the
-    series served by `SINGLE` alone keep it)."""
+    series served by `SINGLE` alone or by their own smoothing keep it)."""
     assert trained.parts is not None and trained.table is not None
     singles = frozenset(n.decode() for n in getattr(trained.loaded, "singles", ()))
     out = _assemble(trained.parts, trained.table, dataset, s, use_fallback=True,
-                    singles=singles)
+                    singles=singles, smooth=trained.smooth)
     out.manifest["train"] = trained.manifest["train"]
     return out
 

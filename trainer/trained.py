@@ -23,6 +23,7 @@ class Trained:
     holdout_pred: np.ndarray  # (m, width) on ws.holdout() windows
     parts: Any = None  # a per-series version: its trained families (trainer.families.Part)
     table: dict[str, int] | None = None  # and its series -> period table
+    smooth: Any = None  # and its series served by their own smoothing (smoothing.Choice)
 
     @property
     def evaluation(self) -> dict[str, Any]:

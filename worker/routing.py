@@ -3,8 +3,8 @@
 A plain version forecasts a series once its window is full. A bundle forecasts from a
 series' second value on, with the part of its seasonal-period family, and says which
 forecasts come from a window that is not full yet (`warmup=1` in the output). A version may
-serve some series it was trained on by one expert alone (`BundleModel.single_of`, looked up
-by series id for each batch).
+serve some series it was trained on by one expert alone (`BundleModel.single_of`) or by their
+own exponential smoothing (`BundleModel.smooth_of`), looked up by series id for each batch.
 
 Each series' period is per-series state (`SeriesStore.period`, checkpointed): positive when
 it comes from the version's table (the trainer detected it on the series' history), negative
@@ -58,18 +58,28 @@ class Route:
         n = model.n_steps
         if x.shape[1] != n:  # the store keeps a wider window for another served version
             x = x[:, x.shape[1] - n:]
-        if getattr(model, "singles", None):
-            single = self.single(model)[ok]
-            out, full = model.predict_rows(x, self.adv.filled[ok], self.periods[ok], single)
+        singles, smooth = getattr(model, "singles", None), getattr(model, "smooth", None)
+        if singles or smooth:
+            by: dict[str, np.ndarray] = {"smooth": self.smooth(model)[ok]} if smooth else {}
+            single = self.single(model)[ok] if singles else None
+            out, full = model.predict_rows(x, self.adv.filled[ok], self.periods[ok], single,
+                                           **by)
         else:
             out, full = model.predict_rows(x, self.adv.filled[ok], self.periods[ok])
         return out, ~full
 
     def single(self, model: Any) -> np.ndarray:
         """Per value: whether `model` serves its series by a single expert when full."""
+        return np.asarray(model.single_of(self._keys()))[self.adv.group_of]
+
+    def smooth(self, model: Any) -> np.ndarray:
+        """Per value: its series' row in `model`'s smoothing table (-1: none)."""
+        return np.asarray(model.smooth_of(self._keys()))[self.adv.group_of]
+
+    def _keys(self) -> list[bytes]:
         if self.keys is None:
             self.keys = self.store.keys_of(self.adv.rows)
-        return np.asarray(model.single_of(self.keys))[self.adv.group_of]
+        return self.keys
 
 
 def value_periods(model: Any, store: SeriesStore, adv: Advance) -> np.ndarray:
