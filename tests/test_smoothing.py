@@ -75,3 +75,12 @@ def test_the_table_serves_full_windows_with_intervals_and_rejects_bad_parameters
     assert out[1, 0] == pytest.approx(8.0) and out[1, 2] - out[1, 0] == pytest.approx(1.5)
     with pytest.raises(ValueError, match="out of range"):
         SmoothTable({"a": {**raw["a"], "alpha": 1.5}}, [1.5], 1, True)
+
+
+def test_no_fit_without_finite_values_and_no_choice_without_a_scale() -> None:
+    values = np.r_[np.full(60, 5.0), np.arange(20.0)]
+    assert smoothing.fit(np.r_[np.nan, np.arange(40.0)], 24, 1) is None
+    holdout = smoothing.Holdout(["c"], np.zeros(20, dtype=int), np.arange(60, 80),
+                                values[60:, None], values[60:, None] + 9.0)
+    choice = smoothing.choose({"c": values}, {"c": 60}, {"c": 24}, {}, holdout, frozenset(), 0.9)
+    assert choice.fits == {} and choice.q is None  # constant before validation: sigma 0

@@ -92,6 +92,8 @@ def candidate_forecasts(values: np.ndarray, n: int, period: int, positions: np.n
 def fit(values: np.ndarray, n: int, period: int) -> Smooth | None:
     """The best candidate on the one-step errors over `values` (None: too few values)."""
     values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        return None
     positions = np.arange(max(n, FIRST), len(values))
     if len(positions) < FULL_ERRORS:  # a young series: windows as long as it had
         positions = np.arange(max(FIRST, 2 * period if period >= 2 else FIRST), len(values))
@@ -155,7 +157,7 @@ def choose(series: dict[str, np.ndarray], splits: dict[str, int], n_steps: dict[
             continue
         values = series[name]
         p = fit(values[: splits[name]], n, period)
-        if p is None:
+        if p is None or not p.sigma > 0:  # a constant training part: no scale for an interval
             continue
         y = holdout.y[at]
         f = forecasts(values, n, p, holdout.pos[at], horizon)
@@ -170,7 +172,8 @@ def choose(series: dict[str, np.ndarray], splits: dict[str, int], n_steps: dict[
     fits = {}
     for name in chosen:
         p = fit(series[name], n_steps[name], periods.get(name, 1))
-        if p is not None:
+        if p is not None and p.sigma > 0:
             fits[name] = p
     q = conformal_q(np.concatenate(scaled), coverage) if coverage and scaled else None
+    _filters.cache_clear()
     return Choice(fits, {name: n_steps[name] for name in fits}, q)
