@@ -8,7 +8,6 @@ Any failure raises `ModelRejected` with a one-line reason.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import hmac
@@ -262,8 +261,9 @@ class BundleModel:
         self.periods = [int(spec["period"]) for spec, _, _ in families]
         self.table = {str(k).encode(): int(v) for k, v in index.get("series", {}).items()}
         self.singles = {str(k).encode() for k in index.get("single_series", [])}
-        self.smooth = SmoothTable(index.get("smooth_series", {}), index.get("smooth_q", []),
-                                  self.horizon, self.has_interval)
+        self.smooth = smoothing.SmoothTable(index.get("smooth_series", {}),
+                                            index.get("smooth_q", []), self.horizon,
+                                            self.has_interval)
         if self.smooth and not (1 <= self.smooth.n_steps.min() <= self.smooth.n_steps.max()
                                 <= self.n_steps):
             raise ValueError(f"smoothing windows outside 1..{self.n_steps}")
@@ -295,16 +295,16 @@ class BundleModel:
                      ) -> tuple[np.ndarray, np.ndarray]:
         """(forecasts (m, width), full (m,): the row's family window was full); rows marked
         in `single` (see `single_of`) go to their family's single expert once full, rows
-        with a `smooth` row (see `smooth_of`) to their own smoothing once its window is."""
+        with a `smooth` row (see `smooth_of`) to their own smoothing (on what they have
+        while young)."""
         m, n = windows.shape
         fam = bundle.route(periods, self.periods)
         out = np.empty((m, self.width), dtype=np.float32)
         full = np.zeros(m, dtype=bool)
         if smooth is not None and self.smooth:
-            own = self.smooth.ready(smooth, filled)
+            own = smooth >= 0
             if own.any():
-                out[own] = self.smooth.predict(windows[own], smooth[own])
-                full[own] = True
+                out[own], full[own] = self.smooth.predict(windows[own], smooth[own], filled[own])
                 fam = np.where(own, -1, fam)
         for i, (spec, whole, warm) in enumerate(self.families):
             rows = fam == i
@@ -339,55 +339,6 @@ class BundleModel:
     def __repr__(self) -> str:
         return (f"BundleModel({self.version!r}, periods={self.periods}, "
                 f"n_steps={self.n_steps}, horizon={self.horizon})")
-
-
-class SmoothTable:
-    """The series a bundle serves by their own exponential smoothing (`forecast.smoothing`):
-    their filters (shared by series with the same parameters and window), and intervals of
-    `smooth_q` times each series' `sigma`."""
-
-    def __init__(self, raw: dict[str, Any], q: list[float], horizon: int, interval: bool
-                 ) -> None:
-        self.rows = {str(k).encode(): i for i, k in enumerate(raw)}
-        params = [smoothing.Smooth.from_json(v) for v in raw.values()]
-        self.n_steps = np.asarray([int(v["n_steps"]) for v in raw.values()], dtype=np.int64)
-        self.sigma = np.asarray([p.sigma for p in params], dtype=np.float64)
-        keys = [(dataclasses.replace(p, sigma=0.0), int(k)) for p, k in zip(params, self.n_steps,
-                                                                              strict=True)]
-        unique = list(dict.fromkeys(keys))
-        self.filter_of = np.asarray([unique.index(k) for k in keys], dtype=np.int64)
-        self.filters = [smoothing.weights(k, [p], horizon)[0] for p, k in unique]
-        self.q = np.asarray(q, dtype=np.float64) if interval else None
-        if self.q is not None and self.rows and len(self.q) != horizon:
-            raise ValueError(f"smooth_q has {len(self.q)} steps, horizon is {horizon}")
-
-    def __bool__(self) -> bool:
-        return bool(self.rows)
-
-    def rows_of(self, names: list[bytes]) -> np.ndarray:
-        """Each name's row (-1: none)."""
-        rows = self.rows
-        return np.fromiter((rows.get(n, -1) for n in names), dtype=np.int64, count=len(names))
-
-    def ready(self, smooth: np.ndarray, filled: np.ndarray) -> np.ndarray:
-        """Rows with a smoothing row and a full window for it."""
-        has = smooth >= 0
-        need = np.where(has, self.n_steps[np.maximum(smooth, 0)], 1 << 30)
-        return has & (filled >= need)
-
-    def predict(self, windows: np.ndarray, smooth: np.ndarray) -> np.ndarray:
-        """(m, horizon or 3 x horizon) forecasts of full windows, row `smooth[i]` each."""
-        n = windows.shape[1]
-        which = self.filter_of[smooth]
-        point = np.empty((len(windows), self.filters[0].shape[1]), dtype=np.float64)
-        for f in np.unique(which).tolist():
-            at = which == f
-            w = self.filters[f]
-            point[at] = windows[at][:, n - len(w):].astype(np.float64) @ w
-        if self.q is None:
-            return point
-        half = self.q[None, :] * self.sigma[smooth][:, None]
-        return np.concatenate([point, point - half, point + half], axis=1)
 
 
 def _load_bundle(blob: bytes, manifest: dict[str, Any], numpy: bool = True) -> BundleModel:

@@ -8,13 +8,14 @@ of `n` values is `x @ W` for a matrix `W` (n, horizon) that depends only on the 
 the trainer fits the parameters per series (`trainer.smoothing`), the version keeps them as
 per-series state, and a worker computes `W` once per series when it loads the version.
 
-`Smooth` is one series' parameters; `weights` its filter; `forecast` runs the recursion on
-data directly (what the trainer fits with, vectorised over candidate parameters).
+`Smooth` is one series' parameters (with `log`, the filter runs on the logarithms of the
+values and the forecast is the exponential of its output: multiplicative trend and season);
+`weights` its filter.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ class Smooth:
     trend: bool = False
     season: bool = False
     sigma: float = 1.0  # mean absolute one-step error on the training part (raw units)
+    log: bool = False  # run on the logarithms of the values (a positive series)
 
     def as_json(self) -> dict[str, Any]:
         """The bundle index's form."""
@@ -45,7 +47,7 @@ class Smooth:
         s = cls(float(raw["alpha"]), float(raw.get("beta", 0.0)), float(raw.get("phi", 1.0)),
                 float(raw.get("gamma", 0.0)), int(raw.get("period", 1)),
                 bool(raw.get("trend", False)), bool(raw.get("season", False)),
-                float(raw.get("sigma", 1.0)))
+                float(raw.get("sigma", 1.0)), bool(raw.get("log", False)))
         ok = (0 < s.alpha <= 1 and 0 <= s.beta <= 1 and 0 < s.phi <= 1 and 0 <= s.gamma <= 1
               and s.period >= 1 and np.isfinite(s.sigma) and s.sigma >= 0)
         if not ok:
@@ -53,8 +55,8 @@ class Smooth:
         return s
 
 
-def _initial(n: int, period: int, trend: bool, season: bool
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def initial(n: int, period: int, trend: bool, season: bool
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Initial (level, trend, season (period, n)) as weights over a window of `n` values."""
     k = min(n, 2 * period if season else INIT)
     t = np.arange(k, dtype=np.float64)
@@ -93,7 +95,7 @@ def weights(n: int, params: list[Smooth], horizon: int) -> np.ndarray:
     alpha, beta, phi, gamma = (np.zeros((c, 1)) for _ in range(4))
     for i, p in enumerate(params):
         season = p.season and n >= 2 * p.period
-        level[i], slope[i], s0 = _initial(n, m if season else 1, p.trend, season)
+        level[i], slope[i], s0 = initial(n, m if season else 1, p.trend, season)
         if season:
             seas[i] = s0
         alpha[i], beta[i] = p.alpha, p.beta if p.trend else 0.0
@@ -113,6 +115,66 @@ def weights(n: int, params: list[Smooth], horizon: int) -> np.ndarray:
     return out
 
 
-def forecast(windows: np.ndarray, filters: np.ndarray) -> np.ndarray:
-    """Row i of `windows` (m, n) through filter i of `filters` (m, n, horizon)."""
-    return np.einsum("mn,mnh->mh", windows, filters)
+class SmoothTable:
+    """The series a version serves by their own smoothing: their parameters (filters shared
+    by series with the same parameters and window), intervals of `q` x each series' `sigma`.
+    A young series runs the filter of the values it has (`warmup=1` until its window is full).
+    """
+
+    def __init__(self, raw: dict[str, Any], q: list[float], horizon: int, interval: bool
+                 ) -> None:
+        self.rows = {str(k).encode(): i for i, k in enumerate(raw)}
+        params = [Smooth.from_json(v) for v in raw.values()]
+        self.n_steps = np.asarray([int(v["n_steps"]) for v in raw.values()], dtype=np.int64)
+        self.sigma = np.asarray([p.sigma for p in params], dtype=np.float64)
+        self.horizon = horizon
+        keys = [(replace(p, sigma=0.0), int(k)) for p, k in zip(params, self.n_steps,
+                                                               strict=True)]
+        self.unique = list(dict.fromkeys(keys))
+        self.filter_of = np.asarray([self.unique.index(k) for k in keys], dtype=np.int64)
+        self._filters: dict[tuple[int, int], np.ndarray] = {}
+        for f, (_, n) in enumerate(self.unique):
+            self.filter(f, n)
+        self.q = np.asarray(q, dtype=np.float64) if interval else None
+        if self.q is not None and self.rows and len(self.q) != horizon:
+            raise ValueError(f"smooth_q has {len(self.q)} steps, horizon is {horizon}")
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+    def rows_of(self, names: list[bytes]) -> np.ndarray:
+        """Each name's row (-1: none)."""
+        rows = self.rows
+        return np.fromiter((rows.get(n, -1) for n in names), dtype=np.int64, count=len(names))
+
+    def filter(self, f: int, length: int) -> np.ndarray:
+        """Filter `f` for a window of `length` values (computed once)."""
+        key = (f, length)
+        if key not in self._filters:
+            self._filters[key] = weights(length, [self.unique[f][0]], self.horizon)[0]
+        return self._filters[key]
+
+    def predict(self, windows: np.ndarray, rows: np.ndarray, filled: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Forecasts (m, horizon, or 3 x horizon with intervals) of windows (m, width) whose
+        last `filled` values are real, table row `rows[i]` each; and which windows were full."""
+        width = windows.shape[1]
+        need = self.n_steps[rows]
+        length = np.minimum(filled, need)
+        which = self.filter_of[rows]
+        point = np.empty((len(windows), self.horizon), dtype=np.float64)
+        for f, n in set(zip(which.tolist(), length.tolist(), strict=True)):
+            at = (which == f) & (length == n)
+            w = self.filter(f, n)
+            x = windows[at][:, width - n:].astype(np.float64)
+            if not self.unique[f][0].log:
+                point[at] = x @ w
+                continue
+            positive = (x > 0).all(axis=1)  # else the same filter on the values themselves
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                point[at] = np.where(positive[:, None], np.exp(np.log(x) @ w), x @ w)
+        full = filled >= need
+        if self.q is None:
+            return point, full
+        half = self.q[None, :] * self.sigma[rows][:, None]
+        return np.concatenate([point, point - half, point + half], axis=1), full

@@ -265,8 +265,11 @@ def test_a_series_its_own_smoothing_forecasts_better_is_served_by_it(
     half = index["smooth_q"][0] * p.sigma
     assert out[0, 1] == pytest.approx(expected - half, rel=1e-5)
     assert out[0, 2] == pytest.approx(expected + half, rel=1e-5)
-    young = loaded.predict_rows(x, np.full(2, k - 1), loaded.periods_of(names), None, smooth)
-    assert not young[1][0]  # a window not yet full goes to the warm-up
+    young, young_full = loaded.predict_rows(x, np.full(2, k - 1), loaded.periods_of(names),
+                                            None, smooth)
+    assert not young_full[0]  # warm-up until its window is full, smoothing what it has
+    young_expected = x[0, n - k + 1:].astype(np.float64) @ weights(k - 1, [p], 1)[0, :, 0]
+    assert young[0, 0] == pytest.approx(float(young_expected), rel=1e-5)
     registry.publish(r, trained.blob, dict(trained.manifest))
     scores = publish.score_current(r, trained)
     assert scores is not None and scores["mase"] == pytest.approx(scores["new_mase"], rel=1e-5)

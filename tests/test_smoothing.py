@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from forecast.modelio import SmoothTable
-from forecast.smoothing import Smooth, _initial, weights
+from forecast.smoothing import Smooth, SmoothTable, initial, weights
 from trainer import smoothing
 
 
 def recursion(x: np.ndarray, p: Smooth, horizon: int) -> np.ndarray:
     """Holt-Winters' additive recursion, one value at a time (what `weights` must equal)."""
     n, m = len(x), p.period if p.season else 1
-    lw, bw, sw = _initial(n, m, p.trend, p.season)
+    lw, bw, sw = initial(n, m, p.trend, p.season)
     level, slope, seas = float(lw @ x), float(bw @ x), list(sw @ x)
     phi = p.phi if p.trend else 1.0
     for t, v in enumerate(x):
@@ -35,14 +34,14 @@ def test_the_filter_of_a_window_is_the_recursion_over_it(p: Smooth) -> None:
 def test_the_fit_finds_a_trend_a_season_and_a_steady_level() -> None:
     rng = np.random.default_rng(2)
     t = np.arange(200.0)
-    line = smoothing.fit(5.0 + 0.3 * t + rng.normal(0, 0.5, 200), 48, 1)
-    seasonal = smoothing.fit(50 + 8 * np.sin(2 * np.pi * t / 4) + rng.normal(0, 0.5, 200), 48, 4)
-    steady = smoothing.fit(20 + rng.normal(0, 2.0, 200), 48, 1)
+    line = smoothing.fit(5.0 + 0.3 * t + rng.normal(0, 0.5, 200), 1)
+    seasonal = smoothing.fit(50 + 8 * np.sin(2 * np.pi * t / 4) + rng.normal(0, 0.5, 200), 4)
+    steady = smoothing.fit(20 + rng.normal(0, 2.0, 200), 1)
     assert line is not None and line.trend and not line.season
     assert seasonal is not None and seasonal.season and seasonal.period == 4
     assert steady is not None and not steady.trend and steady.alpha <= 0.15
     assert steady.sigma == pytest.approx(2.0 * np.sqrt(2 / np.pi), rel=0.25)
-    assert smoothing.fit(np.arange(6.0), 48, 1) is None  # too few values
+    assert smoothing.fit(np.arange(6.0), 1) is None  # too few values
 
 
 def test_a_series_is_chosen_only_where_it_beats_what_the_version_served() -> None:
@@ -68,18 +67,19 @@ def test_the_table_serves_full_windows_with_intervals_and_rejects_bad_parameters
     table = SmoothTable(raw, [1.5], 1, True)
     rows = table.rows_of([b"b", b"x", b"a"])
     assert rows.tolist() == [1, -1, 0]
-    assert table.ready(rows, np.array([8, 8, 3])).tolist() == [True, False, False]
-    x = np.tile(np.arange(8.0), (2, 1))
-    out = table.predict(x, np.array([0, 1]))
+    x = np.tile(np.arange(8.0), (3, 1))
+    out, full = table.predict(x, np.array([0, 1, 1]), np.array([8, 8, 3]))
+    assert full.tolist() == [True, True, False]  # b needs 8 values
     assert out[0].tolist() == [7.0, 4.0, 10.0]  # the last value -/+ 1.5 x sigma 2
     assert out[1, 0] == pytest.approx(8.0) and out[1, 2] - out[1, 0] == pytest.approx(1.5)
+    assert out[2, 0] == pytest.approx(x[2, -3:] @ weights(3, [Smooth(0.5, 0.5, trend=True)], 1))
     with pytest.raises(ValueError, match="out of range"):
         SmoothTable({"a": {**raw["a"], "alpha": 1.5}}, [1.5], 1, True)
 
 
 def test_no_fit_without_finite_values_and_no_choice_without_a_scale() -> None:
     values = np.r_[np.full(60, 5.0), np.arange(20.0)]
-    assert smoothing.fit(np.r_[np.nan, np.arange(40.0)], 24, 1) is None
+    assert smoothing.fit(np.r_[np.nan, np.arange(40.0)], 1) is None
     holdout = smoothing.Holdout(["c"], np.zeros(20, dtype=int), np.arange(60, 80),
                                 values[60:, None], values[60:, None] + 9.0)
     choice = smoothing.choose({"c": values}, {"c": 60}, {"c": 24}, {}, holdout, frozenset(), 0.9)

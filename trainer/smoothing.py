@@ -1,11 +1,11 @@
 """Fitting per-series exponential smoothing (`forecast.smoothing`) on a series' history.
 
 Every candidate of a grid (simple, Holt's trend, damped trend, each with or without an
-additive season of the family's period) is run, as the worker will run it, on windows of
-the family's length ending at each value of the training part (shorter windows while the
-series is young); the candidate with the lowest AICc of its one-step errors is the series'
-model, as AutoETS chooses among ETS models. Candidates' filters are computed once per window
-length and period and shared by every series (`Filters`).
+additive season of the series' period) is run once over the series from its first values,
+vectorised over the candidates; the one with the lowest AICc of its one-step errors is the
+series' model, as AutoETS chooses among ETS models. `choose` keeps it for the series whose
+validation windows it forecasts better, as served (the filter of the window), than the
+version did.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from forecast.smoothing import Smooth, weights
+from forecast.smoothing import Smooth, initial, weights
 from trainer.conformal import conformal_q
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ class Holdout:
 
 
 MIN_ERRORS = 8  # one-step errors a fit needs
-FULL_ERRORS = 100  # fitted on full windows alone when there are this many
 FIRST = 4  # values before the first one-step error counted
 
 
@@ -64,64 +63,89 @@ def grid(period: int) -> tuple[Smooth, ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=256)
-def _filters(n: int, period: int, horizon: int) -> np.ndarray:
-    """(candidates, n, horizon) filters of `grid(period)` for windows of `n` values."""
-    return weights(n, list(grid(period)), horizon).astype(np.float64)
-
-
 def _n_params(p: Smooth) -> int:
     """Smoothing parameters and initial states, for AICc."""
     return (1 + 1 + (2 if p.trend else 0) + (p.phi < 1) + ((1 + p.period) if p.season else 0))
 
 
-def candidate_forecasts(values: np.ndarray, n: int, period: int, positions: np.ndarray,
-                        horizon: int) -> np.ndarray:
-    """(candidates, len(positions), horizon): each candidate's forecast of the values from
-    `positions[i]` on, from the (at most `n`) values before it."""
-    out = np.empty((len(grid(period)), len(positions), horizon))
-    lengths = np.minimum(positions, n)
-    for length in np.unique(lengths).tolist():
-        at = np.flatnonzero(lengths == length)
-        idx = positions[at][:, None] + np.arange(-length, 0)[None, :]
-        f = _filters(int(length), period, horizon)  # (C, L, H)
-        out[:, at, :] = np.einsum("wl,clh->cwh", values[idx], f)
+def one_step_errors(values: np.ndarray, period: int) -> np.ndarray:
+    """(candidates, len(values) - FIRST): each candidate's one-step errors, the recursion
+    run once over the whole series from its first values (vectorised over candidates)."""
+    params = grid(period)
+    n = len(values)
+    m = period if period >= 2 and n >= 2 * period else 1
+    c = len(params)
+    level, slope = np.empty(c), np.empty(c)
+    seas = np.zeros((c, m))
+    for trend, season in itertools.product((False, True), repeat=2):
+        at = [i for i, p in enumerate(params) if p.trend == trend and p.season == season]
+        if at:
+            lw, bw, sw = initial(n, m if season and m > 1 else 1, trend, season and m > 1)
+            level[at], slope[at] = lw @ values, bw @ values
+            if season and m > 1:
+                seas[at] = sw @ values
+    alpha, beta, phi, gamma = (np.asarray([getattr(p, k) for p in params])
+                               for k in ("alpha", "beta", "phi", "gamma"))
+    trended = np.asarray([p.trend for p in params])
+    beta, phi = np.where(trended, beta, 0.0), np.where(trended, phi, 1.0)
+    gamma = np.where([p.season and m > 1 for p in params], gamma, 0.0)
+    out = np.empty((c, max(0, n - FIRST)))
+    for t in range(n):
+        j = t % m
+        err = values[t] - (level + phi * slope + seas[:, j])
+        if t >= FIRST:
+            out[:, t - FIRST] = err
+        level = level + phi * slope + alpha * err
+        slope = phi * slope + beta * err
+        seas[:, j] += gamma * err
     return out
 
 
-def fit(values: np.ndarray, n: int, period: int) -> Smooth | None:
-    """The best candidate on the one-step errors over `values` (None: too few values)."""
-    values = np.asarray(values, dtype=np.float64)
-    if not np.isfinite(values).all():
-        return None
-    positions = np.arange(max(n, FIRST), len(values))
-    if len(positions) < FULL_ERRORS:  # a young series: windows as long as it had
-        positions = np.arange(max(FIRST, 2 * period if period >= 2 else FIRST), len(values))
-    if len(positions) < MIN_ERRORS:
-        return None
-    err = values[positions][None, :] - candidate_forecasts(values, n, period, positions, 1)[..., 0]
+def _aicc(err: np.ndarray, k: np.ndarray) -> np.ndarray:
     count = err.shape[1]
     sse = np.maximum((err ** 2).sum(axis=1), 1e-300)
-    k = np.asarray([_n_params(p) for p in grid(period)], dtype=np.float64)
     aicc = count * np.log(sse / count) + 2 * k + 2 * k * (k + 1) / np.maximum(count - k - 1, 1)
-    aicc[~np.isfinite(aicc)] = np.inf
-    best = int(np.argmin(aicc))
-    sigma = float(np.mean(np.abs(err[best])))
+    return np.where(np.isfinite(aicc), aicc, np.inf)
+
+
+def fit(values: np.ndarray, period: int) -> Smooth | None:
+    """The best candidate by the AICc of its one-step errors over `values`, on the values or,
+    for a positive series, on their logarithms (AICc in the values' units: + 2 sum(log y));
+    None: too few values or not finite."""
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all() or len(values) - FIRST < MIN_ERRORS:
+        return None
+    k = np.asarray([_n_params(p) for p in grid(period)], dtype=np.float64)
+    err = one_step_errors(values, period)
+    aicc = _aicc(err, k)
+    best, log = int(np.argmin(aicc)), False
+    raw_err = err[best]
+    if (values > 0).all():
+        logs = np.log(values)
+        err_log = one_step_errors(logs, period)
+        aicc_log = _aicc(err_log, k) + 2 * logs[FIRST:].sum()
+        j = int(np.argmin(aicc_log))
+        if aicc_log[j] < aicc[best]:
+            best, log = j, True
+            raw_err = values[FIRST:] - np.exp(logs[FIRST:] - err_log[j])
     p = grid(period)[best]
-    return Smooth(p.alpha, p.beta, p.phi, p.gamma, p.period, p.trend, p.season, sigma)
+    return Smooth(p.alpha, p.beta, p.phi, p.gamma, p.period, p.trend, p.season,
+                  float(np.mean(np.abs(raw_err))), log)
 
 
 def forecasts(values: np.ndarray, n: int, p: Smooth, positions: np.ndarray, horizon: int
               ) -> np.ndarray:
     """(len(positions), horizon): `p`'s forecasts from the (at most `n`) values before each."""
     values = np.asarray(values, dtype=np.float64)
+    if p.log:
+        values = np.log(values)
     out = np.empty((len(positions), horizon))
     lengths = np.minimum(positions, n)
     for length in np.unique(lengths).tolist():
         at = np.flatnonzero(lengths == length)
         idx = positions[at][:, None] + np.arange(-length, 0)[None, :]
         out[at] = values[idx] @ weights(int(length), [p], horizon)[0]
-    return out
+    return np.exp(out) if p.log else out
 
 
 # A series is served by its own smoothing when, on at least SMOOTH_WINDOWS of its validation
@@ -156,7 +180,7 @@ def choose(series: dict[str, np.ndarray], splits: dict[str, int], n_steps: dict[
         if n is None or len(at) < SMOOTH_WINDOWS:
             continue
         values = series[name]
-        p = fit(values[: splits[name]], n, period)
+        p = fit(values[: splits[name]], period)
         if p is None or not p.sigma > 0:  # a constant training part: no scale for an interval
             continue
         y = holdout.y[at]
@@ -171,9 +195,8 @@ def choose(series: dict[str, np.ndarray], splits: dict[str, int], n_steps: dict[
             chosen[name] = p
     fits = {}
     for name in chosen:
-        p = fit(series[name], n_steps[name], periods.get(name, 1))
+        p = fit(series[name], periods.get(name, 1))
         if p is not None and p.sigma > 0:
             fits[name] = p
     q = conformal_q(np.concatenate(scaled), coverage) if coverage and scaled else None
-    _filters.cache_clear()
     return Choice(fits, {name: n_steps[name] for name in fits}, q)
