@@ -17,9 +17,9 @@ index (plain JSON):
 * `single_series` (optional): series served, once their window is full, by their family's
   `single` part instead of its full part: the trainer found that expert better than the
   hybrid on the series' own validation windows (young windows still go to `warm`);
-* `smooth_series` and `smooth_q` (optional): series served, once their window of `n_steps`
-  is full, by their own exponential smoothing (`forecast.smoothing.Smooth` fields and
-  `n_steps` per series), with half-widths per step in units of each series' `sigma`;
+* `smooth_series` and `smooth_q` (optional): series served by their own exponential
+  smoothing (`forecast.smoothing.Smooth` fields and the window `n_steps` per series; on the
+  values a series has while younger), with half-widths per step in units of its `sigma`;
 * `width` (the longest window: what a worker keeps per series), `horizon`, `outputs`,
   `min_values` (values a series needs before its first forecast).
 
