@@ -376,7 +376,7 @@ def _load_bundle(blob: bytes, manifest: dict[str, Any], numpy: bool = True) -> B
         single.append(_load_part(parts[name], part, f"part {name}", numpy) if name else None)
     try:
         loaded = BundleModel(version, manifest, index, families, single)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ModelRejected(f"bad bundle smoothing table: {exc}") from None
     probe = np.stack([np.linspace(1.0, 2.0, width), np.linspace(-50.0, 100.0, width)])
     _probe(loaded, probe.astype(np.float32), "bundle")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 INIT = 6  # values the initial level and trend are fitted on (non-seasonal)
+LOG_MAX = 700.0  # exp() of more overflows float64
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,23 @@ def weights(n: int, params: list[Smooth], horizon: int) -> np.ndarray:
     return out
 
 
+def apply(x: np.ndarray, w: np.ndarray, log: bool) -> np.ndarray:
+    """Windows `x` (m, n) through filter `w` (n, horizon); with `log`, on the logarithms of a
+    window whose values are all positive (else, for that window, on the values themselves).
+
+    >>> w = weights(3, [Smooth(1.0)], 1)[0]
+    >>> apply(np.array([[1.0, 2.0, 4.0], [-1.0, 0.0, 3.0]]), w, True).ravel().tolist()
+    [4.0, 3.0]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    out = x @ w
+    if log:
+        positive = (x > 0).all(axis=1)
+        if positive.any():
+            out[positive] = np.exp(np.minimum(np.log(x[positive]) @ w, LOG_MAX))
+    return out
+
+
 class SmoothTable:
     """The series a version serves by their own smoothing: their parameters (filters shared
     by series with the same parameters and window), intervals of `q` x each series' `sigma`.
@@ -123,6 +141,8 @@ class SmoothTable:
 
     def __init__(self, raw: dict[str, Any], q: list[float], horizon: int, interval: bool
                  ) -> None:
+        if not isinstance(raw, dict):
+            raise ValueError("smooth_series is not an object")
         self.rows = {str(k).encode(): i for i, k in enumerate(raw)}
         params = [Smooth.from_json(v) for v in raw.values()]
         self.n_steps = np.asarray([int(v["n_steps"]) for v in raw.values()], dtype=np.int64)
@@ -130,14 +150,16 @@ class SmoothTable:
         self.horizon = horizon
         keys = [(replace(p, sigma=0.0), int(k)) for p, k in zip(params, self.n_steps,
                                                                strict=True)]
-        self.unique = list(dict.fromkeys(keys))
-        self.filter_of = np.asarray([self.unique.index(k) for k in keys], dtype=np.int64)
+        index: dict[tuple[Smooth, int], int] = {}
+        self.filter_of = np.asarray([index.setdefault(k, len(index)) for k in keys],
+                                    dtype=np.int64)
+        self.unique = list(index)
         self._filters: dict[tuple[int, int], np.ndarray] = {}
-        for f, (_, n) in enumerate(self.unique):
-            self.filter(f, n)
+        self._ensure([(f, n) for f, (_, n) in enumerate(self.unique)])
         self.q = np.asarray(q, dtype=np.float64) if interval else None
-        if self.q is not None and self.rows and len(self.q) != horizon:
-            raise ValueError(f"smooth_q has {len(self.q)} steps, horizon is {horizon}")
+        if self.q is not None and self.rows and (
+                len(self.q) != horizon or not (np.isfinite(self.q).all() and (self.q >= 0).all())):
+            raise ValueError(f"smooth_q must be {horizon} finite half-widths, got {q}")
 
     def __bool__(self) -> bool:
         return bool(self.rows)
@@ -147,12 +169,17 @@ class SmoothTable:
         rows = self.rows
         return np.fromiter((rows.get(n, -1) for n in names), dtype=np.int64, count=len(names))
 
-    def filter(self, f: int, length: int) -> np.ndarray:
-        """Filter `f` for a window of `length` values (computed once)."""
-        key = (f, length)
-        if key not in self._filters:
-            self._filters[key] = weights(length, [self.unique[f][0]], self.horizon)[0]
-        return self._filters[key]
+    def _ensure(self, pairs: list[tuple[int, int]]) -> None:
+        """Compute the missing (filter, window length) pairs, one `weights` call per length
+        and seasonal period."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for f, n in pairs:
+            if (f, n) not in self._filters:
+                groups.setdefault((n, self.unique[f][0].period), []).append(f)
+        for (n, _), fs in groups.items():
+            for f, w in zip(fs, weights(n, [self.unique[f][0] for f in fs], self.horizon),
+                            strict=True):
+                self._filters[(f, n)] = w
 
     def predict(self, windows: np.ndarray, rows: np.ndarray, filled: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -160,19 +187,18 @@ class SmoothTable:
         last `filled` values are real, table row `rows[i]` each; and which windows were full."""
         width = windows.shape[1]
         need = self.n_steps[rows]
-        length = np.minimum(filled, need)
+        length = np.maximum(np.minimum(filled, need), 1)
         which = self.filter_of[rows]
+        keys, group = np.unique(which * (width + 1) + length, return_inverse=True)
+        pairs = [(int(k) // (width + 1), int(k) % (width + 1)) for k in keys]
+        self._ensure(pairs)
+        order = np.argsort(group, kind="stable")
+        bounds = np.searchsorted(group[order], np.arange(len(keys) + 1))
         point = np.empty((len(windows), self.horizon), dtype=np.float64)
-        for f, n in set(zip(which.tolist(), length.tolist(), strict=True)):
-            at = (which == f) & (length == n)
-            w = self.filter(f, n)
-            x = windows[at][:, width - n:].astype(np.float64)
-            if not self.unique[f][0].log:
-                point[at] = x @ w
-                continue
-            positive = (x > 0).all(axis=1)  # else the same filter on the values themselves
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                point[at] = np.where(positive[:, None], np.exp(np.log(x) @ w), x @ w)
+        for g, (f, n) in enumerate(pairs):
+            at = order[bounds[g]:bounds[g + 1]]
+            point[at] = apply(windows[at][:, width - n:], self._filters[(f, n)],
+                              self.unique[f][0].log)
         full = filled >= need
         if self.q is None:
             return point, full

@@ -238,7 +238,7 @@ def test_a_series_its_own_smoothing_forecasts_better_is_served_by_it(
     gets its own smoothing parameters in the version: served as the filter of its window,
     with an interval of `smooth_q` x its sigma; the gate scores the version as served."""
     from forecast import bundle, registry
-    from forecast.smoothing import Smooth, weights
+    from forecast.smoothing import Smooth, apply, weights
     from trainer import publish, smoothing
 
     monkeypatch.setattr(smoothing, "SMOOTH_MARGIN", -9.0)
@@ -259,7 +259,7 @@ def test_a_series_its_own_smoothing_forecasts_better_is_served_by_it(
     smooth = loaded.smooth_of(names)
     assert smooth[0] >= 0 and (smooth[1] >= 0) == ("s0" in index["smooth_series"])
     out, full = loaded.predict_rows(x, np.full(2, n), loaded.periods_of(names), None, smooth)
-    expected = float(x[0, n - k:].astype(np.float64) @ weights(k, [p], 1)[0, :, 0])
+    expected = float(apply(x[None, 0, n - k:], weights(k, [p], 1)[0], p.log)[0, 0])
     assert full.all() and out[0, 0] == pytest.approx(expected, rel=1e-5)
     assert out[0, 0] == pytest.approx(trend[-1] + 0.5, abs=3.0)  # the trend goes on
     half = index["smooth_q"][0] * p.sigma
@@ -268,7 +268,7 @@ def test_a_series_its_own_smoothing_forecasts_better_is_served_by_it(
     young, young_full = loaded.predict_rows(x, np.full(2, k - 1), loaded.periods_of(names),
                                             None, smooth)
     assert not young_full[0]  # warm-up until its window is full, smoothing what it has
-    young_expected = x[0, n - k + 1:].astype(np.float64) @ weights(k - 1, [p], 1)[0, :, 0]
+    young_expected = apply(x[None, 0, n - k + 1:], weights(k - 1, [p], 1)[0], p.log)[0, 0]
     assert young[0, 0] == pytest.approx(float(young_expected), rel=1e-5)
     registry.publish(r, trained.blob, dict(trained.manifest))
     scores = publish.score_current(r, trained)

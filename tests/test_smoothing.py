@@ -75,6 +75,29 @@ def test_the_table_serves_full_windows_with_intervals_and_rejects_bad_parameters
     assert out[2, 0] == pytest.approx(x[2, -3:] @ weights(3, [Smooth(0.5, 0.5, trend=True)], 1))
     with pytest.raises(ValueError, match="out of range"):
         SmoothTable({"a": {**raw["a"], "alpha": 1.5}}, [1.5], 1, True)
+    with pytest.raises(ValueError, match="finite"):
+        SmoothTable(raw, [float("nan")], 1, True)
+
+
+def test_a_log_model_serves_positive_windows_multiplicatively_and_others_as_values() -> None:
+    raw = {"g": {**Smooth(0.5, 0.5, trend=True, sigma=1.0, log=True).as_json(), "n_steps": 6}}
+    table = SmoothTable(raw, [1.0, 1.0], 2, True)
+    growth = 2.0 ** np.arange(6.0)
+    x = np.stack([growth, np.r_[growth[:5], 0.0]])
+    out, _ = table.predict(x, np.array([0, 0]), np.array([6, 6]))
+    assert out[0, :2] == pytest.approx([64.0, 128.0])  # doubling goes on
+    assert np.isfinite(out).all()  # a zero in the window: the filter of the values
+
+
+def test_the_fit_errors_are_the_served_filter_errors() -> None:
+    rng = np.random.default_rng(4)
+    v = 30 + 5 * np.sin(2 * np.pi * np.arange(40) / 4) + rng.normal(0, 1, 40)
+    err = smoothing.one_step_errors(v, 4)
+    for c in (0, 100, 500, len(smoothing.grid(4)) - 1):
+        p = smoothing.grid(4)[c]
+        served = [v[t] - v[:t] @ weights(t, [p], 1)[0, :, 0] for t in (10, 25, 39)]
+        assert err[c, [10 - smoothing.FIRST, 25 - smoothing.FIRST, 39 - smoothing.FIRST]] == \
+            pytest.approx(served, rel=1e-9)
 
 
 def test_no_fit_without_finite_values_and_no_choice_without_a_scale() -> None:

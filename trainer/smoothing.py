@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from forecast.smoothing import Smooth, initial, weights
+from forecast.smoothing import Smooth, apply, initial, weights
 from trainer.conformal import conformal_q
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class Holdout:
 
 
 MIN_ERRORS = 8  # one-step errors a fit needs
+MAX_VALUES = 2000  # a fit looks at the last this many values
 FIRST = 4  # values before the first one-step error counted
 
 
@@ -112,7 +113,7 @@ def fit(values: np.ndarray, period: int) -> Smooth | None:
     """The best candidate by the AICc of its one-step errors over `values`, on the values or,
     for a positive series, on their logarithms (AICc in the values' units: + 2 sum(log y));
     None: too few values or not finite."""
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)[-MAX_VALUES:]
     if not np.isfinite(values).all() or len(values) - FIRST < MIN_ERRORS:
         return None
     k = np.asarray([_n_params(p) for p in grid(period)], dtype=np.float64)
@@ -135,17 +136,16 @@ def fit(values: np.ndarray, period: int) -> Smooth | None:
 
 def forecasts(values: np.ndarray, n: int, p: Smooth, positions: np.ndarray, horizon: int
               ) -> np.ndarray:
-    """(len(positions), horizon): `p`'s forecasts from the (at most `n`) values before each."""
+    """(len(positions), horizon): `p`'s forecasts from the (at most `n`) values before each,
+    as a worker serves them (`forecast.smoothing.apply`)."""
     values = np.asarray(values, dtype=np.float64)
-    if p.log:
-        values = np.log(values)
     out = np.empty((len(positions), horizon))
     lengths = np.minimum(positions, n)
     for length in np.unique(lengths).tolist():
         at = np.flatnonzero(lengths == length)
         idx = positions[at][:, None] + np.arange(-length, 0)[None, :]
-        out[at] = values[idx] @ weights(int(length), [p], horizon)[0]
-    return np.exp(out) if p.log else out
+        out[at] = apply(values[idx], weights(int(length), [p], horizon)[0], p.log)
+    return out
 
 
 # A series is served by its own smoothing when, on at least SMOOTH_WINDOWS of its validation
@@ -185,6 +185,8 @@ def choose(series: dict[str, np.ndarray], splits: dict[str, int], n_steps: dict[
             continue
         y = holdout.y[at]
         f = forecasts(values, n, p, holdout.pos[at], horizon)
+        if not np.isfinite(f).all():
+            continue
         scaled.append(np.abs(y - f) / max(p.sigma, 1e-12))
         own = float(np.abs(y - f).mean())
         rival = float(np.abs(y - holdout.pred[at]).mean())
