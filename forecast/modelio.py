@@ -383,6 +383,24 @@ def _load_bundle(blob: bytes, manifest: dict[str, Any], numpy: bool = True) -> B
     return loaded
 
 
+def rebundle(old: BundleModel, blob: bytes, manifest: dict[str, Any], numpy: bool = True
+             ) -> BundleModel:
+    """`old`'s parts under the index of `blob` (the same parts, other routes: the trainer's
+    second assembly); only parts `old` lacks are loaded. No checks: the trainer made both."""
+    index, parts = bundle.unpack(blob)
+    version = str(manifest.get("version", "local"))
+    single = []
+    for spec, alone in zip(index["families"], old.single, strict=True):
+        name = spec.get("single")
+        if alone is None and name:
+            alone = _load_part(parts[name], {"version": version, "n_steps": int(spec["n_steps"]),
+                                             "horizon": old.horizon,
+                                             "outputs": manifest.get("outputs", "point")},
+                               f"part {name}", numpy)
+        single.append(alone if name else None)
+    return BundleModel(version, manifest, index, old.families, single)
+
+
 def load_version(client: Any, version: str, hmac_key: str = ""
                  ) -> LoadedModel | BundleModel:
     """Fetch a version's blob and manifest from the registry, check and load it."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from forecast import bundle, season
 from forecast.errors import DataError
-from forecast.modelio import BundleModel, load_bytes, sign
+from forecast.modelio import BundleModel, load_bytes, rebundle, sign
 from forecast.settings import Settings
 from trainer import conformal, evaluate, sizing, smoothing, windows
 from trainer.data import Dataset
@@ -316,8 +316,9 @@ def train_bundle(dataset: Dataset, s: Settings, verbose: int = 0) -> Trained:
               f"than the hybrid on their validation windows): {_shown(smooth.fits)}",
               flush=True)
     if singles or smooth.fits:
-        trained = _assemble(parts, table, dataset, s, use_fallback=False, singles=singles,
-                            smooth=smooth)
+        trained = _serving(_assemble(parts, table, dataset, s, use_fallback=False,
+                                     singles=singles, smooth=smooth.scored(), base=trained),
+                           parts, table, s, False, singles, smooth)
     trained.manifest["train"]["seconds"] = round(time.monotonic() - started, 2)
     trained.manifest["created_at"] = utc_now()
     trained.parts, trained.table, trained.smooth = parts, table, smooth
@@ -330,8 +331,9 @@ def _shown(names: Any) -> str:
 
 def _assemble(parts: list[Part], table: dict[str, int], dataset: Dataset, s: Settings,
               use_fallback: bool, singles: frozenset[str] = frozenset(),
-              smooth: smoothing.Choice | None = None) -> Trained:
-    """Pack, reload through the worker's checks, score on the validation windows."""
+              smooth: smoothing.Choice | None = None, base: Trained | None = None) -> Trained:
+    """Pack, reload through the worker's checks, score on the validation windows (`base`:
+    the same parts assembled without these routes, whose parts and scores are reused)."""
     from trainer.trained import Trained, utc_now
 
     blob, index = pack(parts, table, s, use_fallback, singles, smooth)
@@ -366,10 +368,20 @@ def _assemble(parts: list[Part], table: dict[str, int], dataset: Dataset, s: Set
     }
     if s.model_hmac_key:
         manifest["hmac"] = sign(blob, s.model_hmac_key)
-    loaded = load_bytes(blob, manifest, s.model_hmac_key, numpy=False)  # big batches: TF
-    ws, _ = windows.build_partial(dataset, width, s.horizon, s.val_fraction, MIN_VALUES)
-    _, y, sidx, pos, _ = ws.holdout()
-    _, pred = holdout_forecasts(loaded, ws, sidx, pos)
+    if base is None:
+        loaded = load_bytes(blob, manifest, s.model_hmac_key, numpy=False)  # big batches: TF
+        ws, _ = windows.build_partial(dataset, width, s.horizon, s.val_fraction, MIN_VALUES)
+        _, y, sidx, pos, _ = ws.holdout()
+        _, pred = holdout_forecasts(loaded, ws, sidx, pos)
+    else:  # the same parts with other routes: only the rerouted series' windows change
+        assert isinstance(base.loaded, BundleModel)
+        loaded = rebundle(base.loaded, blob, manifest, numpy=False)
+        ws = base.ws
+        _, y, sidx, pos, _ = ws.holdout()
+        routed = np.isin(np.asarray(ws.names)[sidx], [*singles, *fits]) if len(sidx) else sidx
+        pred = base.holdout_pred.copy()
+        if routed.any():
+            pred[routed] = holdout_forecasts(loaded, ws, sidx[routed], pos[routed])[1]
     periods = np.asarray([table.get(ws.names[i], 1) for i in sidx])
     metrics = evaluate.evaluate(ws, pred[:, : s.horizon].astype(np.float64), periods)
     metrics["season_period"] = manifest["season_period"]
@@ -391,10 +403,29 @@ def fallback(trained: Trained, dataset: Dataset, s: Settings) -> Trained:
     series served by `SINGLE` alone or by their own smoothing keep it)."""
     assert trained.parts is not None and trained.table is not None
     singles = frozenset(n.decode() for n in getattr(trained.loaded, "singles", ()))
+    smooth = trained.smooth
     out = _assemble(trained.parts, trained.table, dataset, s, use_fallback=True,
-                    singles=singles, smooth=trained.smooth)
+                    singles=singles, smooth=smooth.scored() if smooth else None)
+    if smooth is not None and smooth.fits:
+        out = _serving(out, trained.parts, trained.table, s, True, singles, smooth)
     out.manifest["train"] = trained.manifest["train"]
     return out
+
+
+def _serving(scored: Trained, parts: list[Part], table: dict[str, int], s: Settings,
+             use_fallback: bool, singles: frozenset[str], smooth: smoothing.Choice) -> Trained:
+    """`scored` (assembled with the smoothing fits of the training parts: the gate's honest
+    figures) with the fits refitted on all the values, which the version serves."""
+    from trainer.trained import Trained
+
+    blob, _ = pack(parts, table, s, use_fallback, singles, smooth)
+    manifest = {**scored.manifest, "sha256": hashlib.sha256(blob).hexdigest(),
+                "size_bytes": len(blob)}
+    if s.model_hmac_key:
+        manifest["hmac"] = sign(blob, s.model_hmac_key)
+    assert isinstance(scored.loaded, BundleModel)
+    loaded = rebundle(scored.loaded, blob, manifest, numpy=False)
+    return Trained(blob, manifest, scored.ws, loaded, scored.holdout_pred)
 
 
 def _keras_version() -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -158,11 +158,18 @@ SMOOTH_MARGIN = 0.0
 @dataclass
 class Choice:
     """The series served by their own smoothing: fitted on all their training data, their
-    filter's window, and the interval half-widths (in units of each series' `sigma`)."""
+    filter's window, and the interval half-widths (in units of each series' `sigma`); and
+    the fits on their training part alone, which the version is scored with (`scored`)."""
 
     fits: dict[str, Smooth]
     n_steps: dict[str, int]
     q: list[float] | None
+    before: dict[str, Smooth] = field(default_factory=dict)
+
+    def scored(self) -> Choice:
+        """The same choice with the fits that never saw the validation windows."""
+        return Choice({n: self.before.get(n, p) for n, p in self.fits.items()}, self.n_steps,
+                      self.q)
 
 
 def choose(series: dict[str, np.ndarray], splits: dict[str, int], n_steps: dict[str, int],
@@ -183,6 +190,8 @@ def choose(series: dict[str, np.ndarray], splits: dict[str, int], n_steps: dict[
         p = fit(values[: splits[name]], period)
         if p is None or not p.sigma > 0:  # a constant training part: no scale for an interval
             continue
+        if p.alpha == 1.0 and not (p.trend or p.season):  # the last value: naive's rule decides
+            continue
         y = holdout.y[at]
         f = forecasts(values, n, p, holdout.pos[at], horizon)
         if not np.isfinite(f).all():
@@ -201,4 +210,5 @@ def choose(series: dict[str, np.ndarray], splits: dict[str, int], n_steps: dict[
         if p is not None and p.sigma > 0:
             fits[name] = p
     q = conformal_q(np.concatenate(scaled), coverage) if coverage and scaled else None
-    return Choice(fits, {name: n_steps[name] for name in fits}, q)
+    return Choice(fits, {name: n_steps[name] for name in fits}, q,
+                  {name: chosen[name] for name in fits})
