@@ -15,6 +15,7 @@ values and the forecast is the exponential of its output: multiplicative trend a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -78,6 +79,19 @@ def initial(n: int, period: int, trend: bool, season: bool
     return level - slope, slope, seas  # level "before" the first value
 
 
+def coefficients(params: Sequence[Smooth], seasonal: bool
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(alpha, beta, phi, gamma) per candidate, with the components a candidate lacks (or a
+    season the window is too short for) turned off."""
+    trend = np.asarray([p.trend for p in params])
+    season = np.asarray([p.season and seasonal for p in params])
+    alpha = np.asarray([p.alpha for p in params], dtype=np.float64)
+    beta = np.where(trend, [p.beta for p in params], 0.0)
+    phi = np.where(trend, [p.phi for p in params], 1.0)
+    gamma = np.where(season, [p.gamma for p in params], 0.0)
+    return alpha, beta, phi, gamma
+
+
 def weights(n: int, params: list[Smooth], horizon: int) -> np.ndarray:
     """The filters (len(params), n, horizon): a window of `n` values times one is its forecast.
 
@@ -93,14 +107,12 @@ def weights(n: int, params: list[Smooth], horizon: int) -> np.ndarray:
     m = periods.pop() if periods else 1
     level, slope = np.zeros((c, n)), np.zeros((c, n))
     seas = np.zeros((c, m, n))
-    alpha, beta, phi, gamma = (np.zeros((c, 1)) for _ in range(4))
     for i, p in enumerate(params):
-        season = p.season and n >= 2 * p.period
+        season = p.season and m > 1
         level[i], slope[i], s0 = initial(n, m if season else 1, p.trend, season)
         if season:
             seas[i] = s0
-        alpha[i], beta[i] = p.alpha, p.beta if p.trend else 0.0
-        phi[i], gamma[i] = (p.phi if p.trend else 1.0), (p.gamma if season else 0.0)
+    alpha, beta, phi, gamma = (a[:, None] for a in coefficients(params, m > 1))
     for t in range(n):
         j = t % m
         err = -(level + phi * slope + seas[:, j])

@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from forecast.smoothing import Smooth, apply, initial, weights
+from forecast.smoothing import Smooth, apply, coefficients, initial, weights
 from trainer.conformal import conformal_q
 
 log = logging.getLogger(__name__)
@@ -85,11 +85,7 @@ def one_step_errors(values: np.ndarray, period: int) -> np.ndarray:
             level[at], slope[at] = lw @ values, bw @ values
             if season and m > 1:
                 seas[at] = sw @ values
-    alpha, beta, phi, gamma = (np.asarray([getattr(p, k) for p in params])
-                               for k in ("alpha", "beta", "phi", "gamma"))
-    trended = np.asarray([p.trend for p in params])
-    beta, phi = np.where(trended, beta, 0.0), np.where(trended, phi, 1.0)
-    gamma = np.where([p.season and m > 1 for p in params], gamma, 0.0)
+    alpha, beta, phi, gamma = coefficients(params, m > 1)
     out = np.empty((c, max(0, n - FIRST)))
     for t in range(n):
         j = t % m
