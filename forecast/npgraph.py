@@ -26,6 +26,7 @@ from forecast import layers as fl
 Array = np.ndarray
 Twin = Callable[..., Any]
 F32 = np.float32
+BANK_COPY_BYTES = 4 << 20  # an expert bank copies its sliding windows this much at a time
 
 
 class Unsupported(Exception):
@@ -198,8 +199,15 @@ def _expert_bank(layer: fl.ExpertBank) -> Twin:
     L, H, names = layer.filter_len, layer.horizon, len(layer.names)
 
     def bank(z: Array) -> Array:
-        w = sliding_window_view(z[:, :, 0], L, axis=1)  # (b, positions, L)
-        return _matmul(w, kernel).reshape(len(z), w.shape[1], names, H)
+        positions = z.shape[1] - L + 1
+        out = np.empty((len(z), positions, kernel.shape[1]), dtype=np.result_type(z, kernel))
+        # the windows are copied for the product: a few MiB at a time stay in the cache
+        # (one copy of a whole batch of long windows is GiBs, and 20x slower)
+        step = max(1, BANK_COPY_BYTES // (positions * L * z.itemsize))
+        for s in range(0, len(z), step):
+            w = sliding_window_view(z[s: s + step, :, 0], L, axis=1)  # (b, positions, L)
+            out[s: s + step] = _matmul(w, kernel)
+        return out.reshape(len(z), positions, names, H)
 
     def errors(f: Array, z: Array) -> Array:
         n = z.shape[1]
