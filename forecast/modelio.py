@@ -14,6 +14,7 @@ import hmac
 import io
 import logging
 import os
+import sys
 import tempfile
 import time
 import zipfile
@@ -27,6 +28,7 @@ from forecast.errors import ModelRejected
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("point", "interval")
+ALL_ROWS = sys.maxsize  # `numpy_rows` of a model numpy serves alone
 SIZES = (40, 256, 2048)  # batch sizes numpy is timed against TensorFlow at, when a model loads
 
 
@@ -53,21 +55,24 @@ class LoadedModel:
         self.horizon = int(manifest["horizon"])
         self.has_interval = manifest.get("outputs") == "interval"
         self.width = self.horizon * (3 if self.has_interval else 1)
-        spec = tf.TensorSpec([None, self.n_steps, 1], tf.float32)
-        # One trace for every batch size: the worker calls this per batch, never model.predict.
-        # A partial (no __code__) keeps TF from counting every loaded model as a retrace.
-        self._traced = tf.function(functools.partial(model, training=False), input_signature=[spec])
-        # The concrete function skips tf.function's per-call dispatch (~0.2 ms a call).
-        self._call = self._traced.get_concrete_function()
+        self._spec = tf.TensorSpec([None, self.n_steps, 1], tf.float32)
+        self._traced: Any = None  # the TF function, traced when TF serves some batches
+        self._call: Any = None
         self._constant = tf.constant
         # Plain numpy when every layer has a twin, it agrees and it is faster (forecast.npgraph):
         # a TF call costs ~0.2-0.7 ms whatever the batch, most of a small model's batch time.
+        # A warm-up part (`partial`) is served by numpy alone wherever its twin agrees: it
+        # serves young series, a few at a time, and tracing it for TF costs seconds a load.
+        partial = bool(manifest.get("partial"))
         self._numpy: Any = None
         self.numpy_rows = 0
-        if numpy:
+        if numpy or partial:
             self._numpy, self.numpy_rows = _numpy_twin(
-                model, self.n_steps, bool(manifest.get("partial")), self._tf_predict)
-        self.engine = f"numpy up to {self.numpy_rows} windows" if self.numpy_rows else "tensorflow"
+                model, self.n_steps, partial, self._eager, self._tf_predict)
+        if self.numpy_rows < ALL_ROWS:
+            self._trace()  # now, not in the middle of a batch
+        rows = "" if self.numpy_rows == ALL_ROWS else f" up to {self.numpy_rows} windows"
+        self.engine = f"numpy{rows}" if self.numpy_rows else "tensorflow"
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
         """(m, n_steps) raw float32 windows -> (m, horizon), or (m, 3*horizon) with intervals."""
@@ -82,9 +87,25 @@ class LoadedModel:
             return out
         return self._tf_predict(x)
 
+    def _trace(self) -> None:
+        import tensorflow as tf
+
+        # One trace for every batch size: the worker calls this per batch, never model.predict.
+        # A partial (no __code__) keeps TF from counting every loaded model as a retrace.
+        self._traced = tf.function(functools.partial(self.model, training=False),
+                                   input_signature=[self._spec])
+        # The concrete function skips tf.function's per-call dispatch (~0.2 ms a call).
+        self._call = self._traced.get_concrete_function()
+
     def _tf_predict(self, x: np.ndarray) -> np.ndarray:
+        if self._call is None:
+            self._trace()
         out: np.ndarray = self._call(self._constant(x)).numpy()
         return out
+
+    def _eager(self, x: np.ndarray) -> np.ndarray:
+        """The Keras model called directly: no trace (for a few windows, once)."""
+        return np.asarray(self.model(x, training=False))
 
     def __repr__(self) -> str:
         return (f"LoadedModel({self.version!r}, n_steps={self.n_steps}, horizon={self.horizon}, "
@@ -106,9 +127,11 @@ def probe_windows(n_steps: int, partial: bool, rows: int = 64) -> np.ndarray:
     return x.astype(np.float32).reshape(rows, n_steps, 1)
 
 
-def _numpy_twin(model: Any, n_steps: int, partial: bool, reference: Any) -> tuple[Any, int]:
-    """The model's numpy function and the batch size up to which it serves (`_numpy_rows`),
-    or (None, 0) where a layer has no twin or the two disagree."""
+def _numpy_twin(model: Any, n_steps: int, partial: bool, reference: Any, timed: Any
+                ) -> tuple[Any, int]:
+    """The model's numpy function and the batch size up to which it serves (`_numpy_rows`
+    against the TF function `timed`; every batch for a warm-up part), or (None, 0) where a
+    layer has no twin or it disagrees with `reference`."""
     from forecast import npgraph
 
     try:
@@ -125,7 +148,7 @@ def _numpy_twin(model: Any, n_steps: int, partial: bool, reference: Any) -> tupl
     if got.shape != want.shape or got.dtype != np.float32 or not close.all():
         log.warning("model served by TensorFlow: its numpy twin differs on test windows")
         return None, 0
-    return fn, _numpy_rows(fn, reference, n_steps)
+    return fn, ALL_ROWS if partial else _numpy_rows(fn, timed, n_steps)
 
 
 def _numpy_rows(fn: Any, reference: Any, n_steps: int) -> int:
@@ -186,8 +209,9 @@ def load_bytes(blob: bytes, manifest: dict[str, Any], hmac_key: str = "", numpy:
                ) -> LoadedModel | BundleModel:
     """Check and load an artifact (a `.keras` file or a bundle); raises ModelRejected.
 
-    `numpy=False` skips the numpy engine (its check and timing at load): TensorFlow serves
-    every batch, as it would the large ones anyway (the trainer's holdout forecasts)."""
+    `numpy=False` skips the numpy engine of full parts (its check and timing at load):
+    TensorFlow serves their every batch, as it would the large ones anyway (the trainer's
+    holdout forecasts). Warm-up parts are served by numpy either way."""
     _check_manifest(manifest)
     registry.verify_sha256(blob, manifest)
     if hmac_key:
