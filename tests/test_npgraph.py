@@ -52,11 +52,31 @@ def test_hybrid_ensembles_match(arch: str) -> None:
     _same(h.serving(None), 40)
 
 
+def test_expert_banks_copied_a_few_windows_at_a_time_match(monkeypatch: Any) -> None:
+    monkeypatch.setattr(npgraph, "BANK_COPY_BYTES", 3_000)  # 200 windows, 2 at a time
+    s = Settings(_env_file=None, units=8, n_steps=40, horizon=2)  # type: ignore[call-arg]
+    _same(Hybrid(40, 2, 12, s).serving([1.2, 1.8], 0.3), 40)
+
+
 def test_warm_up_ladders_with_an_unknown_past_match() -> None:
     levels = [warmup.Level(2, 0, 1, 1.0, [1.3], 0.1, 1.0),
-              warmup.Level(6, 4, 1, 2.0, [1.4], 0.2, 1.0),
+              warmup.Level(6, 4, 1, 2.0, [1.4], 0.2, 1.0,
+                           pooled=((4, 1, True, 5.0), (3, 1, False, 1e-3))),
               warmup.Level(12, 8, 2, 3.0, [1.6], 0.0, 1.0, comb=True)]
     _same(warmup.warm_model(12, levels, 1), 12, partial=True)
+
+
+def test_a_warm_up_part_is_served_by_numpy_alone_without_a_tensorflow_trace() -> None:
+    levels = [warmup.Level(2, 0, 1, 1.0, [1.3], 0.1, 1.0),
+              warmup.Level(6, 4, 1, 2.0, [1.4], 0.2, 1.0, pooled=((4, 1, True, 5.0),))]
+    model = warmup.warm_model(12, levels, 1)
+    manifest = {"n_steps": 12, "horizon": 1, "outputs": "interval", "partial": True}
+    loaded = LoadedModel("v", manifest, model, numpy=False)
+    assert loaded.engine == "numpy" and loaded._traced is None  # no trace at load
+    x = probe_windows(12, True, rows=3000)[..., 0]  # more than any timed batch size
+    np.testing.assert_allclose(loaded.predict(x), model(x[..., None]).numpy(), rtol=2e-5,
+                               atol=1e-5 * float(np.nanmax(np.abs(x))))
+    assert loaded._traced is None
 
 
 def test_a_layer_without_a_twin_is_served_by_tensorflow() -> None:

@@ -1,13 +1,16 @@
 """Forecasts before a series fills its window, and single experts: models without a net.
 
 A young series has fewer values than its family's window. Its warm-up model forecasts from
-the last L values for every length L of a ladder (2, 3, 4, 6, 8, ...) below the window and
+the last L values for every length L of a ladder (2, 3, 4, 5, ...) below the window and
 keeps, per series, the longest L it has (`forecast.layers.SelectByCount`). Each length is
 the hybrid's untrained expert selection on L values (the experts weighted by their
 in-window backtest errors, with the sharpness and the filter/backtest split chosen on
 validation windows of that length), or the last value when L is too short for backtests;
 each has its own split-conformal interval calibrated on windows of that length, so the
-interval of a series with three values says how little three values tell.
+interval of a series with three values says how little three values tell. A level averages
+every forecaster whose validation loss is within one standard error of the best one's
+(forecast pooling): a series unlike the family's, which a young series may well be, is not
+left to whichever of several near-equal forecasters the family's windows happened to favour.
 
 `single_expert` is one expert of the bank alone (naive, seasonal naive, Theta, ...), with an
 interval from its own in-window errors: what the trainer publishes when the hybrid does not
@@ -42,19 +45,27 @@ from trainer.sizing import filter_len
 
 log = logging.getLogger(__name__)
 
-LADDER = (2, 3, 4, 6, 8, 12, 16, 24, 32, 40, 48, 64, 96, 128, 192, 256, 384)
+# Finer where a series is youngest: a series with 11 values forecast from its last 8 would
+# drop more than a quarter of what little it has.
+LADDER = (2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 64, 96, 128, 192, 256,
+          384)
 # The experts of M3/M4's "Comb" benchmark (SES, Holt, damped trend; Theta here), which a
 # level may average instead of selecting from every expert: a few backtests select noisily.
 COMB = ("ses0.3", "holt0.3", "theta0.5")
 SHARPNESS = (1e-3, *SHARPNESS_GRID)  # 1e-3: an equal-weight average
 MIN_SPREAD = 0.05
 MAX_WINDOWS = 20_000  # validation windows per length (a random subset beyond that)
+SHORT_LEVEL = 16  # up to this length a level also tries a filter with H + 3 backtests
+POOL_BLOCKS = 50  # contiguous blocks of validation windows for the pooling's standard error
 CHUNK = 4096  # windows per numpy call while fitting
+
+
+Member = tuple[int, int, bool, float]  # (filter_len, period, comb, sharpness)
 
 
 @dataclass
 class Level:
-    """One length of the ladder: how its forecaster is built, and its interval."""
+    """One length of the ladder: how its forecasters are built, and its interval."""
 
     length: int
     filter_len: int  # 0: the last value (too short for in-window backtests)
@@ -64,22 +75,38 @@ class Level:
     offset: float
     val_loss: float
     comb: bool = False  # only the COMB experts (of the deseasonalised window when seasonal)
+    pooled: tuple[Member, ...] = ()  # the other forecasters averaged with this one
+
+    @property
+    def members(self) -> list[Member]:
+        """Every forecaster the level averages, the best on validation first."""
+        return [(self.filter_len, self.period, self.comb, self.sharpness), *self.pooled]
 
 
 def _combine(z: Any, x: Any, loc: Any, scale: Any, lv: Level, horizon: int, name: str
              ) -> tuple[Any, Any]:
-    """(point, spread) in scaled units for one level's window."""
+    """(point, spread) in scaled units for one level's window: its members' average."""
     if lv.filter_len == 0:
         point, spread = NaiveExpert(horizon, name=f"{name}_naive")(z)
         return point, spread
-    bank = ExpertBank(filter_len=lv.filter_len, horizon=horizon, period=lv.period, log=True,
-                      name=f"{name}_experts")
-    f, e = bank([x, z, loc, scale])
-    combine = GatedCombine(lv.sharpness, name=f"{name}_combine")
-    point, spread = combine([f, e, scale])  # no features: the gate's net terms stay zero
-    if lv.comb:
-        combine.prior.assign(_comb_prior(bank.names, bank.n_experts, horizon))
-    return point, spread
+    banks: dict[tuple[int, int], Any] = {}
+    points, spreads = [], []
+    for i, (flen, period, comb, sharp) in enumerate(lv.members):
+        if (flen, period) not in banks:
+            bank = ExpertBank(filter_len=flen, horizon=horizon, period=period, log=True,
+                              name=f"{name}_experts" + (f"{len(banks)}" if banks else ""))
+            banks[(flen, period)] = (bank, bank([x, z, loc, scale]))
+        bank, (f, e) = banks[(flen, period)]
+        combine = GatedCombine(sharp, name=f"{name}_combine" + (f"{i}" if i else ""))
+        point, spread = combine([f, e, scale])  # no features: the gate's net terms stay zero
+        if comb:
+            combine.prior.assign(_comb_prior(bank.names, bank.n_experts, horizon))
+        points.append(point)
+        spreads.append(spread)
+    if len(points) == 1:
+        return points[0], spreads[0]
+    return (keras.layers.Average(name=f"{name}_point")(points),
+            keras.layers.Average(name=f"{name}_spread")(spreads))
 
 
 def _comb_prior(names: list[str], k: int, horizon: int) -> np.ndarray:
@@ -112,12 +139,15 @@ Candidate = tuple[int, int, bool, float, np.ndarray, np.ndarray]
 def _candidates(length: int, period: int, x: np.ndarray, horizon: int) -> Iterator[Candidate]:
     """(filter_len, period, comb, sharpness, point, spread) in scaled units on windows `x`
     of every forecaster a level of `length` tries. Backtests on a half, a third or a
-    quarter of the window (the longer filter holds two seasons sooner); each filter's
+    quarter of the window, and on H + 3 values up to `SHORT_LEVEL` (the longer filter holds
+    two seasons sooner, and smooths a noisy young series over more values); each filter's
     expert bank runs once, its combine (all experts, or COMB's) once per sharpness."""
     raw = keras.Input((length, 1), name="raw_window")
     z, loc, scale = WindowScale(mode=SCALING, name="window_scale")(raw)
-    flens = [f for f in sorted({filter_len(length, horizon, share) for share in (2, 3, 4)})
-             if length - f >= horizon and length >= 3]
+    tried = {filter_len(length, horizon, share) for share in (2, 3, 4)}
+    if length <= SHORT_LEVEL:  # few backtests: more values for each expert
+        tried.add(max(2, length - horizon - 3))
+    flens = [f for f in sorted(tried) if length - f >= horizon and length >= 3]
     if not flens:
         point, spread = _numpy(keras.Model(raw, NaiveExpert(horizon)(z)), x)
         yield 0, 1, False, 0.0, point.astype(np.float64), spread.astype(np.float64)
@@ -126,9 +156,9 @@ def _candidates(length: int, period: int, x: np.ndarray, horizon: int) -> Iterat
         bank = ExpertBank(filter_len=flen, horizon=horizon, period=p, log=True)
         f, e = bank([raw, z, loc, scale])
         inputs = _numpy(keras.Model(raw, [f, e, scale]), x)
+        combine = GatedCombine(SHARPNESS[0])
+        combine([f, e, scale])
         for comb in (False, True):
-            combine = GatedCombine(SHARPNESS[0])
-            combine([f, e, scale])
             if comb:
                 combine.prior.assign(_comb_prior(bank.names, bank.n_experts, horizon))
             for sharp in SHARPNESS:
@@ -144,9 +174,33 @@ def _calibrate(point: np.ndarray, spread: np.ndarray, yz: np.ndarray, coverage: 
     return conformal.conformal_q(r, coverage), offset
 
 
+def pool(errors: list[np.ndarray], weight: np.ndarray | None = None,
+         blocks: int = POOL_BLOCKS) -> list[int]:
+    """The candidates (indices, the best first) whose mean validation error is within one
+    standard error of the best's: the error differences per window, averaged over contiguous
+    blocks of windows (neighbouring windows share values, so single windows overstate what
+    is known).
+
+    >>> a, b, c = np.array([1.0, 1, 1, 1]), np.array([0.5, 1.5, 0.5, 1.5]), np.full(4, 2.0)
+    >>> pool([a, b, c], blocks=2)
+    [0, 1]
+    """
+    e = np.asarray(errors, dtype=np.float64)  # (candidates, windows)
+    w = np.ones(e.shape[1]) if weight is None else np.asarray(weight, dtype=np.float64)
+    best = int(np.argmin(e @ w))
+    sizes = np.array([len(p) for p in np.array_split(np.arange(e.shape[1]), blocks)])
+    sizes = sizes[sizes > 0]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    d = np.add.reduceat((e - e[best]) * w, starts, axis=1) / sizes  # (candidates, blocks)
+    se = d.std(axis=1, ddof=1) / np.sqrt(len(sizes)) if len(sizes) > 1 else 0.0
+    near = np.flatnonzero(d.mean(axis=1) <= se)
+    return [best, *(int(i) for i in near if i != best)]
+
+
 def fit_level(length: int, period: int, x: np.ndarray, y: np.ndarray, horizon: int,
               coverage: float | None, weight: np.ndarray | None = None) -> Level:
-    """The best forecaster of `length` values on the windows (x, y), with its interval.
+    """The forecasters of `length` values pooled on the windows (x, y) (see `pool`), with
+    the interval of their average.
 
     Chosen and calibrated on the windows whose scale is informative: a constant window
     (`[0, 0]` of a count series) puts any next value 1e6..1e12 scaled units away, which
@@ -157,21 +211,22 @@ def fit_level(length: int, period: int, x: np.ndarray, y: np.ndarray, horizon: i
     w = None if weight is None else np.asarray(weight, dtype=np.float64)[keep]
     loc, scale = window_stats(x, SCALING)
     yz = (y - loc) / scale
-    best: Level | None = None
-    for flen, p, comb, sharp, point, spread in _candidates(length, period, x, horizon):
-        loss = float(np.average(np.mean(np.abs(yz - point), axis=1), weights=w))
-        if best is None or loss < best.val_loss:
-            q, offset = _calibrate(point, spread, yz, coverage) if coverage else (None, 0.0)
-            best = Level(length, flen, p, sharp, q, offset, loss, comb)
-    assert best is not None
-    return best
+    cands = list(_candidates(length, period, x, horizon))
+    chosen = pool([np.mean(np.abs(yz - c[4]), axis=1) for c in cands], w)
+    point = np.mean([cands[i][4] for i in chosen], axis=0)
+    spread = np.mean([cands[i][5] for i in chosen], axis=0)
+    loss = float(np.average(np.mean(np.abs(yz - point), axis=1), weights=w))
+    q, offset = _calibrate(point, spread, yz, coverage) if coverage else (None, 0.0)
+    flen, p, comb, sharp = cands[chosen[0]][:4]
+    others = tuple((c[0], c[1], c[2], c[3]) for c in (cands[i] for i in chosen[1:]))
+    return Level(length, flen, p, sharp, q, offset, loss, comb, others)
 
 
 def ladder(n_steps: int) -> list[int]:
     """The warm-up lengths of a family whose full window is `n_steps`.
 
     >>> ladder(48), ladder(3)
-    ([2, 3, 4, 6, 8, 12, 16, 24, 32, 40], [2])
+    ([2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40], [2])
     """
     return [v for v in LADDER if v < n_steps]
 
