@@ -182,15 +182,17 @@ def pool(errors: list[np.ndarray], weight: np.ndarray | None = None,
     is known).
 
     >>> a, b, c = np.array([1.0, 1, 1, 1]), np.array([0.5, 1.5, 0.5, 1.5]), np.full(4, 2.0)
-    >>> pool([a, b, c], blocks=2)
-    [0, 1]
+    >>> pool([a, b, c], blocks=2), pool([a[:1], c[:1]]), pool([a[:0], c[:0]])
+    ([0, 1], [0], [0])
     """
     e = np.asarray(errors, dtype=np.float64)  # (candidates, windows)
+    if e.shape[1] == 0:
+        return [0]
     w = np.ones(e.shape[1]) if weight is None else np.asarray(weight, dtype=np.float64)
     best = int(np.argmin(e @ w))
     sizes = np.array([len(p) for p in np.array_split(np.arange(e.shape[1]), blocks)])
     sizes = sizes[sizes > 0]
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    starts = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)
     d = np.add.reduceat((e - e[best]) * w, starts, axis=1) / sizes  # (candidates, blocks)
     se = d.std(axis=1, ddof=1) / np.sqrt(len(sizes)) if len(sizes) > 1 else 0.0
     near = np.flatnonzero(d.mean(axis=1) <= se)
