@@ -69,7 +69,7 @@ class LoadedModel:
         if numpy or partial:
             self._numpy, self.numpy_rows = _numpy_twin(
                 model, self.n_steps, partial, self._eager, self._tf_predict)
-        if self.numpy_rows < ALL_ROWS:
+        if self.numpy_rows < ALL_ROWS and self._call is None:
             self._trace()  # now, not in the middle of a batch
         rows = "" if self.numpy_rows == ALL_ROWS else f" up to {self.numpy_rows} windows"
         self.engine = f"numpy{rows}" if self.numpy_rows else "tensorflow"
