@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -237,8 +238,6 @@ def test_a_series_its_own_smoothing_forecasts_better_is_served_by_it(
     """With the margin forced (-900%: every series with a fit is chosen), a trending series
     gets its own smoothing parameters in the version: served as the filter of its window,
     with an interval of `smooth_q` x its sigma; the gate scores the version as served."""
-    from hashlib import sha256 as _sha
-
     from forecast import bundle, registry
     from forecast.smoothing import Smooth, apply, weights
     from trainer import publish, smoothing
@@ -274,7 +273,8 @@ def test_a_series_its_own_smoothing_forecasts_better_is_served_by_it(
     assert young[0, 0] == pytest.approx(float(young_expected), rel=1e-5)
     # scored with the fit of the training part (the gate's figures), served refitted on all
     scored = trained.smooth.scored().fits["trend"]
-    assert p.sigma != scored.sigma and trained.manifest["sha256"] == _sha(trained.blob).hexdigest()
+    assert p.sigma != scored.sigma
+    assert trained.manifest["sha256"] == hashlib.sha256(trained.blob).hexdigest()
     registry.publish(r, trained.blob, dict(trained.manifest))
     scores = publish.score_current(r, trained)
     assert scores is not None and 0 < scores["mase"] < 1.5 * scores["new_mase"]

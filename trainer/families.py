@@ -347,7 +347,6 @@ def _assemble(parts: list[Part], table: dict[str, int], dataset: Dataset, s: Set
     manifest: dict[str, Any] = {
         "version": "local", "forecaster": "hybrid", "arch": s.arch, "n_steps": width,
         "horizon": s.horizon, "units": s.units, "created_at": utc_now(),
-        "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": len(blob),
         "input_shape": [None, width, 1], "outputs": index["outputs"],
         "coverage": s.coverage if index["outputs"] == "interval" else None,
         "conformal_q": first["conformal_q"], "scaling": "diff",
@@ -366,8 +365,7 @@ def _assemble(parts: list[Part], table: dict[str, int], dataset: Dataset, s: Set
                   "seconds": 0.0},
         "keras_version": _keras_version(),
     }
-    if s.model_hmac_key:
-        manifest["hmac"] = sign(blob, s.model_hmac_key)
+    manifest = _stamped(manifest, blob, s)
     if base is None:
         loaded = load_bytes(blob, manifest, s.model_hmac_key, numpy=False)  # big batches: TF
         ws, _ = windows.build_partial(dataset, width, s.horizon, s.val_fraction, MIN_VALUES)
@@ -419,13 +417,18 @@ def _serving(scored: Trained, parts: list[Part], table: dict[str, int], s: Setti
     from trainer.trained import Trained
 
     blob, _ = pack(parts, table, s, use_fallback, singles, smooth)
-    manifest = {**scored.manifest, "sha256": hashlib.sha256(blob).hexdigest(),
-                "size_bytes": len(blob)}
-    if s.model_hmac_key:
-        manifest["hmac"] = sign(blob, s.model_hmac_key)
+    manifest = _stamped(scored.manifest, blob, s)
     assert isinstance(scored.loaded, BundleModel)
     loaded = rebundle(scored.loaded, blob, manifest, numpy=False)
     return Trained(blob, manifest, scored.ws, loaded, scored.holdout_pred)
+
+
+def _stamped(manifest: dict[str, Any], blob: bytes, s: Settings) -> dict[str, Any]:
+    """`manifest` with the blob's sha256, size and (with a key) HMAC signature."""
+    out = {**manifest, "sha256": hashlib.sha256(blob).hexdigest(), "size_bytes": len(blob)}
+    if s.model_hmac_key:
+        out["hmac"] = sign(blob, s.model_hmac_key)
+    return out
 
 
 def _keras_version() -> str:

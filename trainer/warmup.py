@@ -190,9 +190,9 @@ def pool(errors: list[np.ndarray], weight: np.ndarray | None = None,
         return [0]
     w = np.ones(e.shape[1]) if weight is None else np.asarray(weight, dtype=np.float64)
     best = int(np.argmin(e @ w))
-    sizes = np.array([len(p) for p in np.array_split(np.arange(e.shape[1]), blocks)])
-    sizes = sizes[sizes > 0]
-    starts = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)
+    k = min(blocks, e.shape[1])  # blocks as equal as they come, the first ones longer
+    sizes = np.full(k, e.shape[1] // k) + (np.arange(k) < e.shape[1] % k)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
     d = np.add.reduceat((e - e[best]) * w, starts, axis=1) / sizes  # (candidates, blocks)
     se = d.std(axis=1, ddof=1) / np.sqrt(len(sizes)) if len(sizes) > 1 else 0.0
     near = np.flatnonzero(d.mean(axis=1) <= se)
@@ -220,8 +220,8 @@ def fit_level(length: int, period: int, x: np.ndarray, y: np.ndarray, horizon: i
     loss = float(np.average(np.mean(np.abs(yz - point), axis=1), weights=w))
     q, offset = _calibrate(point, spread, yz, coverage) if coverage else (None, 0.0)
     flen, p, comb, sharp = cands[chosen[0]][:4]
-    others = tuple((c[0], c[1], c[2], c[3]) for c in (cands[i] for i in chosen[1:]))
-    return Level(length, flen, p, sharp, q, offset, loss, comb, others)
+    return Level(length, flen, p, sharp, q, offset, loss, comb,
+                 tuple(cands[i][:4] for i in chosen[1:]))
 
 
 def ladder(n_steps: int) -> list[int]:
