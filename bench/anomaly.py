@@ -8,8 +8,10 @@ of each value's output entry read back (no entry or no score: 0) and scored by
 bench.nab_score. It prints the standard, low-FP and low-FN scores next to NAB's
 scoreboard, per category, per file, and a calibration table: the target
 FORECAST_ANOMALY_RATE against the flag rate measured on the anomaly-free files (their
-values are streamed again at a few more rates). Results: bench/results/anomaly.json; a
-full run (every file, not --quick) also writes docs/results/anomaly.json.
+values are streamed again at a few more rates), and the same at the default rate on the
+real files' normal values (`anomaly_report.real_calibration`). Results:
+bench/results/anomaly.json; a full run (every file, not --quick) also writes
+docs/results/anomaly.json.
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ def run_anomaly(names: list[str] | None = None, quick: bool = False,
     by_window = {w: report.nab_scores(files, verdicts[w]) for w in WINDOWS}
     scores = by_window[DEFAULT_WINDOW]
     calib = report.calibration({r: v for r, v in cal.items() if v})
+    real = report.real_calibration(files, verdicts[DEFAULT_WINDOW], DEFAULT_RATE)
     labels = {w: f"this worker (RATE={DEFAULT_RATE:g}, WINDOW={w}"
                  f"{', the default' if w == DEFAULT_WINDOW else ''})" for w in WINDOWS}
     print(f"\nNAB v1.1, {len(files)} of {len(corpus)} files"
@@ -137,6 +140,10 @@ def run_anomaly(names: list[str] | None = None, quick: bool = False,
     if calib:
         print(f"\ncalibration on the anomaly-free files ({NO_ANOMALY})")
         print(report.format_calibration(calib))
+    if real["series"]:
+        print("\ncalibration on the real files' normal values (after probation, outside the "
+              "label windows and one window width after each)")
+        print(report.format_real_calibration(real))
     for name, err in errors.items():
         print(f"\n{name}: ERROR {err}")
     data = {"date": started.isoformat(timespec="seconds"), "machine": _machine(),
@@ -144,6 +151,7 @@ def run_anomaly(names: list[str] | None = None, quick: bool = False,
             "files": [f.name for f in files], "scoreboard": report.SCOREBOARD,
             "anomaly_window": DEFAULT_WINDOW, "scores": scores,
             "windows": {w: by_window[w]["profiles"] for w in WINDOWS}, "calibration": calib,
+            "calibration_real": real,
             "runs": infos, "errors": errors,
             "seconds": round(time.perf_counter() - t0, 1)}
     paths = [out_dir / "anomaly.json", *([DOCS_RESULTS / "anomaly.json"] if full else [])]

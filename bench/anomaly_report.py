@@ -19,6 +19,7 @@ from bench.nab_score import (
     Sweep,
     category_scores,
     normalise,
+    probation_length,
     score_profile,
     sweep,
 )
@@ -161,6 +162,67 @@ def calibration(runs: Mapping[float, Mapping[str, Verdicts]]) -> list[dict[str, 
     return rows
 
 
+def normal_part(f: NabFile) -> np.ndarray:
+    """Per value of a file: whether calibration counts it as normal data, i.e. after NAB's
+    probation, outside every label window and outside one window width after each (an
+    anomaly's aftermath, where NAB itself charges a false positive little).
+
+    >>> f = NabFile("r/f.csv", np.arange(40).astype("datetime64[s]"), np.zeros(40),
+    ...             [(np.datetime64(10, "s"), np.datetime64(14, "s"))], [])
+    >>> np.flatnonzero(~normal_part(f)).tolist()
+    [0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
+    """
+    n = len(f.values)
+    normal = np.arange(n) >= probation_length(n)
+    for a, b in f.window_indices():
+        normal[a : min(n, b + 1 + (b - a + 1))] = False
+    return normal
+
+
+def poisson_within(expected: float, low: float = 0.5, high: float = 2.0) -> float:
+    """The chance that a Poisson count with mean `expected` lies within `low`..`high` times
+    its mean: how often even a perfectly calibrated detector passes a 0.5x-2x check on a
+    series where it expects that many flags.
+
+    >>> round(poisson_within(3.0), 3), round(poisson_within(30.0), 3), poisson_within(0.0)
+    (0.767, 0.999, 0.0)
+    """
+    if expected <= 0:
+        return 0.0
+    term, total = math.exp(-expected), 0.0
+    for k in range(int(high * expected) + 1):
+        if k > 0:
+            term *= expected / k
+        if k >= low * expected:
+            total += term
+    return total
+
+
+def real_calibration(files: list[NabFile], verdicts: Mapping[str, Verdicts], rate: float
+                     ) -> dict[str, Any]:
+    """The flag rate at `rate` on the normal part (`normal_part`) of each real NAB file,
+    next to how many files a perfectly calibrated detector would bring within 0.5x-2x
+    (Poisson counts: a few thousand values at 0.001 expect only a few flags)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for f in files:
+        if not f.category.startswith("real") or f.name not in verdicts:
+            continue
+        v = verdicts[f.name]
+        normal = normal_part(f) & v.judged
+        judged, flags = int(normal.sum()), int((v.flagged & normal).sum())
+        rows[f.name] = {"judged": judged, "flags": flags, "expected": judged * rate,
+                        "ratio": flags / (judged * rate) if judged else None}
+    ratios = [r["ratio"] for r in rows.values()]
+    judged = sum(r["judged"] for r in rows.values())
+    flags = sum(r["flags"] for r in rows.values())
+    return {"rate": rate, "judged": judged, "flags": flags,
+            "ratio": flags / (judged * rate) if judged else None,
+            "within_2x": sum(r is not None and 0.5 <= r <= 2.0 for r in ratios),
+            "series": len(rows),
+            "within_2x_if_perfect": sum(poisson_within(r["expected"]) for r in rows.values()),
+            "files": rows}
+
+
 def _num(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -212,6 +274,18 @@ def format_calibration(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_real_calibration(c: dict[str, Any]) -> str:
+    """The flag rate on the real files' normal part: overall, and per file with the number
+    of flags a calibrated detector expects there."""
+    head = (f"target {c['rate']:g}: measured ratio {_num(c['ratio'], '.2f')} "
+            f"({c['flags']} flags in {c['judged']} normal values of {c['series']} real files); "
+            f"{c['within_2x']} of {c['series']} files within 0.5x-2x "
+            f"(a perfectly calibrated detector: {c['within_2x_if_perfect']:.1f} on average)")
+    per = [f"  {n.rsplit('/', 1)[-1]:<46}{r['flags']:>4} flags, {r['expected']:5.1f} expected, "
+           f"ratio {_num(r['ratio'], '.2f')}" for n, r in c["files"].items()]
+    return "\n".join([head, *per])
+
+
 def _md(rows: list[list[str]]) -> str:
     """Rows (the first: the header) as a Markdown table."""
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
@@ -239,6 +313,16 @@ def markdown(data: dict[str, Any]) -> str:
     found = sum(r["found"] for r in data["scores"]["files"].values())
     windows = sum(r["windows"] for r in data["scores"]["files"].values())
     parts.append(f"Windows found at the standard threshold: {found} of {windows}.")
+    real = data.get("calibration_real")
+    if real and real.get("series"):
+        parts.append(
+            f"Real series (the normal values of the {real['series']} real files: after "
+            f"probation, outside the label windows and one window width after each), target "
+            f"{real['rate']:g}: measured ratio {_num(real['ratio'], '.2f')} ({real['flags']} "
+            f"flags in {real['judged']} values); {real['within_2x']} of {real['series']} "
+            f"files within 0.5x-2x, where a perfectly calibrated detector would average "
+            f"{real['within_2x_if_perfect']:.1f} (a few thousand values at this rate expect "
+            f"only a few flags each).")
     if data.get("calibration"):
         parts.append(_md([["target rate", "measured", "ratio", "per file (ratio)"], *[
             [f"{r['rate']:g}", _num(r["measured"], ".5f"), _num(r["ratio"], ".2f"),

@@ -140,3 +140,20 @@ def test_forecast_bench_anomaly_runs_the_harness(monkeypatch: pytest.MonkeyPatch
     args = build_parser().parse_args(["bench", "--anomaly", "--quick", "--only", "x.csv"])
     assert commands.bench(args, None) == 0  # type: ignore[arg-type]
     assert seen[0].only == "x.csv" and seen[0].quick
+
+
+def test_real_calibration_counts_only_the_normal_values_of_real_files() -> None:
+    """Flags inside a window, in its aftermath or in probation do not count; an artificial
+    file is left out; a perfect detector's expected pass count comes with the table."""
+    f = make_file(1000, [(400, 449)], "realX/a.csv")
+    flagged = np.zeros(1000, bool)
+    flagged[[10, 420, 470, 600, 900]] = True  # probation, window, aftermath, normal, normal
+    v = Verdicts(np.zeros(1000), np.ones(1000, bool), flagged, 1000)
+    art = make_file(1000, [], "artificialNoAnomaly/b.csv")
+    c = anomaly_report.real_calibration([f, art], {f.name: v, art.name: v}, 0.002)
+    assert list(c["files"]) == ["realX/a.csv"]
+    row = c["files"]["realX/a.csv"]
+    assert row["judged"] == 1000 - 150 - 100 and row["flags"] == 2
+    assert row["ratio"] == pytest.approx(2 / (750 * 0.002))
+    assert c["within_2x"] == 1 and 0.0 < c["within_2x_if_perfect"] < 1.0
+    assert "a.csv" in anomaly_report.format_real_calibration(c)
