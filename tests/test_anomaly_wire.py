@@ -181,6 +181,32 @@ def test_a_dead_lettered_input_gets_no_verdict() -> None:
     assert dead not in [e.get("source_id") for e in commit.outputs.entries()]
 
 
+def test_a_value_near_the_one_before_it_is_not_flagged_however_wrong_its_forecast() -> None:
+    """The error is the nearer of the forecast's and the previous value's (worker.anomaly.
+    closer): a model that misfires now and then gets the verdicts of one that never does
+    (the naive forecast: the value before), and a real spike is still flagged."""
+    class Naive(LinearModel):
+        def predict(self, windows: np.ndarray) -> np.ndarray:
+            return windows[:, -1:].astype(np.float32)
+
+    class Misfires(Naive):
+        """Naive, but forecasts 30 after every value below 9.85 (about one in 14)."""
+
+        def predict(self, windows: np.ndarray) -> np.ndarray:
+            last = super().predict(windows)
+            return np.where(last < 9.85, np.float32(30.0), last)
+
+    values = [*_calm(600, seed=5), 13.0, *_calm(50, seed=6)]
+    flags = []
+    for model in (Naive(), Misfires()):
+        commit = build_commit(_entries(b"s", values), SeriesStore(3), Served(
+            model, anomaly_rate=0.01), Limits(), lambda names: [None] * len(names))
+        flags.append([(e["source_id"], e["kind"]) for e in commit.outputs.entries()
+                      if e.get("anomaly") == "1"])
+    assert sum(v < 9.85 for v in values[50:600]) > 20
+    assert flags[0] == flags[1] and (b"601-0", "spike") in flags[1]
+
+
 def test_a_value_after_missing_steps_is_not_judged_unless_they_were_filled() -> None:
     values = _calm(120)
     for policy, judged in (("carry", False), ("fill", True)):

@@ -2,7 +2,8 @@
 
 Per series the verdict keeps a few small numbers (`Calibration`, 28 bytes a series):
 
-- `scale`, a robust EWMA of the absolute forecast error: an error enters it clipped at
+- `scale`, a robust EWMA of the absolute error (`closer`: against the forecast or the value
+  before, whichever is nearer): an error enters it clipped at
   `CLIP` scales, so one outlier moves it by a few percent at most;
 - `level` and `spread`, a slow running mean of the values and of their absolute deviation
   from it (an EWMA once `1 / LEVEL_EWMA` values are seen): the error scale never falls
@@ -145,6 +146,22 @@ def tail_score(r: np.ndarray, q: np.ndarray) -> np.ndarray:
     [0.0, 0.5, 0.75, 0.9]
     """
     return r / (r + q)
+
+
+def closer(model: np.ndarray, persistence: np.ndarray) -> np.ndarray:
+    """The error a value is judged by: the smaller in size of its error against its forecast
+    (`model`) and against the value before it (`persistence`; NaN: none, or no forecast).
+
+    A value is strange only when it is far from both: what the model expected, and where
+    the series just was. A value that merely continues where the series went while the
+    model lagged behind (after a level shift, in a regime the model never saw) is not.
+
+    >>> closer(np.array([5.0, -1.0, 3.0, np.nan]), np.array([0.5, -4.0, np.nan, 2.0])).tolist()
+    [0.5, -1.0, 3.0, nan]
+    """
+    with np.errstate(invalid="ignore"):
+        take = np.abs(persistence) < np.abs(model)
+    return np.where(take, persistence, model)
 
 
 def judge(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.ndarray,

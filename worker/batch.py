@@ -17,7 +17,7 @@ import numpy as np
 from forecast.grammar import Limits, parse_fields
 from forecast.registry import version_number
 from worker import gaps, metrics, outputs, routing
-from worker.anomaly import Calibration, judge, judge_once
+from worker.anomaly import Calibration, closer, judge, judge_once
 from worker.scoring import Forecasts, Joined, Scores, adapt, evaluate
 from worker.state import COLUMNS, SeriesStore
 from worker.timing import Timing, observe
@@ -477,9 +477,11 @@ def _spikes_replaced(store: SeriesStore, served: Served, batch: Batch,
         return batch.values
     y = batch.values[at].astype(np.float64)
     point = store.pred[rows, 0].astype(np.float64)
+    before = np.where(store.count[rows] >= 1, store.vals[rows, -1], np.nan)
     ahead = Calibration.empty(len(rows))
     ahead.restore(np.arange(len(rows)), store.calibration().snapshot(rows))
-    v = judge_once(ahead, np.arange(len(rows)), y, y - point, served.anomaly_rate)
+    v = judge_once(ahead, np.arange(len(rows)), y, closer(y - point, y - before),
+                   served.anomaly_rate)
     spike = v.flag & (v.kind == 1)
     if not spike.any():
         return batch.values
@@ -503,7 +505,8 @@ def _after_gap(joined: Joined, pos: np.ndarray, gap: np.ndarray | None) -> np.nd
 def _judge(store: SeriesStore, joined: Joined, ready: np.ndarray, rate: float,
            after_gap: np.ndarray | None) -> np.ndarray:
     """The verdict on every value of a pass (sorted order) as rows of `outputs.VERDICT`
-    columns, judged against its series' previous forecast and the interval written with it.
+    columns, judged against its series' previous forecast and the interval written with it,
+    and against the value before it (`worker.anomaly.closer`).
 
     Judged: actual values with a forecast one value earlier whose own forecast is written
     (a dead-lettered input gets no verdict); every actual value moves its series' level.
@@ -514,7 +517,8 @@ def _judge(store: SeriesStore, joined: Joined, ready: np.ndarray, rate: float,
     judged = joined.actual & ready & ~np.isnan(point)
     if after_gap is not None:
         judged &= ~after_gap
-    errors = np.where(judged, y - point, np.nan)
+    before = np.where(adv.filled >= 2, adv.windows[:, -2], np.nan)  # the value before
+    errors = np.where(judged, closer(y - point, y - before), np.nan)
     values = y if joined.actual.all() else np.where(joined.actual, y, np.nan)
     cal = store.calibration()
     if len(adv.starts) == len(y):  # every series once: one step, no sort
