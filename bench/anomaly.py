@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench import anomaly_report as report
 from bench.anomaly_report import NO_ANOMALY, Verdicts
 from bench.anomaly_stream import WINDOWS, run_file
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 RESULTS = Path("bench/results")
 DOCS_RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+FORECASTS = "anomaly-forecasts.npz"  # in the results folder: each file's forecasts
 # --quick: one anomaly-free file (calibration), one artificial and one real file with windows.
 QUICK = ("artificialNoAnomaly/art_daily_small_noise.csv",
          "artificialWithAnomaly/art_daily_jumpsup.csv",
@@ -92,6 +95,17 @@ def _stream_all(files: list[NabFile], rates: tuple[float, ...], workdir: Path, t
         print(f"[anomaly] {k}/{len(files)} {f.name} ({len(f.values)} values): {what}; "
               f"{time.perf_counter() - t0:.0f}s elapsed", flush=True)
     return verdicts, cal, infos, errors
+
+
+def save_forecasts(path: Path, files: list[NabFile], verdicts: dict[str, Verdicts]) -> None:
+    """Each file's forecasts as the worker wrote them (default window), for
+    bench.anomaly_replay: `names`, then `prediction_<k>` for the k-th name."""
+    arrays: dict[str, np.ndarray] = {"names": np.array([f.name for f in files])}
+    for k, f in enumerate(files):
+        pred = verdicts[f.name].prediction
+        arrays[f"prediction_{k}"] = np.full(len(f.values), np.nan) if pred is None else pred
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, allow_pickle=False, **arrays)
 
 
 def _machine() -> dict[str, Any]:
@@ -158,7 +172,10 @@ def run_anomaly(names: list[str] | None = None, quick: bool = False,
     for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    print(f"\nresults written to {', '.join(str(p) for p in paths)}")
+    forecasts = out_dir / FORECASTS
+    save_forecasts(forecasts, files, verdicts[DEFAULT_WINDOW])
+    print(f"\nresults written to {', '.join(str(p) for p in paths)}; each file's forecasts to "
+          f"{forecasts} (python -m bench.anomaly_replay)")
     return data
 
 

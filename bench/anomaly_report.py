@@ -49,6 +49,7 @@ class Verdicts:
     flagged: np.ndarray  # bool: its entry said anomaly=1
     outputs: int  # output entries read back for the file's values
     alerts: int = 0  # entries of forecast:anomalies
+    prediction: np.ndarray | None = None  # each entry's forecast of the next value (NaN: none)
 
     @classmethod
     def empty(cls, n: int) -> Verdicts:
@@ -77,22 +78,27 @@ def align(n: int, where: Mapping[bytes, int], entries: Iterable[Mapping[bytes, b
     ...            {b"source_id": b"3-0", b"prediction": b"4"}])
     >>> v.score.tolist(), v.judged.tolist(), v.flagged.tolist(), v.outputs
     ([0.0, 0.75, 0.0], [False, True, False], [False, True, False], 2)
+    >>> v.prediction.tolist()
+    [nan, nan, 4.0]
     """
     score = np.zeros(n)
     judged = np.zeros(n, dtype=bool)
     flagged = np.zeros(n, dtype=bool)
+    prediction = np.full(n, np.nan)
     outputs = 0
     for fields in entries:
         i = where.get(fields.get(b"source_id", b""))
         if i is None:  # not one of this file's values
             continue
         outputs += 1
+        if fields.get(b"prediction"):
+            prediction[i] = float(fields[b"prediction"])
         text = fields.get(b"anomaly_score")
         if text:
             score[i] = min(max(float(text), 0.0), 1.0)
             judged[i] = True
             flagged[i] = fields.get(b"anomaly") == b"1"
-    return Verdicts(score, judged, flagged, outputs, alerts)
+    return Verdicts(score, judged, flagged, outputs, alerts, prediction)
 
 
 def windows_found(s: Sweep, scores: np.ndarray, threshold: float) -> tuple[int, int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import doctest
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -157,3 +158,44 @@ def test_real_calibration_counts_only_the_normal_values_of_real_files() -> None:
     assert row["ratio"] == pytest.approx(2 / (750 * 0.002))
     assert c["within_2x"] == 1 and 0.0 < c["within_2x_if_perfect"] < 1.0
     assert "a.csv" in anomaly_report.format_real_calibration(c)
+
+
+def test_a_replay_gives_the_workers_verdicts_from_the_forecasts_it_wrote() -> None:
+    """bench.anomaly_replay judges again what the worker judged (no gaps): same flags, same
+    scores to the written precision, from the entries' values and predictions alone."""
+    from bench.anomaly_replay import replay
+    from forecast.grammar import Limits
+    from tests.helpers import LinearModel
+    from worker.batch import Served, build_commit
+    from worker.state import SeriesStore
+
+    rng = np.random.default_rng(7)
+    values = (10 + np.cumsum(rng.standard_normal(1500)) * 0.05
+              + 0.1 * rng.standard_normal(1500)).round(4)
+    values[[700, 1100]] += [3.0, -2.5]
+    entries = [(f"{i}-0".encode(), [b"series", b"s", b"value", repr(float(v)).encode()])
+               for i, v in enumerate(values, 1)]
+    commit = build_commit(entries, SeriesStore(3), Served(LinearModel(), anomaly_rate=0.01),
+                          Limits(), lambda names: [None] * len(names))
+    read = [{k.encode(): x if isinstance(x, bytes) else str(x).encode() for k, x in e.items()}
+            for e in commit.outputs.entries()]  # as XRANGE gives them back
+    v = align(len(values), {f"{i + 1}-0".encode(): i for i in range(len(values))}, read)
+    assert v.prediction is not None
+    again = replay(values, v.prediction, 0.01)
+    assert v.flags >= 2 and np.array_equal(again.flagged, v.flagged)
+    assert np.array_equal(again.judged, v.judged)
+    assert np.allclose(again.score, v.score, rtol=1e-3, atol=1e-6)
+
+
+def test_the_saved_forecasts_come_back_per_file(tmp_path: Any) -> None:
+    """What the bench saves is what a replay loads; a file without output saves NaNs."""
+    from bench.anomaly_replay import load_forecasts
+
+    a, b = make_file(5, [], "x/a.csv"), make_file(3, [], "x/b.csv")
+    pred = np.array([1.0, np.nan, 3.0, 4.0, 5.0])
+    v = Verdicts(np.zeros(5), np.ones(5, bool), np.zeros(5, bool), 5, 0, pred)
+    anomaly.save_forecasts(tmp_path / "f.npz", [a, b], {a.name: v, b.name: Verdicts.empty(3)})
+    back = load_forecasts(tmp_path / "f.npz")
+    assert list(back) == ["x/a.csv", "x/b.csv"]
+    assert np.array_equal(back["x/a.csv"], pred, equal_nan=True)
+    assert np.isnan(back["x/b.csv"]).all() and len(back["x/b.csv"]) == 3
