@@ -230,3 +230,43 @@ def test_a_corrupt_checkpoint_poisons_nothing(r: redis.Redis, redis_url: str) ->
     assert len(s5) == 98 and float(s5[0][b"prediction"]) == 6.0  # [3, 4, 5] -> 6
     from worker.checkpoint import decode_blob
     assert decode_blob(r.hget(state, "s5") or b"").values.tolist() == [100.0, 101.0, 102.0]
+
+
+def test_two_signals_together_exit_at_once_before_the_stop_thread_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second signal exits even when the first one's stop thread has not run yet."""
+    import signal
+    import threading
+
+    from worker import main
+
+    exits: list[int] = []
+    monkeypatch.setattr(main.os, "_exit", exits.append)
+
+    class NotYet:  # the stop thread, started but not scheduled yet
+        def __init__(self, **_kw: Any) -> None:
+            pass
+
+        def start(self) -> None:
+            pass
+
+    monkeypatch.setattr(main.threading, "Thread", NotYet)
+
+    class Idle:
+        stopping = threading.Event()
+
+        def stop(self) -> None:  # pragma: no cover - the thread never runs
+            self.stopping.set()
+
+    saved = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        main.install_signals(Idle())  # type: ignore[arg-type]
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        handler(signal.SIGTERM, None)
+        assert exits == []
+        handler(signal.SIGINT, None)
+        assert exits == [1]
+    finally:
+        signal.signal(signal.SIGTERM, saved[0])
+        signal.signal(signal.SIGINT, saved[1])

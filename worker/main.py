@@ -28,9 +28,14 @@ log = logging.getLogger(__name__)
 
 def install_signals(worker: Worker) -> None:
     """First SIGTERM/SIGINT: warm stop after the batch in hand. Second: exit at once."""
+    # The handler's own record, not `worker.stopping`: that is set by a thread that may not
+    # have run yet when two signals arrive together (both pending while the process was
+    # stopped, or under load), and the second must still count as the second.
+    received: list[int] = []
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        if worker.stopping.is_set():
+        received.append(signum)
+        if len(received) > 1 or worker.stopping.is_set():
             log.warning(
                 "second %s: exiting now (the atomic commit keeps this safe)",
                 signal.Signals(signum).name,
