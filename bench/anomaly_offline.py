@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from bench.anomaly_replay import replay
 from bench.nab import load_corpus, score_detector
 from bench.nab_data import NabFile
-from worker import anomaly
 
 Forecaster = Callable[[np.ndarray], np.ndarray]
 
@@ -47,11 +47,12 @@ def ewma(alpha: float = 0.3) -> Forecaster:
 
 def verdict_scores(x: np.ndarray, forecaster: Forecaster, rate: float) -> tuple[np.ndarray,
                                                                                   np.ndarray]:
-    """Per value: the anomaly score (0 where none) and whether it was flagged."""
-    errors = x - forecaster(x)
-    cal = anomaly.Calibration.empty(1)
-    v = anomaly.judge(cal, np.zeros(len(x), dtype=np.int64), x, errors, rate)
-    return np.nan_to_num(v.score, nan=0.0), v.flag
+    """Per value: the anomaly score (0 where none) and whether it was flagged, judged as the
+    worker judges (`bench.anomaly_replay.replay`: the nearer of the forecast and the value
+    before)."""
+    point = forecaster(x)  # each value's forecast; `replay` takes the one written before it
+    v = replay(x, np.r_[point[1:], np.nan], rate)
+    return v.score, v.flagged
 
 
 def evaluate(corpus: list[NabFile], forecaster: Forecaster, rate: float
