@@ -53,6 +53,9 @@ def test_a_level_shift_gives_one_level_shift_verdict_then_a_hold_then_resumes() 
     assert flagged == [(200, "spike"), (201, "level_shift"), (330, "spike")]
     assert v.score[[202, 301]].tolist() == [0.5, 0.5]  # beyond, held: reported already
     assert (v.score[v.flag] > 0.5).all() and (v.score[1:][~v.flag[1:]] <= 0.5).all()
+    # the level shift confirms the spike: flagged, but it is the spike that scores the event
+    assert v.score[201] == anomaly.CONFIRMED and v.score[200] > 0.9 and v.score[330] > 0.9
+    assert np.flatnonzero(v.score > anomaly.CONFIRMED).tolist() == [200, 330]
 
 
 def test_a_value_far_from_where_the_series_lives_is_flagged_though_forecast_well() -> None:

@@ -27,7 +27,10 @@ towards 1 beyond it, never saturating (a stranger value always scores higher). T
 thresholds are calibrated to the same rate, so scores compare across series and noise
 levels. A flagged value scores above 0.5 and every other value at most 0.5: a value beyond
 a threshold that is not flagged (the first `WARMUP` values, or a value during a hold) scores
-0.5, since the event it belongs to has been reported.
+0.5, since the event it belongs to has been reported. For the same reason a `level_shift`
+verdict, which confirms the spike flagged with the value just before, scores `CONFIRMED`
+(just above 0.5): it is flagged and alerted, but the event is not news, so a threshold on
+the score meets each event once, at its start.
 
 Alert rule (no storms): a value beyond a threshold is a `spike`; if the very next value is
 beyond one in the same direction it is a `level_shift` (one verdict); after a verdict the
@@ -56,6 +59,7 @@ Q0 = 5.0  # the thresholds of a series not scored yet (`start_threshold` once it
 WARMUP = 50  # values scored before a series can be flagged (its scale settles)
 HOLD_SHARE = 0.1  # a hold lasts this share of the values between two alerts on normal data
 ESCAPE = 0.8  # a value scoring above this (4 thresholds away) is flagged even while held
+CONFIRMED = 0.500001  # the score of a `level_shift` verdict: flagged, but the event is known
 N_MAX = int(np.iinfo(np.uint16).max)  # `n` stops counting here
 LOOP_RATIO = 16  # `judge` loops in Python when a series has more than 1/16 of the values
 KINDS = ("", "spike", "level_shift")  # kind codes 0, 1, 2
@@ -180,6 +184,8 @@ def judge(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.nda
     [(60, 'spike', 1), (62, 'spike', -1), (63, 'level_shift', -1)]
     >>> float(v.score[61])  # beyond the threshold, held (not stranger than 60): reported
     0.5
+    >>> float(v.score[62]) > 0.75, float(v.score[63])  # a new spike; its level shift confirms it
+    (True, 0.500001)
     """
     m = len(rows)
     out = _no_verdicts(m)
@@ -245,7 +251,8 @@ def _looped(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, ra
             flag = beyond and n >= WARMUP and (mode == NORMAL or mode == SPIKED * direction
                                                or s_now > max(ESCAPE, peak))
             shift = flag and mode == SPIKED * direction
-            score[j], dir_out[j] = s_now if flag else min(s_now, 0.5), direction
+            score[j] = (CONFIRMED if shift else s_now) if flag else min(s_now, 0.5)
+            dir_out[j] = direction
             if flag:
                 flag_out[j], kind_out[j] = True, 2 if shift else 1
                 mode, since = (QUIET if shift else SPIKED) * direction, 0
@@ -362,8 +369,8 @@ def _flag_and_hold(cal: Calibration, rows: np.ndarray, score: np.ndarray, mode: 
                    beyond: np.ndarray, direction: np.ndarray, n: np.ndarray, rate: float,
                    out: Verdicts, at: np.ndarray) -> np.ndarray:
     """The flags and kinds of one step and the alert state machine (module docstring):
-    normal -> spiked -> (level shift) -> held -> normal. Returns the scores, those of
-    values not flagged capped at 0.5."""
+    normal -> spiked -> (level shift) -> held -> normal. Returns the scores: those of
+    values not flagged capped at 0.5, those of level shifts `CONFIRMED`."""
     peak = cal.peak[rows].astype(np.float64)
     flag = beyond & (n >= WARMUP) & ((mode == NORMAL) | (mode == SPIKED * direction)
                                      | (score > np.maximum(ESCAPE, peak)))
@@ -378,7 +385,7 @@ def _flag_and_hold(cal: Calibration, rows: np.ndarray, score: np.ndarray, mode: 
     cal.mode[rows] = mode
     cal.since[rows] = np.where(mode == NORMAL, 0, since)
     cal.peak[rows] = np.where(flag, score, np.where(mode == NORMAL, 0.0, peak))
-    return np.where(flag, score, np.minimum(score, 0.5))
+    return np.where(flag, np.where(shift, CONFIRMED, score), np.minimum(score, 0.5))
 
 
 def _move_level(cal: Calibration, rows: np.ndarray, y: np.ndarray, inv: np.ndarray) -> None:
