@@ -8,8 +8,9 @@ of each value's output entry read back (no entry or no score: 0) and scored by
 bench.nab_score. It prints the standard, low-FP and low-FN scores next to NAB's
 scoreboard, per category, per file, and a calibration table: the target
 FORECAST_ANOMALY_RATE against the flag rate measured on the anomaly-free files (their
-values are streamed again at a few more rates), and the same at the default rate on the
-real files' normal values (`anomaly_report.real_calibration`). Results:
+values are streamed again at a few more rates), and the same on the real files' normal
+values (`anomaly_report.real_calibration`): at the default rate as streamed, at the other
+rates judged again from the forecasts the worker wrote (`bench.anomaly_replay`). Results:
 bench/results/anomaly.json; a full run (every file, not --quick) also writes
 docs/results/anomaly.json.
 """
@@ -28,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from bench import anomaly_report as report
-from bench.anomaly_report import NO_ANOMALY, Verdicts
+from bench.anomaly_replay import replay_all
+from bench.anomaly_report import FORECASTS, NO_ANOMALY, RESULTS, Verdicts
 from bench.anomaly_stream import WINDOWS, run_file
 from bench.nab_data import NabFile, load_corpus
 from forecast.errors import UsageError
@@ -38,9 +40,7 @@ from testkit.results import machine_info
 
 log = logging.getLogger(__name__)
 
-RESULTS = Path("bench/results")
 DOCS_RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
-FORECASTS = "anomaly-forecasts.npz"  # in the results folder: each file's forecasts
 # --quick: one anomaly-free file (calibration), one artificial and one real file with windows.
 QUICK = ("artificialNoAnomaly/art_daily_small_noise.csv",
          "artificialWithAnomaly/art_daily_jumpsup.csv",
@@ -97,6 +97,14 @@ def _stream_all(files: list[NabFile], rates: tuple[float, ...], workdir: Path, t
     return verdicts, cal, infos, errors
 
 
+def _replayed_real_calibration(files: list[NabFile], verdicts: dict[str, Verdicts],
+                               rates: tuple[float, ...]) -> list[dict[str, Any]]:
+    """`real_calibration` at more rates, from the forecasts the worker wrote at the default
+    rate, judged again (`bench.anomaly_replay`): a real file is streamed once."""
+    forecasts = {n: v.prediction for n, v in verdicts.items() if v.prediction is not None}
+    return [report.real_calibration(files, replay_all(files, forecasts, r), r) for r in rates]
+
+
 def save_forecasts(path: Path, files: list[NabFile], verdicts: dict[str, Verdicts]) -> None:
     """Each file's forecasts as the worker wrote them (default window), for
     bench.anomaly_replay: `names`, then `prediction_<k>` for the k-th name."""
@@ -129,12 +137,13 @@ def run_anomaly(names: list[str] | None = None, quick: bool = False,
     files = pick(corpus, names, quick)
     full = names is None and not quick
     with tempfile.TemporaryDirectory(prefix="forecast-anomaly-") as tmp:
-        verdicts, cal, infos, errors = _stream_all(files, QUICK_RATES if quick else RATES,
-                                                   Path(tmp), t0)
+        rates = QUICK_RATES if quick else RATES
+        verdicts, cal, infos, errors = _stream_all(files, rates, Path(tmp), t0)
     by_window = {w: report.nab_scores(files, verdicts[w]) for w in WINDOWS}
     scores = by_window[DEFAULT_WINDOW]
     calib = report.calibration({r: v for r, v in cal.items() if v})
     real = report.real_calibration(files, verdicts[DEFAULT_WINDOW], DEFAULT_RATE)
+    replayed = _replayed_real_calibration(files, verdicts[DEFAULT_WINDOW], rates)
     labels = {w: f"this worker (RATE={DEFAULT_RATE:g}, WINDOW={w}"
                  f"{', the default' if w == DEFAULT_WINDOW else ''})" for w in WINDOWS}
     print(f"\nNAB v1.1, {len(files)} of {len(corpus)} files"
@@ -158,6 +167,9 @@ def run_anomaly(names: list[str] | None = None, quick: bool = False,
         print("\ncalibration on the real files' normal values (after probation, outside the "
               "label windows and one window width after each)")
         print(report.format_real_calibration(real))
+        print("\nthe same at more rates, each file judged again from the forecasts this run's "
+              "worker wrote (bench.anomaly_replay)")
+        print(report.format_real_rates([real, *replayed]))
     for name, err in errors.items():
         print(f"\n{name}: ERROR {err}")
     data = {"date": started.isoformat(timespec="seconds"), "machine": _machine(),
@@ -165,7 +177,7 @@ def run_anomaly(names: list[str] | None = None, quick: bool = False,
             "files": [f.name for f in files], "scoreboard": report.SCOREBOARD,
             "anomaly_window": DEFAULT_WINDOW, "scores": scores,
             "windows": {w: by_window[w]["profiles"] for w in WINDOWS}, "calibration": calib,
-            "calibration_real": real,
+            "calibration_real": real, "calibration_real_replayed": replayed,
             "runs": infos, "errors": errors,
             "seconds": round(time.perf_counter() - t0, 1)}
     paths = [out_dir / "anomaly.json", *([DOCS_RESULTS / "anomaly.json"] if full else [])]

@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench import anomaly_report as report
-from bench.anomaly import FORECASTS, RESULTS
-from bench.anomaly_report import Verdicts
+from bench.anomaly_report import FORECASTS, RESULTS, Verdicts
 from bench.nab_data import NabFile, load_corpus
 from worker import anomaly
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,8 @@ from bench.nab_score import (
 )
 
 NO_ANOMALY = "artificialNoAnomaly"  # the category whose files have no windows
+RESULTS = Path("bench/results")  # where a bench run writes its results
+FORECASTS = "anomaly-forecasts.npz"  # in the results folder: each file's forecasts
 # NAB's scoreboard (its README, v1.1): standard, reward_low_FP_rate, reward_low_FN_rate.
 SCOREBOARD: tuple[tuple[str, float, float, float], ...] = (
     ("ARTime", 74.9, 65.1, 80.4),
@@ -229,6 +232,16 @@ def real_calibration(files: list[NabFile], verdicts: Mapping[str, Verdicts], rat
             "files": rows}
 
 
+def format_real_rates(rows: list[dict[str, Any]]) -> str:
+    """One line per rate (each a `real_calibration`): the pooled ratio and the files within
+    0.5x-2x, next to what a perfectly calibrated detector would average there."""
+    head = f"{'target':>8}{'ratio':>7}{'within 0.5x-2x':>16}{'if perfect':>12}"
+    body = [f"{c['rate']:>8g}{_num(c['ratio'], '.2f'):>7}"
+            f"{str(c['within_2x']) + '/' + str(c['series']):>16}"
+            f"{c['within_2x_if_perfect']:>12.1f}" for c in rows]
+    return "\n".join([head, "-" * len(head), *body])
+
+
 def _num(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -329,6 +342,16 @@ def markdown(data: dict[str, Any]) -> str:
             f"files within 0.5x-2x, where a perfectly calibrated detector would average "
             f"{real['within_2x_if_perfect']:.1f} (a few thousand values at this rate expect "
             f"only a few flags each).")
+    replayed = data.get("calibration_real_replayed")
+    if real and real.get("series") and replayed:
+        parts.append(
+            "The same at more rates, each file judged again from the forecasts this run's "
+            "worker wrote (`bench.anomaly_replay`: the worker's rule; exact where the "
+            "timestamps have no gaps):")
+        parts.append(_md([["target rate", "pooled ratio", "files within 0.5x-2x",
+                           "a perfectly calibrated detector"], *[
+            [f"{c['rate']:g}", _num(c["ratio"], ".2f"), f"{c['within_2x']} of {c['series']}",
+             f"{c['within_2x_if_perfect']:.1f}"] for c in [real, *replayed]]]))
     if data.get("calibration"):
         parts.append(_md([["target rate", "measured", "ratio", "per file (ratio)"], *[
             [f"{r['rate']:g}", _num(r["measured"], ".5f"), _num(r["ratio"], ".2f"),

@@ -5,6 +5,7 @@ file choice and the CLI wiring. No TensorFlow, no Redis, no worker."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import doctest
 from types import ModuleType
 from typing import Any
@@ -199,3 +200,26 @@ def test_the_saved_forecasts_come_back_per_file(tmp_path: Any) -> None:
     assert list(back) == ["x/a.csv", "x/b.csv"]
     assert np.array_equal(back["x/a.csv"], pred, equal_nan=True)
     assert np.isnan(back["x/b.csv"]).all() and len(back["x/b.csv"]) == 3
+
+
+def test_real_calibration_at_more_rates_is_judged_again_from_the_written_forecasts() -> None:
+    """A real file streamed once gets a calibration row per extra rate, from its forecasts:
+    a higher rate flags more; a file the worker wrote nothing for is left out; the docs
+    table lists the default rate, then the others."""
+    rng = np.random.default_rng(3)
+    f = make_file(6000, [(3000, 3099)], "realX/a.csv")
+    f = dataclasses.replace(f, values=rng.standard_normal(6000))
+    v = Verdicts(np.zeros(6000), np.ones(6000, bool), np.zeros(6000, bool), 6000, 0,
+                 np.zeros(6000))  # forecasts: always 0
+    rows = anomaly._replayed_real_calibration(
+        [f, make_file(10, [], "realX/b.csv")], {f.name: v, "realX/b.csv": Verdicts.empty(10)},
+        (0.003, 0.03))
+    assert [r["rate"] for r in rows] == [0.003, 0.03] and all(r["series"] == 1 for r in rows)
+    assert 0 < rows[0]["flags"] < rows[1]["flags"]
+    real = anomaly_report.real_calibration([f], {f.name: v}, 0.001)
+    text = anomaly_report.format_real_rates([real, *rows])
+    assert [line.split()[0] for line in text.splitlines()[2:]] == ["0.001", "0.003", "0.03"]
+    data = {"scores": {"profiles": {}, "categories": {}, "files": {}},
+            "calibration_real": real, "calibration_real_replayed": rows}
+    md = anomaly_report.markdown(data)
+    assert "| 0.003 |" in md and "judged again from the forecasts" in md
