@@ -102,7 +102,11 @@ def _replayed_real_calibration(files: list[NabFile], verdicts: dict[str, Verdict
     """`real_calibration` at more rates, from the forecasts the worker wrote at the default
     rate, judged again (`bench.anomaly_replay`): a real file is streamed once."""
     forecasts = {n: v.prediction for n, v in verdicts.items() if v.prediction is not None}
-    return [report.real_calibration(files, replay_all(files, forecasts, r), r) for r in rates]
+    rows = []
+    for r in rates:
+        again = {**verdicts, **replay_all(files, forecasts, r)}  # no forecasts: as streamed
+        rows.append(report.real_calibration(files, again, r))
+    return rows
 
 
 def save_forecasts(path: Path, files: list[NabFile], verdicts: dict[str, Verdicts]) -> None:

@@ -9,7 +9,9 @@ to the verdict rule, or another rate, is scored on NAB without training 58 model
 The replay matches the worker's verdicts for a file whose timestamps have no gaps; where the
 worker filled missing steps or left a value after a gap unjudged (the `realTraffic` files,
 a few others), the replay judges every value against the previous one, so it is close, not
-exact. The figures the docs quote come from the bench itself, never from a replay.
+exact. The figures the docs quote come from the bench itself; the one replay among them, the
+real-series calibration at rates other than the default, judges each file again from the
+forecasts that same run wrote (`bench.anomaly`), and says so.
 
 `python -m bench.anomaly_replay [--rate R] [--forecasts PATH]`.
 """

@@ -58,6 +58,20 @@ def test_a_level_shift_gives_one_level_shift_verdict_then_a_hold_then_resumes() 
     assert np.flatnonzero(v.score > anomaly.CONFIRMED).tolist() == [200, 330]
 
 
+def test_a_level_shift_stranger_than_its_spike_keeps_its_score_and_no_flag_scores_0_5() -> None:
+    """A ramp: the first step barely beyond the threshold, the next far beyond. A threshold
+    on the score still meets the event; every flagged score is written above 0.5."""
+    rng = np.random.default_rng(1)
+    e = rng.standard_normal(300) * 0.1
+    e[200], e[201] = 0.55, 5.0
+    for looped in (True, False):
+        v = judge(Calibration.empty(1), np.zeros(300, dtype=np.int64), np.zeros(300), e, 0.001,
+                  looped=looped)
+        assert [KINDS[k] for k in v.kind[v.flag]] == ["spike", "level_shift"]
+        assert anomaly.CONFIRMED <= v.score[200] < 0.7 < 0.9 < v.score[201]
+        assert f"{anomaly.CONFIRMED:.4g}" == "0.5001"  # how outputs write it: above 0.5
+
+
 def test_a_value_far_from_where_the_series_lives_is_flagged_though_forecast_well() -> None:
     rng = np.random.default_rng(6)
     y = rng.standard_normal(3_000)

@@ -204,8 +204,8 @@ def test_the_saved_forecasts_come_back_per_file(tmp_path: Any) -> None:
 
 def test_real_calibration_at_more_rates_is_judged_again_from_the_written_forecasts() -> None:
     """A real file streamed once gets a calibration row per extra rate, from its forecasts:
-    a higher rate flags more; a file the worker wrote nothing for is left out; the docs
-    table lists the default rate, then the others."""
+    a higher rate flags more; a file the worker wrote nothing for counts as at the default
+    rate (no verdicts); the docs table lists the default rate, then the others."""
     rng = np.random.default_rng(3)
     f = make_file(6000, [(3000, 3099)], "realX/a.csv")
     f = dataclasses.replace(f, values=rng.standard_normal(6000))
@@ -214,7 +214,8 @@ def test_real_calibration_at_more_rates_is_judged_again_from_the_written_forecas
     rows = anomaly._replayed_real_calibration(
         [f, make_file(10, [], "realX/b.csv")], {f.name: v, "realX/b.csv": Verdicts.empty(10)},
         (0.003, 0.03))
-    assert [r["rate"] for r in rows] == [0.003, 0.03] and all(r["series"] == 1 for r in rows)
+    assert [r["rate"] for r in rows] == [0.003, 0.03] and all(r["series"] == 2 for r in rows)
+    assert rows[0]["files"]["realX/b.csv"]["ratio"] is None  # counted, as at the default rate
     assert 0 < rows[0]["flags"] < rows[1]["flags"]
     real = anomaly_report.real_calibration([f], {f.name: v}, 0.001)
     text = anomaly_report.format_real_rates([real, *rows])

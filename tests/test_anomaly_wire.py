@@ -337,3 +337,7 @@ def test_replace_with_interleaved_series_and_several_spikes_does_not_depend_on_b
     assert seen[0] == seen[1] == seen[2]
     kinds = [(e["series"], e.get("kind")) for e in seen[0] if e.get("kind")]
     assert (b"a", "spike") in kinds and (b"b", "level_shift") in kinds
+    # as written: every flagged entry above 0.5, a level shift no stranger than its spike too
+    flagged = [e for e in seen[0] if e.get("anomaly") == "1"]
+    assert all(float(e["anomaly_score"]) > 0.5 for e in flagged)
+    assert [e["anomaly_score"] for e in flagged if e["kind"] == "level_shift"] == ["0.5001"]

@@ -29,15 +29,17 @@ levels. A flagged value scores above 0.5 and every other value at most 0.5: a va
 a threshold that is not flagged (the first `WARMUP` values, or a value during a hold) scores
 0.5, since the event it belongs to has been reported. For the same reason a `level_shift`
 verdict, which confirms the spike flagged with the value just before, scores `CONFIRMED`
-(just above 0.5): it is flagged and alerted, but the event is not news, so a threshold on
-the score meets each event once, at its start.
+(just above 0.5, the least a flagged value scores) unless it is stranger than that spike:
+it is flagged and alerted, but the event is not news, so a threshold on the score does not
+count the same news twice.
 
 Alert rule (no storms): a value beyond a threshold is a `spike`; if the very next value is
 beyond one in the same direction it is a `level_shift` (one verdict); after a verdict the
 series holds its alerts for `hold_for(rate)` values (100 at the default rate 0.001: a tenth
 of the values between two alerts on normal data), then flagging resumes. A value scoring
-above `ESCAPE` (four times as far as the threshold) and above the verdict that started the
-hold (`peak`: stranger than what was reported) is a new `spike` even while held. Thresholds keep
+above `ESCAPE` (four times as far as the threshold) and above the strangeness of the verdict
+that started the hold (`peak`: its tail score, for a level shift too, whatever it reported) is a
+new `spike` even while held. Thresholds keep
 learning through a hold, so a series that settles at a new level or noise stops being
 strange after a while instead of paging again when the hold ends.
 """
@@ -59,7 +61,7 @@ Q0 = 5.0  # the thresholds of a series not scored yet (`start_threshold` once it
 WARMUP = 50  # values scored before a series can be flagged (its scale settles)
 HOLD_SHARE = 0.1  # a hold lasts this share of the values between two alerts on normal data
 ESCAPE = 0.8  # a value scoring above this (4 thresholds away) is flagged even while held
-CONFIRMED = 0.500001  # the score of a `level_shift` verdict: flagged, but the event is known
+CONFIRMED = 0.5001  # the least a flagged value scores (written as `%.4g`: still above 0.5)
 N_MAX = int(np.iinfo(np.uint16).max)  # `n` stops counting here
 LOOP_RATIO = 16  # `judge` loops in Python when a series has more than 1/16 of the values
 KINDS = ("", "spike", "level_shift")  # kind codes 0, 1, 2
@@ -185,7 +187,7 @@ def judge(cal: Calibration, rows: np.ndarray, values: np.ndarray, errors: np.nda
     >>> float(v.score[61])  # beyond the threshold, held (not stranger than 60): reported
     0.5
     >>> float(v.score[62]) > 0.75, float(v.score[63])  # a new spike; its level shift confirms it
-    (True, 0.500001)
+    (True, 0.5001)
     """
     m = len(rows)
     out = _no_verdicts(m)
@@ -251,7 +253,8 @@ def _looped(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, ra
             flag = beyond and n >= WARMUP and (mode == NORMAL or mode == SPIKED * direction
                                                or s_now > max(ESCAPE, peak))
             shift = flag and mode == SPIKED * direction
-            score[j] = (CONFIRMED if shift else s_now) if flag else min(s_now, 0.5)
+            score[j] = (CONFIRMED if shift and s_now <= peak else max(s_now, CONFIRMED)
+                        ) if flag else min(s_now, 0.5)
             dir_out[j] = direction
             if flag:
                 flag_out[j], kind_out[j] = True, 2 if shift else 1
@@ -370,7 +373,8 @@ def _flag_and_hold(cal: Calibration, rows: np.ndarray, score: np.ndarray, mode: 
                    out: Verdicts, at: np.ndarray) -> np.ndarray:
     """The flags and kinds of one step and the alert state machine (module docstring):
     normal -> spiked -> (level shift) -> held -> normal. Returns the scores: those of
-    values not flagged capped at 0.5, those of level shifts `CONFIRMED`."""
+    values not flagged capped at 0.5, flagged ones at least `CONFIRMED`, and a level shift
+    not stranger than its spike (`peak`) `CONFIRMED`."""
     peak = cal.peak[rows].astype(np.float64)
     flag = beyond & (n >= WARMUP) & ((mode == NORMAL) | (mode == SPIKED * direction)
                                      | (score > np.maximum(ESCAPE, peak)))
@@ -385,7 +389,8 @@ def _flag_and_hold(cal: Calibration, rows: np.ndarray, score: np.ndarray, mode: 
     cal.mode[rows] = mode
     cal.since[rows] = np.where(mode == NORMAL, 0, since)
     cal.peak[rows] = np.where(flag, score, np.where(mode == NORMAL, 0.0, peak))
-    return np.where(flag, np.where(shift, CONFIRMED, score), np.minimum(score, 0.5))
+    confirmed = np.where(shift & (score <= peak), CONFIRMED, np.maximum(score, CONFIRMED))
+    return np.where(flag, confirmed, np.minimum(score, 0.5))
 
 
 def _move_level(cal: Calibration, rows: np.ndarray, y: np.ndarray, inv: np.ndarray) -> None:
