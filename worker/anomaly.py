@@ -389,8 +389,11 @@ def _flag_and_hold(cal: Calibration, rows: np.ndarray, score: np.ndarray, mode: 
     cal.mode[rows] = mode
     cal.since[rows] = np.where(mode == NORMAL, 0, since)
     cal.peak[rows] = np.where(flag, score, np.where(mode == NORMAL, 0.0, peak))
-    confirmed = np.where(shift & (score <= peak), CONFIRMED, np.maximum(score, CONFIRMED))
-    return np.where(flag, confirmed, np.minimum(score, 0.5))
+    capped = np.minimum(score, 0.5)
+    if not flag.any():  # the common case here: series held, none flagged
+        return capped
+    reported = np.where(shift & (score <= peak), CONFIRMED, np.maximum(score, CONFIRMED))
+    return np.where(flag, reported, capped)
 
 
 def _move_level(cal: Calibration, rows: np.ndarray, y: np.ndarray, inv: np.ndarray) -> None:
