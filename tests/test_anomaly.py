@@ -109,6 +109,22 @@ def test_one_outlier_barely_moves_the_scale_and_threshold() -> None:
     assert float(cal.q[0]) <= q * (1 + anomaly.STEP)
 
 
+def test_a_glitch_does_not_blind_the_series() -> None:
+    # a sensor's error code, three times, in a series living around 0 +- 1
+    rng = np.random.default_rng(5)
+    n = 6_000
+    values = rng.standard_normal(n)
+    values[2_000:2_003] = 65_535.0
+    later = [2_500, 3_500, 4_500, 5_500]
+    values[later] += 12.0  # real spikes afterwards
+    errors = np.r_[np.nan, np.diff(values)]  # a forecast that repeats the last value
+    cal = Calibration.empty(1)
+    v = judge(cal, np.zeros(n, dtype=np.int64), values, errors, 0.01)
+    assert v.flag[2_000]
+    assert v.flag[later].all(), v.score[later]
+    assert float(cal.spread[0]) < 2.0 and abs(float(cal.level[0])) < 2.0
+
+
 def test_verdicts_do_not_depend_on_batch_boundaries_or_restarts() -> None:
     rng = np.random.default_rng(5)
     errors = rng.standard_normal((5, 2_000))
@@ -168,6 +184,8 @@ def test_the_one_value_per_series_fast_path_is_judge_bit_for_bit() -> None:
         if k in (300, 301):
             errors[:3] += 1e4  # spikes and level shifts
         values = rng.standard_normal(len(rows))
+        if k in (400, 401):
+            values[:2] += 1e6  # glitches: clipped into the level
         values[rng.random(len(rows)) < 0.02] = np.nan  # a fill
         va = judge(a, rows, values, errors, 0.01)
         vb = judge_once(b, rows, values, errors, 0.01)
@@ -188,6 +206,7 @@ def test_the_python_loop_is_the_vectorised_steps_bit_for_bit() -> None:
     errors[rng.random(m) < 0.03] = np.nan
     errors[1_500:1_510] += 1e5  # spikes, level shifts and quiet periods
     values = np.cumsum(rng.standard_normal(m))
+    values[2_000:2_004] += 1e7  # glitches: clipped into the level
     values[rng.random(m) < 0.01] = np.nan
     out = []
     for looped in (True, False):

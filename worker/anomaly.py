@@ -8,7 +8,10 @@ Per series the verdict keeps a few small numbers (`Calibration`, 28 bytes a seri
 - `level` and `spread`, a slow running mean of the values and of their absolute deviation
   from it (an EWMA once `1 / LEVEL_EWMA` values are seen): the error scale never falls
   below `FLOOR` spreads, so a series whose forecasts were exact for a while (a flat line,
-  a quantised sensor) does not call its next small step infinitely strange;
+  a quantised sensor) does not call its next small step infinitely strange; a value
+  enters them clipped at `LEVEL_CLIP` spreads from the level, so a glitch (a sensor's
+  65535, a unit slip) cannot inflate the spread, and through `FLOOR` the error scale,
+  enough to blind both tests for tens of thousands of values;
 - `q` and `ql`, the series' two thresholds, calibrated online so that on normal data a
   fraction `rate` of the values exceed each (a quantile found by stochastic approximation,
   conformal style: every value that exceeds it raises it, every other value lowers it a
@@ -55,6 +58,7 @@ import numpy as np
 CLIP = 4.0  # an error enters the scale clipped at this many scales
 SCALE_EWMA = 0.02  # weight of a new error in the scale
 LEVEL_EWMA = 0.0001  # weight of a new value in the level and spread (after 10,000 values)
+LEVEL_CLIP = 256.0  # a value enters the level and spread at most this many spreads away
 FLOOR = 1.0  # the error scale is at least this many spreads (chosen on NAB, offline)
 STEP = 0.05  # relative change of a threshold per exceedance
 Q0 = 5.0  # the thresholds of a series not scored yet (`start_threshold` once it is)
@@ -231,6 +235,9 @@ def _looped(cal: Calibration, rows: np.ndarray, y: np.ndarray, e: np.ndarray, ra
             if yi == yi:  # _move_level
                 if level != level:
                     level = yi
+                if spread > 0:
+                    lim = LEVEL_CLIP * spread
+                    yi = min(max(yi, level - lim), level + lim)
                 w = max(LEVEL_EWMA, inv)
                 level64 = (1.0 - w) * level + w * yi
                 level = float(f32(level64))
@@ -397,7 +404,8 @@ def _flag_and_hold(cal: Calibration, rows: np.ndarray, score: np.ndarray, mode: 
 
 
 def _move_level(cal: Calibration, rows: np.ndarray, y: np.ndarray, inv: np.ndarray) -> None:
-    """The rows' level and spread take in the values `y` (NaN: none); `inv`: 1 / (n + 2)."""
+    """The rows' level and spread take in the values `y` (NaN: none), each clipped at
+    `LEVEL_CLIP` spreads from the level; `inv`: 1 / (n + 2)."""
     missing = np.isnan(y)
     if missing.any():
         ok = ~missing
@@ -406,7 +414,10 @@ def _move_level(cal: Calibration, rows: np.ndarray, y: np.ndarray, inv: np.ndarr
     new = np.isnan(level)
     if new.any():
         level[new] = y[new]
+    spread = cal.spread[rows].astype(np.float64)
+    lim = np.where(spread > 0, LEVEL_CLIP * spread, np.inf)
+    y = np.minimum(np.maximum(y, level - lim), level + lim)
     weight = np.maximum(LEVEL_EWMA, inv)
     level = (1.0 - weight) * level + weight * y
     cal.level[rows] = level
-    cal.spread[rows] = (1.0 - weight) * cal.spread[rows] + weight * np.abs(y - level)
+    cal.spread[rows] = (1.0 - weight) * spread + weight * np.abs(y - level)
