@@ -5,19 +5,27 @@ A first look at what the verdicts can score before they run inside the worker (t
 is one series; the forecast of each value is made from the values before it.
 
 `python -m bench.anomaly_offline` prints the three profile scores per forecaster and the
-flag rate on the anomaly-free files.
+flag rate on the anomaly-free files; `--tradeoff` prints what the thresholds' learning step
+(`worker.anomaly.STEP`) trades between NAB and calibration on the real series (naive
+forecasts): a larger step calibrates each series sooner, and finds fewer NAB windows.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
+from bench import anomaly_report as report
 from bench.anomaly_replay import replay
 from bench.nab import load_corpus, score_detector
 from bench.nab_data import NabFile
+from worker import anomaly
+
+STEPS = (0.025, 0.05, 0.1, 0.2)  # `--tradeoff`: learning steps compared (0.05: the worker's)
 
 Forecaster = Callable[[np.ndarray], np.ndarray]
 
@@ -68,9 +76,45 @@ def evaluate(corpus: list[NabFile], forecaster: Forecaster, rate: float
     return score_detector(scores, corpus), flags / max(values, 1)
 
 
-def main() -> None:
-    """Print the NAB scores of the verdicts with each simple forecaster."""
+@contextmanager
+def learning_step(step: float) -> Iterator[None]:
+    """`worker.anomaly.STEP` set to `step` for the duration (an offline study only)."""
+    saved, anomaly.STEP = anomaly.STEP, step
+    try:
+        yield
+    finally:
+        anomaly.STEP = saved
+
+
+def tradeoff(corpus: list[NabFile], rate: float) -> None:
+    """Print NAB standard and real-series calibration at `rate` for each of `STEPS`."""
+    print(f"learning step vs NAB and calibration (rate {rate}, naive forecasts)")
+    print(f"{'STEP':>6} {'standard':>9} {'windows':>8} {'flags outside':>14} "
+          f"{'real files within 0.5x-2x':>26} {'pooled ratio':>13}")
+    values = {f.name: np.asarray(f.values, dtype=np.float64) for f in corpus}
+    for step in STEPS:
+        with learning_step(step):
+            verdicts = {f.name: replay(values[f.name], values[f.name], rate) for f in corpus}
+        scores = report.nab_scores(corpus, verdicts)
+        std = scores["profiles"]["standard"]
+        found = sum(r["found"] for r in scores["files"].values())
+        cal = report.real_calibration(corpus, verdicts, rate)
+        perfect = cal["within_2x_if_perfect"]
+        within = f"{cal['within_2x']} of {cal['series']} (perfect {perfect:.1f})"
+        print(f"{step:6g} {std['score']:9.1f} {found:8d} {std['fp']:14d} {within:>26} "
+              f"{cal['ratio']:13.2f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the NAB scores of the verdicts with each simple forecaster (or `--tradeoff`)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.anomaly_offline",
+                                     description=__doc__)
+    parser.add_argument("--tradeoff", action="store_true", help="the STEP table instead")
+    args = parser.parse_args(argv)
     corpus = load_corpus()
+    if args.tradeoff:
+        tradeoff(corpus, 0.001)
+        return
     rate = 0.001
     print(f"verdicts (worker.anomaly, rate {rate}) on NAB v1.1, offline forecasters")
     print(f"{'forecaster':<12} {'standard':>9} {'low FP':>8} {'low FN':>8} "

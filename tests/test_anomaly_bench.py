@@ -224,3 +224,23 @@ def test_real_calibration_at_more_rates_is_judged_again_from_the_written_forecas
             "calibration_real": real, "calibration_real_replayed": rows}
     md = anomaly_report.markdown(data)
     assert "| 0.003 |" in md and "judged again from the forecasts" in md
+
+
+def test_the_tradeoff_table_compares_learning_steps_and_restores_the_workers(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m bench.anomaly_offline --tradeoff`: one row per step, each with NAB and
+    real-series calibration figures; the worker's step is back afterwards."""
+    from bench import anomaly_offline
+    from worker import anomaly as verdicts
+
+    rng = np.random.default_rng(3)
+    f = make_file(3000, [(2000, 2099)], "realX/a.csv")
+    values = rng.standard_normal(3000)
+    values[2010] += 25.0
+    f = dataclasses.replace(f, values=values)
+    worker_step = verdicts.STEP
+    anomaly_offline.tradeoff([f], 0.001)
+    assert worker_step == verdicts.STEP
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [float(r.split()[0]) for r in rows] == list(anomaly_offline.STEPS)
+    assert all("of 1 (perfect" in r for r in rows)
