@@ -12,12 +12,6 @@ the point forecast. The recurrence runs value by value in stream order, so it do
 depend on batch boundaries: a restarted worker (`a` is checkpointed) writes exactly what an
 uninterrupted one would. Drift: a Page-Hinkley test per series on the current version's
 scaled errors (checked once per batch and series).
-
-A glitch (a sensor's 65535 among values around 20) must not decide what the fleet learns:
-a step enters the naive-error scale clipped at `NAIVE_CLIP` scales, and a value's scaled
-error counts at most `ERR_CAP` in the sums and in Page-Hinkley, so one value can neither
-raise a drift alarm (and a retrain) by itself nor outweigh thousands of values of evidence
-for a better candidate.
 """
 
 from __future__ import annotations
@@ -29,8 +23,6 @@ import numpy as np
 from worker.state import Advance, SeriesStore
 
 NAIVE_EWMA = 0.05  # weight of a new |y_t - y_t-1| in a series' naive-error scale
-NAIVE_CLIP = 4.0  # a step enters the naive-error scale clipped at this many scales
-ERR_CAP = 10.0  # a value's scaled error counts at most this much (evidence, drift)
 PH_DELTA = 0.005  # Page-Hinkley: tolerated rise of the mean scaled error
 PH_THRESHOLD = 50.0  # Page-Hinkley: alarm level of the cumulative deviation
 PH_MIN_VALUES = 30.0  # no alarm before this many values since the last reset
@@ -198,8 +190,8 @@ def evaluate(store: SeriesStore, j: Joined) -> Scores:
         err = np.abs(j.y - j.prev_pt)
         if not j.actual.all():
             err[~j.actual] = np.nan
-        scaled = np.minimum(err / scale[:, None], ERR_CAP)  # NaN stays NaN
-        scaled_naive = np.minimum(naive_err / scale, ERR_CAP)
+        scaled = err / scale[:, None]
+        scaled_naive = naive_err / scale
     joined = ~np.isnan(scaled) & (~np.isnan(scaled_naive) & (scale > 0))[:, None] \
         & j.actual[:, None]
     has_iv = ~np.isnan(j.rho)
@@ -231,12 +223,8 @@ def _first_of_group(adv: Advance) -> np.ndarray:
 
 
 def _scales(store: SeriesStore, adv: Advance, naive_err: np.ndarray) -> np.ndarray:
-    """Each value's naive-error scale: its series' EWMA at the batch start (then updated
-    with the batch's steps, each clipped at `NAIVE_CLIP` times that scale)."""
+    """Each value's naive-error scale: its series' EWMA at the batch start (then updated)."""
     before = store.nscale[adv.rows][adv.group_of].astype(np.float64)
-    with np.errstate(invalid="ignore"):  # a scale of 0 (a flat start) or none clips nothing
-        big = (naive_err > NAIVE_CLIP * before) & (before > 0)
-    naive_err = np.where(big, NAIVE_CLIP * before, naive_err)
     ok = ~np.isnan(naive_err)
     n = _per_group(ok * 1.0, adv)
     with np.errstate(invalid="ignore", divide="ignore"):
