@@ -89,7 +89,9 @@ def learning_step(step: float) -> Iterator[None]:
 def tradeoff(corpus: list[NabFile], rate: float) -> None:
     """Print NAB standard and real-series calibration at `rate` for each of `STEPS`."""
     print(f"learning step vs NAB and calibration (rate {rate}, naive forecasts)")
-    print(f"{'STEP':>6} {'standard':>9} {'windows':>8} {'flags outside':>14} "
+    print("(windows hit and values detected outside them: at NAB's optimised threshold; "
+          "calibration: the worker's flags)")
+    print(f"{'STEP':>6} {'standard':>9} {'windows hit':>12} {'FP at NAB threshold':>20} "
           f"{'real files within 0.5x-2x':>26} {'pooled ratio':>13}")
     values = {f.name: np.asarray(f.values, dtype=np.float64) for f in corpus}
     for step in STEPS:
@@ -101,7 +103,7 @@ def tradeoff(corpus: list[NabFile], rate: float) -> None:
         cal = report.real_calibration(corpus, verdicts, rate)
         perfect = cal["within_2x_if_perfect"]
         within = f"{cal['within_2x']} of {cal['series']} (perfect {perfect:.1f})"
-        print(f"{step:6g} {std['score']:9.1f} {found:8d} {std['fp']:14d} {within:>26} "
+        print(f"{step:6g} {std['score']:9.1f} {found:12d} {std['fp']:20d} {within:>26} "
               f"{cal['ratio']:13.2f}")
 
 

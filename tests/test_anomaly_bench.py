@@ -241,6 +241,8 @@ def test_the_tradeoff_table_compares_learning_steps_and_restores_the_workers(
     worker_step = verdicts.STEP
     anomaly_offline.tradeoff([f], 0.001)
     assert worker_step == verdicts.STEP
-    rows = capsys.readouterr().out.splitlines()[2:]
+    rows = capsys.readouterr().out.splitlines()[3:]
     assert [float(r.split()[0]) for r in rows] == list(anomaly_offline.STEPS)
     assert all("of 1 (perfect" in r for r in rows)
+    ratios = [float(r.split()[-1]) for r in rows]  # the step is really applied: rates move
+    assert len(set(ratios)) > 1, ratios

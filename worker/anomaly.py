@@ -9,9 +9,9 @@ Per series the verdict keeps a few small numbers (`Calibration`, 28 bytes a seri
   from it (an EWMA once `1 / LEVEL_EWMA` values are seen): the error scale never falls
   below `FLOOR` spreads, so a series whose forecasts were exact for a while (a flat line,
   a quantised sensor) does not call its next small step infinitely strange; a value
-  enters them clipped at `LEVEL_CLIP` spreads from the level, so a glitch (a sensor's
-  65535, a unit slip) cannot inflate the spread, and through `FLOOR` the error scale,
-  enough to blind both tests for tens of thousands of values;
+  enters them clipped at `LEVEL_CLIP` spreads from the level, so a brief glitch (a
+  sensor's 65535 a few times) cannot inflate the spread, and through `FLOOR` the error
+  scale, enough to blind both tests for tens of thousands of values;
 - `q` and `ql`, the series' two thresholds, calibrated online so that on normal data a
   fraction `rate` of the values exceed each (a quantile found by stochastic approximation,
   conformal style: every value that exceeds it raises it, every other value lowers it a
@@ -416,7 +416,7 @@ def _move_level(cal: Calibration, rows: np.ndarray, y: np.ndarray, inv: np.ndarr
         level[new] = y[new]
     spread = cal.spread[rows].astype(np.float64)
     lim = np.where(spread > 0, LEVEL_CLIP * spread, np.inf)
-    y = np.minimum(np.maximum(y, level - lim), level + lim)
+    y = np.fmin(np.fmax(y, level - lim), level + lim)  # as `min` / `max` of floats: NaN ignored
     weight = np.maximum(LEVEL_EWMA, inv)
     level = (1.0 - weight) * level + weight * y
     cal.level[rows] = level
