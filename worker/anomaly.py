@@ -58,7 +58,7 @@ import numpy as np
 CLIP = 4.0  # an error enters the scale clipped at this many scales
 SCALE_EWMA = 0.02  # weight of a new error in the scale
 LEVEL_EWMA = 0.0001  # weight of a new value in the level and spread (after 10,000 values)
-LEVEL_CLIP = 256.0  # a value enters the level and spread at most this many spreads away
+LEVEL_CLIP = 512.0  # a value enters the level and spread at most this many spreads away
 FLOOR = 1.0  # the error scale is at least this many spreads (chosen on NAB, offline)
 STEP = 0.05  # relative change of a threshold per exceedance
 Q0 = 5.0  # the thresholds of a series not scored yet (`start_threshold` once it is)
