@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from unittest.mock import patch
 
 import numpy as np
 
@@ -76,16 +76,6 @@ def evaluate(corpus: list[NabFile], forecaster: Forecaster, rate: float
     return score_detector(scores, corpus), flags / max(values, 1)
 
 
-@contextmanager
-def learning_step(step: float) -> Iterator[None]:
-    """`worker.anomaly.STEP` set to `step` for the duration (an offline study only)."""
-    saved, anomaly.STEP = anomaly.STEP, step
-    try:
-        yield
-    finally:
-        anomaly.STEP = saved
-
-
 def tradeoff(corpus: list[NabFile], rate: float) -> None:
     """Print NAB standard and real-series calibration at `rate` for each of `STEPS`."""
     print(f"learning step vs NAB and calibration (rate {rate}, naive forecasts)")
@@ -95,7 +85,7 @@ def tradeoff(corpus: list[NabFile], rate: float) -> None:
           f"{'real files within 0.5x-2x':>26} {'pooled ratio':>13}")
     values = {f.name: np.asarray(f.values, dtype=np.float64) for f in corpus}
     for step in STEPS:
-        with learning_step(step):
+        with patch.object(anomaly, "STEP", step):  # an offline study only
             verdicts = {f.name: replay(values[f.name], values[f.name], rate) for f in corpus}
         scores = report.nab_scores(corpus, verdicts)
         std = scores["profiles"]["standard"]
