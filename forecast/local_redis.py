@@ -27,6 +27,34 @@ def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
 
 
+def repair_aof(data_dir: Path) -> bool:
+    """Cut a partial transaction a hard kill left at the end of the AOF in `data_dir`, as an
+    operator does before restarting a crashed Redis; whether there was an AOF to check.
+
+    A SIGKILL can stop Redis half-way through writing a script's effects (a MULTI block).
+    Redis 7 then loads the file without them (`aof-load-truncated yes`) but leaves the
+    incomplete block on disk, and the next restart runs its first part after all (a batch's
+    outputs twice): valkey fixed this in 2026 (valkey-io/valkey#4342). `redis-check-aof
+    --fix` cuts the file before that MULTI, so it must run before every restart.
+    """
+    manifest = data_dir / "appendonlydir" / "appendonly.aof.manifest"
+    if not manifest.exists():
+        return False
+    server = redis_server_binary()
+    tool = shutil.which("redis-check-aof") or (
+        str(Path(server).with_name("redis-check-aof")) if server else None)
+    if tool is None or not Path(tool).exists():
+        raise RuntimeError("redis-check-aof is not on PATH (it ships with redis-server)")
+    done = subprocess.run([tool, "--fix", str(manifest)], input=b"y\n", capture_output=True,
+                          timeout=120, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"redis-check-aof --fix failed on {manifest}: "
+                           f"{done.stdout.decode(errors='replace')[-500:]}")
+    if b"truncated" in done.stdout:
+        log.warning("cut a partial write off the AOF in %s (redis-check-aof --fix)", data_dir)
+    return True
+
+
 @dataclass
 class RedisServer:
     """A private redis-server process on 127.0.0.1."""
@@ -43,7 +71,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start the server (reusing its port and directory on a restart) and wait for PING."""
+        """Start the server (reusing its port and directory on a restart, its AOF repaired: see
+        `repair_aof`) and wait for PING."""
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError("redis-server is not on PATH")
@@ -51,6 +80,8 @@ class RedisServer:
             self.port = free_port()
         if self.dir is None:
             self.dir = Path(tempfile.mkdtemp(prefix="forecast-redis-"))
+        elif self.appendonly:
+            repair_aof(self.dir)  # a restart after a SIGKILL
         args = [
             binary,
             "--port",
