@@ -137,7 +137,9 @@ def assert_predicted_once(preds: list[dict[bytes, bytes]],
     equal to the uninterrupted replay's."""
     seen = Counter((f[b"series"], f[b"source_id"]) for f in preds)
     assert set(seen) == set(reference), f"lost {len(set(reference) - set(seen))}"
-    assert set(seen.values()) == {1}, "duplicated predictions"
+    twice = sorted(k for k, n in seen.items() if n > 1)
+    assert not twice, (f"duplicated predictions: {len(twice)} inputs, the first "
+                       f"{[(s.decode(), e.decode()) for s, e in twice[:3]]}")
     for f in preds:
         assert float(f[b"prediction"]) == pytest.approx(
             reference[(f[b"series"], f[b"source_id"])], rel=1e-5, abs=1e-5)
