@@ -73,9 +73,10 @@ class LiveBuffer:
                     sc.pair_n[c], sc.pair_d[c], sc.pair_d2[c], sc.pair_a[c], sc.pair_b[c])
         self.drifted += sc.drifted
         if sc.n[0]:
-            self.overall.update(float(sc.scaled_err[0] / sc.n[0]))
+            mean = float(sc.drift_err[0] / sc.n[0])  # capped like the per-series test
+            self.overall.update(mean)
             if self.overall.drift_detected:
-                self.overall_alarms.append(float(sc.scaled_err[0] / sc.n[0]))
+                self.overall_alarms.append(mean)
 
     def _next_flush(self) -> Flush | None:
         """The sums gathered so far as a new numbered flush (None: nothing to add)."""

@@ -11,7 +11,7 @@ and the interval written with the next forecast is the model's, widened by `exp(
 the point forecast. The recurrence runs value by value in stream order, so it does not
 depend on batch boundaries: a restarted worker (`a` is checkpointed) writes exactly what an
 uninterrupted one would. Drift: a Page-Hinkley test per series on the current version's
-scaled errors (checked once per batch and series).
+scaled errors (checked once per batch and series), each capped at `DRIFT_CAP`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ NAIVE_EWMA = 0.05  # weight of a new |y_t - y_t-1| in a series' naive-error scal
 PH_DELTA = 0.005  # Page-Hinkley: tolerated rise of the mean scaled error
 PH_THRESHOLD = 50.0  # Page-Hinkley: alarm level of the cumulative deviation
 PH_MIN_VALUES = 30.0  # no alarm before this many values since the last reset
+# Drift takes a value's scaled error at most this: one value is never a drift. A glitch (a
+# sensor's 65535 in a series living around 20) is ~60,000 scales off and alarmed both
+# detectors on its own; three such values in a row still alarm. The evidence is not capped.
+DRIFT_CAP = 20.0
 COUNTS = ("forecast_n", "n", "with_interval", "covered", "pair_n")  # the Scores that count
 
 
@@ -60,6 +64,7 @@ class Scores:
     pair_b: np.ndarray  # sum of column 0's
     naive_d: np.ndarray  # per column: sum of scaled_err - scaled naive error
     naive_d2: np.ndarray
+    drift_err: np.ndarray  # per column: scaled errors capped at DRIFT_CAP, summed (drift)
     drifted: list[tuple[bytes, float]] = field(default_factory=list)  # (series, statistic)
 
     def plus(self, other: Scores) -> Scores:
@@ -203,8 +208,9 @@ def evaluate(store: SeriesStore, j: Joined) -> Scores:
     z = np.where(joined, scaled, 0.0)
     zn = np.where(joined, scaled_naive[:, None], 0.0)
     scores = _sums(err, z, zn, joined, has_iv, covered, scaled_width)
-    # per series: the current version's joined values and their scaled errors (drift)
-    per_series = _per_group(np.stack([joined[:, 0], z[:, 0]], axis=1), adv)
+    # per series: the current version's joined values and their capped scaled errors (drift)
+    per_series = _per_group(np.stack([joined[:, 0], np.minimum(z[:, 0], DRIFT_CAP)], axis=1),
+                            adv)
     scores.drifted = _page_hinkley(store, adv, per_series[:, 1], per_series[:, 0])
     return scores
 
@@ -249,7 +255,8 @@ def _sums(err: np.ndarray, z: np.ndarray, zn: np.ndarray, joined: np.ndarray,
              "scaled_err": z, "scaled_naive": zn, "with_interval": has_iv, "covered": covered,
              "scaled_width": np.where(has_iv & joined, width, 0.0), "pair_n": both,
              "pair_d": d, "pair_d2": d * d, "pair_a": np.where(both, z, 0.0),
-             "pair_b": np.where(both, z[:, :1], 0.0), "naive_d": dn, "naive_d2": dn * dn}
+             "pair_b": np.where(both, z[:, :1], 0.0), "naive_d": dn, "naive_d2": dn * dn,
+             "drift_err": np.minimum(z, DRIFT_CAP)}
     sums = np.concatenate(list(parts.values()), axis=1, dtype=np.float64).sum(axis=0)
     c = z.shape[1]
     named = {name: sums[i * c:(i + 1) * c] for i, name in enumerate(parts)}
