@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import subprocess
 import tempfile
@@ -27,15 +28,76 @@ def redis_server_binary() -> str | None:
     return shutil.which("redis-server")
 
 
+def _command_end(data: bytes, pos: int) -> tuple[bytes, int] | None:
+    """(name, end) of the RESP command at `pos`; None when the data ends inside it.
+
+    >>> _command_end(b"*1\\r\\n$5\\r\\nMULTI\\r\\n*2", 0)
+    (b'MULTI', 15)
+    >>> _command_end(b"*1\\r\\n$5\\r\\nMU", 0) is None
+    True
+    """
+    def line(at: int) -> tuple[bytes, int] | None:
+        stop = data.find(b"\r\n", at)
+        return None if stop < 0 else (data[at:stop], stop + 2)
+
+    head = line(pos)
+    if head is None:
+        return None
+    if not head[0].startswith(b"*"):
+        raise ValueError(f"not a command at byte {pos}")
+    argc, at = int(head[0][1:]), head[1]
+    name = b""
+    for _ in range(argc):
+        size = line(at)
+        if size is None:
+            return None
+        if not size[0].startswith(b"$"):
+            raise ValueError(f"not an argument at byte {at}")
+        n, at = int(size[0][1:]), size[1]
+        if at + n + 2 > len(data):
+            return None
+        if data[at + n:at + n + 2] != b"\r\n":
+            raise ValueError(f"an argument of the wrong length at byte {at}")
+        name = name or data[at:at + n].upper()
+        at += n + 2
+    return name, at
+
+
+def cut_by_a_kill(tail: bytes) -> bool:
+    """Whether `tail` (an AOF from the first byte `redis-check-aof` could not accept) is only
+    what a kill cuts: one incomplete command, or a MULTI block that never got its EXEC.
+
+    >>> cut_by_a_kill(b"*1\\r\\n$5\\r\\nMULTI\\r\\n*3\\r\\n$3\\r\\nSET\\r\\n$1\\r\\na")
+    True
+    >>> cut_by_a_kill(b"*3\\r\\n$3\\r\\nSET\\r\\n$1\\r\\nX\\r\\n$1\\r\\n1\\r\\n*1\\r\\n")
+    False
+    """
+    names, pos = [], 0
+    try:
+        while pos < len(tail):
+            found = _command_end(tail, pos)
+            if found is None:
+                break
+            names.append(found[0])
+            pos = found[1]
+    except ValueError:
+        return False  # damaged, not cut: left for an operator
+    if not names:
+        return True
+    return names[0] == b"MULTI" and b"EXEC" not in names
+
+
 def repair_aof(data_dir: Path) -> bool:
-    """Cut a partial transaction a hard kill left at the end of the AOF in `data_dir`, as an
+    """Cut off what a hard kill left half-written at the end of the AOF in `data_dir`, as an
     operator does before restarting a crashed Redis; whether there was an AOF to check.
 
     A SIGKILL can stop Redis half-way through writing a script's effects (a MULTI block).
     Redis 7 then loads the file without them (`aof-load-truncated yes`) but leaves the
     incomplete block on disk, and the next restart runs its first part after all (a batch's
     outputs twice): valkey fixed this in 2026 (valkey-io/valkey#4342). `redis-check-aof
-    --fix` cuts the file before that MULTI, so it must run before every restart.
+    --fix` cuts the file before that MULTI. It also cuts everything after damage anywhere
+    else in the file, so it runs only when what it would cut is such a cut-off end
+    (`cut_by_a_kill`); other damage raises, and the file is left as it is.
     """
     manifest = data_dir / "appendonlydir" / "appendonly.aof.manifest"
     if not manifest.exists():
@@ -45,13 +107,21 @@ def repair_aof(data_dir: Path) -> bool:
         str(Path(server).with_name("redis-check-aof")) if server else None)
     if tool is None or not Path(tool).exists():
         raise RuntimeError("redis-check-aof is not on PATH (it ships with redis-server)")
-    done = subprocess.run([tool, "--fix", str(manifest)], input=b"y\n", capture_output=True,
-                          timeout=120, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"redis-check-aof --fix failed on {manifest}: "
-                           f"{done.stdout.decode(errors='replace')[-500:]}")
-    if b"truncated" in done.stdout:
-        log.warning("cut a partial write off the AOF in %s (redis-check-aof --fix)", data_dir)
+    check = subprocess.run([tool, str(manifest)], capture_output=True, timeout=120, check=False)
+    report = check.stdout.decode(errors="replace")
+    if check.returncode == 0 and "is valid" in report.splitlines()[-1]:
+        return True
+    found = re.findall(r"filename=(\S+), size=\d+, ok_up_to=(\d+),", report)
+    if not found:
+        raise RuntimeError(f"redis-check-aof could not read {manifest}: {report[-500:]}")
+    name, ok_up_to = found[-1]
+    tail = (manifest.parent / name).read_bytes()[int(ok_up_to):]
+    if not cut_by_a_kill(tail):
+        raise RuntimeError(f"the AOF in {data_dir} is damaged at byte {ok_up_to} of {name}, "
+                           f"not cut at its end: left for an operator")
+    subprocess.run([tool, "--fix", str(manifest)], input=b"y\n", capture_output=True,
+                   timeout=120, check=True)
+    log.warning("cut %d bytes a kill left half-written off %s", len(tail), name)
     return True
 
 

@@ -203,6 +203,24 @@ def test_a_transaction_cut_by_a_kill_never_comes_back(flappy: RedisServer) -> No
                                         b"after2.a", b"after2.b", b"before"]
 
 
+def test_damage_that_no_kill_makes_is_left_for_an_operator(flappy: RedisServer) -> None:
+    """`redis-check-aof --fix` would cut everything after a damaged byte mid-file: the
+    repair refuses (the server is not started), and the file stays as it was."""
+    client: Any = redis.Redis.from_url(flappy.url)
+    for k in range(100):
+        client.set(f"k{k}", k)
+    flappy.stop()
+    assert flappy.dir is not None
+    (aof,) = (flappy.dir / "appendonlydir").glob("*.incr.aof")
+    data = bytearray(aof.read_bytes())
+    at = data.index(b"k50")
+    data[at - 5] = ord("x")  # a length prefix ("$3") is no longer a length
+    aof.write_bytes(bytes(data))
+    with pytest.raises(RuntimeError, match="left for an operator"):
+        flappy.start()
+    assert aof.read_bytes() == bytes(data)
+
+
 def _worker(url: str) -> Worker:
     settings = Settings(_env_file=None, redis_url=url, metrics_port=0, block_ms=50,  # type: ignore[call-arg]
                         lease_ttl_ms=600, consumer="flap", batch_size=500)
