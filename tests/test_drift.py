@@ -21,10 +21,10 @@ def _alarms(y: np.ndarray, forecast: np.ndarray) -> tuple[set[bytes], list[int]]
     nan = np.full((y.shape[1], 1), np.nan)
     for t in range(len(y)):
         slots = store.place(names, lambda s: [None] * len(s))
-        adv = store.advance(slots, y[t].astype(np.float32))
+        values = y[t].astype(np.float32)
+        adv = store.advance(slots, values)
         ahead = forecast[min(t + 1, len(y) - 1)][adv.order][:, None]  # for the next value
-        scores, _ = score(store, adv, y[t].astype(np.float32), Forecasts(ahead, nan, nan),
-                          0.05, 0.1)
+        scores, _ = score(store, adv, values[adv.order], Forecasts(ahead, nan, nan), 0.05, 0.1)
         series.update(s for s, _ in scores.drifted)
         live.overall_alarms.clear()
         live.add(Commit(scores=scores, versions=["v1"]))
@@ -38,8 +38,17 @@ def test_one_glitch_is_not_a_drift_of_all_series() -> None:
     the test over all series on its own (a retrain for one bad value)."""
     y = 20 + np.random.default_rng(0).normal(size=(300, 20))
     y[150, 3] = 65535.0
-    _, overall = _alarms(y, np.full_like(y, 20.0))
+    series, overall = _alarms(y, np.full_like(y, 20.0))
     assert overall == []
+    assert series == set()
+
+
+def test_three_glitches_in_a_row_still_alarm_their_series() -> None:
+    """The cap bounds what one value adds (20): three far-off values in a row are a change."""
+    y = 20 + np.random.default_rng(2).normal(size=(300, 20))
+    y[150:153, 3] = 65535.0
+    series, _ = _alarms(y, np.full_like(y, 20.0))
+    assert series == {b"s3"}
 
 
 def test_a_model_that_stops_fitting_every_series_is_a_drift_of_all_series() -> None:

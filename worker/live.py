@@ -3,7 +3,8 @@
 Per batch, `add` folds a commit's scores into per-version and per-pair sums and drift
 alarms. `flush` adds the sums to `forecast:live:*` and writes drift events to
 `forecast:events` (at most `EVENTS_PER_FLUSH` per-series ones each time); an overall
-Page-Hinkley detector (River) sees each batch's mean scaled error.
+Page-Hinkley detector (River) sees each batch's mean scaled error, each value's capped at
+`worker.scoring.DRIFT_CAP` (so is the `statistic` of its `*` drift events).
 
 Exactly once: the sums of a flush are sent as one numbered flush, each key by the ADD_ONCE
 script, which adds them only if that key has not recorded this flush number yet (the field

@@ -207,10 +207,10 @@ def evaluate(store: SeriesStore, j: Joined) -> Scores:
         scaled_width = (j.prev_hi - j.prev_lo) * np.exp(threshold) / scale[:, None]
     z = np.where(joined, scaled, 0.0)
     zn = np.where(joined, scaled_naive[:, None], 0.0)
-    scores = _sums(err, z, zn, joined, has_iv, covered, scaled_width)
+    capped = np.minimum(z, DRIFT_CAP)
+    scores = _sums(err, z, zn, capped, joined, has_iv, covered, scaled_width)
     # per series: the current version's joined values and their capped scaled errors (drift)
-    per_series = _per_group(np.stack([joined[:, 0], np.minimum(z[:, 0], DRIFT_CAP)], axis=1),
-                            adv)
+    per_series = _per_group(np.stack([joined[:, 0], capped[:, 0]], axis=1), adv)
     scores.drifted = _page_hinkley(store, adv, per_series[:, 1], per_series[:, 0])
     return scores
 
@@ -244,8 +244,9 @@ def _scales(store: SeriesStore, adv: Advance, naive_err: np.ndarray) -> np.ndarr
     return before
 
 
-def _sums(err: np.ndarray, z: np.ndarray, zn: np.ndarray, joined: np.ndarray,
-          has_iv: np.ndarray, covered: np.ndarray, width: np.ndarray) -> Scores:
+def _sums(err: np.ndarray, z: np.ndarray, zn: np.ndarray, capped: np.ndarray,
+          joined: np.ndarray, has_iv: np.ndarray, covered: np.ndarray,
+          width: np.ndarray) -> Scores:
     known = ~np.isnan(err)
     both = joined & joined[:, :1]
     d = np.where(both, z - z[:, :1], 0.0)
@@ -256,7 +257,7 @@ def _sums(err: np.ndarray, z: np.ndarray, zn: np.ndarray, joined: np.ndarray,
              "scaled_width": np.where(has_iv & joined, width, 0.0), "pair_n": both,
              "pair_d": d, "pair_d2": d * d, "pair_a": np.where(both, z, 0.0),
              "pair_b": np.where(both, z[:, :1], 0.0), "naive_d": dn, "naive_d2": dn * dn,
-             "drift_err": np.minimum(z, DRIFT_CAP)}
+             "drift_err": capped}
     sums = np.concatenate(list(parts.values()), axis=1, dtype=np.float64).sum(axis=0)
     c = z.shape[1]
     named = {name: sums[i * c:(i + 1) * c] for i, name in enumerate(parts)}
