@@ -36,24 +36,25 @@ def _command_end(data: bytes, pos: int) -> tuple[bytes, int] | None:
     >>> _command_end(b"*1\\r\\n$5\\r\\nMU", 0) is None
     True
     """
-    def line(at: int) -> tuple[bytes, int] | None:
+    def number(at: int, marker: bytes) -> tuple[int, int] | None:
+        # the integer after `marker` on the line at `at`, and where the next line starts
         stop = data.find(b"\r\n", at)
-        return None if stop < 0 else (data[at:stop], stop + 2)
+        if stop < 0:
+            return None
+        if data[at:at + 1] != marker:
+            raise ValueError(f"expected {marker!r} at byte {at}")
+        return int(data[at + 1:stop]), stop + 2
 
-    head = line(pos)
+    head = number(pos, b"*")
     if head is None:
         return None
-    if not head[0].startswith(b"*"):
-        raise ValueError(f"not a command at byte {pos}")
-    argc, at = int(head[0][1:]), head[1]
+    argc, at = head
     name = b""
     for _ in range(argc):
-        size = line(at)
+        size = number(at, b"$")
         if size is None:
             return None
-        if not size[0].startswith(b"$"):
-            raise ValueError(f"not an argument at byte {at}")
-        n, at = int(size[0][1:]), size[1]
+        n, at = size
         if at + n + 2 > len(data):
             return None
         if data[at + n:at + n + 2] != b"\r\n":
@@ -109,7 +110,7 @@ def repair_aof(data_dir: Path) -> bool:
         raise RuntimeError("redis-check-aof is not on PATH (it ships with redis-server)")
     check = subprocess.run([tool, str(manifest)], capture_output=True, timeout=120, check=False)
     report = check.stdout.decode(errors="replace")
-    if check.returncode == 0 and "is valid" in report.splitlines()[-1]:
+    if check.returncode == 0 and "All AOF files and manifest are valid" in report:
         return True
     found = re.findall(r"filename=(\S+), size=\d+, ok_up_to=(\d+),", report)
     if not found:
